@@ -1,0 +1,176 @@
+//! Rules and epochs, as pure values.
+//!
+//! An experiment's **rule** is everything that decides which variant a *new*
+//! unit gets: the salt, the unit header and the ordered list of (variant,
+//! weight). Any difference between two rules starts a new epoch; routing
+//! (upstreams, timeouts, routes) never does. [`diff`] says which parts of the
+//! rule changed so that the reload log and `plan` can explain the new epoch.
+
+use serde::{Deserialize, Serialize};
+
+use super::buckets::Weight;
+
+/// A positive integer numbering an experiment's rules in the order applied.
+/// `Epoch(0)` means "unassigned" on the wire and is never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u32);
+
+impl Epoch {
+    pub const UNASSIGNED: Epoch = Epoch(0);
+    pub const FIRST: Epoch = Epoch(1);
+
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleVariant {
+    pub name: String,
+    pub weight: Weight,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub salt: String,
+    pub unit_header: String,
+    pub variants: Vec<RuleVariant>,
+}
+
+/// One reason a rule differs from the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum RuleChange {
+    Salt { from: String, to: String },
+    UnitHeader { from: String, to: String },
+    VariantsAdded { names: Vec<String> },
+    VariantsRemoved { names: Vec<String> },
+    Reordered,
+    Weights,
+}
+
+impl std::fmt::Display for RuleChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleChange::Salt { from, to } => write!(f, "salt changed ({from:?} -> {to:?})"),
+            RuleChange::UnitHeader { from, to } => {
+                write!(f, "unit_header changed ({from} -> {to})")
+            }
+            RuleChange::VariantsAdded { names } => write!(f, "variants added: {}", names.join(", ")),
+            RuleChange::VariantsRemoved { names } => {
+                write!(f, "variants removed: {}", names.join(", "))
+            }
+            RuleChange::Reordered => write!(f, "variants re-ordered"),
+            RuleChange::Weights => write!(f, "weights changed"),
+        }
+    }
+}
+
+/// Every way `new` differs from `old`; empty means the same epoch continues.
+pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
+    let mut changes = Vec::new();
+    if old.salt != new.salt {
+        changes.push(RuleChange::Salt {
+            from: old.salt.clone(),
+            to: new.salt.clone(),
+        });
+    }
+    if old.unit_header != new.unit_header {
+        changes.push(RuleChange::UnitHeader {
+            from: old.unit_header.clone(),
+            to: new.unit_header.clone(),
+        });
+    }
+    let names = |r: &Rule| r.variants.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    let (old_names, new_names) = (names(old), names(new));
+    let added: Vec<String> = new_names
+        .iter()
+        .filter(|n| !old_names.contains(n))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = old_names
+        .iter()
+        .filter(|n| !new_names.contains(n))
+        .cloned()
+        .collect();
+    if !added.is_empty() {
+        changes.push(RuleChange::VariantsAdded { names: added });
+    }
+    if !removed.is_empty() {
+        changes.push(RuleChange::VariantsRemoved { names: removed });
+    }
+    let kept_old: Vec<&String> = old_names.iter().filter(|n| new_names.contains(n)).collect();
+    let kept_new: Vec<&String> = new_names.iter().filter(|n| old_names.contains(n)).collect();
+    if kept_old != kept_new {
+        changes.push(RuleChange::Reordered);
+    }
+    let weight_of = |r: &Rule, n: &str| r.variants.iter().find(|v| v.name == n).map(|v| v.weight);
+    if kept_old.iter().any(|n| weight_of(old, n) != weight_of(new, n)) {
+        changes.push(RuleChange::Weights);
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(salt: &str, vs: &[(&str, u32)]) -> Rule {
+        Rule {
+            salt: salt.into(),
+            unit_header: "x-user-id".into(),
+            variants: vs
+                .iter()
+                .map(|(n, w)| RuleVariant {
+                    name: n.to_string(),
+                    weight: Weight(*w),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn same_rule_is_same_epoch() {
+        let r = rule("s", &[("a", 5000), ("b", 5000)]);
+        assert!(diff(&r, &r.clone()).is_empty());
+    }
+
+    #[test]
+    fn each_rule_field_is_a_change() {
+        let base = rule("s", &[("a", 5000), ("b", 5000)]);
+        assert_eq!(
+            diff(&base, &rule("s", &[("a", 2000), ("b", 8000)])),
+            vec![RuleChange::Weights]
+        );
+        assert_eq!(
+            diff(&base, &rule("s", &[("b", 5000), ("a", 5000)])),
+            vec![RuleChange::Reordered]
+        );
+        assert_eq!(
+            diff(&base, &rule("t", &[("a", 5000), ("b", 5000)])),
+            vec![RuleChange::Salt {
+                from: "s".into(),
+                to: "t".into()
+            }]
+        );
+        assert_eq!(
+            diff(&base, &rule("s", &[("a", 5000), ("b", 5000), ("c", 0)])),
+            vec![RuleChange::VariantsAdded {
+                names: vec!["c".into()]
+            }]
+        );
+        assert_eq!(
+            diff(&base, &rule("s", &[("a", 10000)])),
+            vec![
+                RuleChange::VariantsRemoved {
+                    names: vec!["b".into()]
+                },
+                RuleChange::Weights
+            ]
+        );
+        let mut header = base.clone();
+        header.unit_header = "x-session".into();
+        assert!(matches!(diff(&base, &header)[..], [RuleChange::UnitHeader { .. }]));
+    }
+}

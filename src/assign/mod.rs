@@ -1,0 +1,151 @@
+//! Assignment: which variant serves a unit, and under which epoch.
+//!
+//! Serving order (DESIGN.md): an invalid unit is unassigned (first variant,
+//! epoch 0, never stored); a stored assignment is served whatever the
+//! weights are now; otherwise the unit is bucketed by the current rule and
+//! the result is made durable before the response goes out.
+
+pub mod buckets;
+pub mod epoch;
+pub mod hash;
+pub mod journal;
+pub mod ledger;
+pub mod plan;
+pub mod store;
+
+use std::sync::Arc;
+
+use buckets::BucketTable;
+use epoch::Epoch;
+use hash::Bucket;
+use ledger::{ExperimentId, ExperimentLedger, VariantId};
+use store::{Store, StoreError, Table};
+
+use crate::config::ExperimentConfig;
+
+/// Longest unit id accepted, in bytes.
+pub const MAX_UNIT_LEN: usize = 256;
+
+/// Why a request was served the variant it was: the access log's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The unit's stored assignment.
+    Stored,
+    /// First exposure: assigned by the current rule and stored.
+    New,
+    /// No valid unit id: first variant, epoch 0, not stored.
+    NoUnit,
+    /// The stored variant is no longer configured (it was removed while a
+    /// first request for it was in flight): first variant, assignment kept.
+    Orphaned,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Stored => "stored",
+            Reason::New => "new",
+            Reason::NoUnit => "no_unit",
+            Reason::Orphaned => "orphaned",
+        }
+    }
+}
+
+/// The outcome of assignment for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Index into the experiment's configured variants.
+    pub variant: usize,
+    /// The unit's assignment epoch (0 when unassigned).
+    pub epoch: Epoch,
+    pub reason: Reason,
+    pub first_exposure: bool,
+    /// The unit's bucket under the current rule.
+    pub bucket: Option<Bucket>,
+}
+
+/// 1 to 256 bytes, no control characters.
+pub fn valid_unit(unit: &[u8]) -> bool {
+    !unit.is_empty() && unit.len() <= MAX_UNIT_LEN && !unit.iter().any(|&b| b < 0x20 || b == 0x7f)
+}
+
+/// One experiment's assignment logic under one applied config.
+pub struct Assigner {
+    pub id: ExperimentId,
+    pub epoch: Epoch,
+    name: String,
+    salt: String,
+    buckets: BucketTable,
+    /// Ledger id of each configured variant.
+    ledger_ids: Vec<VariantId>,
+    /// Configured index of each ledger id (None: not configured any more).
+    by_ledger_id: Vec<Option<usize>>,
+    table: Arc<Table>,
+}
+
+impl Assigner {
+    /// `ledger` must already hold the epoch this config applies.
+    pub fn new(cfg: &ExperimentConfig, ledger: &ExperimentLedger, table: Arc<Table>) -> Assigner {
+        let ledger_ids: Vec<VariantId> = cfg
+            .variants
+            .iter()
+            .map(|v| ledger.variant_id(&v.name).expect("ledger knows every configured variant"))
+            .collect();
+        let mut by_ledger_id = vec![None; 256];
+        for (i, id) in ledger_ids.iter().enumerate() {
+            by_ledger_id[usize::from(*id)] = Some(i);
+        }
+        let weights: Vec<_> = cfg.variants.iter().map(|v| v.weight).collect();
+        Assigner {
+            id: ledger.id,
+            epoch: ledger.current().epoch,
+            name: cfg.name.clone(),
+            salt: cfg.salt.clone(),
+            buckets: BucketTable::new(&weights).expect("validated weights sum to 100"),
+            ledger_ids,
+            by_ledger_id,
+            table,
+        }
+    }
+
+    pub fn unassigned(&self) -> Served {
+        Served {
+            variant: 0,
+            epoch: Epoch::UNASSIGNED,
+            reason: Reason::NoUnit,
+            first_exposure: false,
+            bucket: None,
+        }
+    }
+
+    /// The assignment of a valid `unit`, creating it durably if it is new.
+    pub async fn assign(&self, store: &Store, unit: &[u8]) -> Result<Served, StoreError> {
+        let key = hash::unit_key(&self.name, unit);
+        let bucket = hash::bucket(&self.salt, unit);
+        if let Some(a) = self.table.get(&key) {
+            return Ok(self.stored(a.variant, a.epoch, bucket, false));
+        }
+        let v = self.buckets.variant_for(bucket);
+        let got = store.assign(self.id, key, self.ledger_ids[v], self.epoch).await?;
+        Ok(self.stored(got.assignment.variant, got.assignment.epoch, bucket, got.created))
+    }
+
+    fn stored(&self, id: VariantId, epoch: Epoch, bucket: Bucket, created: bool) -> Served {
+        match self.by_ledger_id[usize::from(id)] {
+            Some(variant) => Served {
+                variant,
+                epoch,
+                reason: if created { Reason::New } else { Reason::Stored },
+                first_exposure: created,
+                bucket: Some(bucket),
+            },
+            None => Served {
+                variant: 0,
+                epoch,
+                reason: Reason::Orphaned,
+                first_exposure: false,
+                bucket: Some(bucket),
+            },
+        }
+    }
+}

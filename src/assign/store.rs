@@ -1,0 +1,536 @@
+//! Sticky assignments: an in-memory map per experiment in front of the
+//! journal on local disk ([`super::journal`]).
+//!
+//! **Why a journal and not an embedded database.** Assignments are immutable
+//! 28-byte facts that are only ever added (or dropped wholesale by a reset),
+//! and every one is also held in memory. An append-only file with group
+//! commit is the whole storage engine this needs: no compaction of updates,
+//! no B-tree, one `fdatasync` shared by every new unit that arrived while the
+//! previous one ran. An embedded B-tree store (redb, sled) would add a page
+//! cache that duplicates the map and a commit path we would still batch by
+//! hand.
+//!
+//! **fsync policy.** A new unit's response waits until its record is on disk:
+//! the writer thread appends every queued record, calls `fdatasync` once,
+//! then inserts the records into the map in journal order and answers each
+//! waiter. Returning units read the map and touch no disk. So a unit that
+//! received a stamped response is durable, and replay order equals the
+//! order the map was filled in (first record of a key wins in both).
+//!
+//! **Memory.** The map keys a 128-bit digest of (experiment, unit) and packs
+//! (variant id, epoch, first-seen second) in one u64: 24 bytes an entry, plus
+//! hashbrown's control byte and load-factor slack (see BENCHMARKS.md).
+
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use super::epoch::Epoch;
+use super::hash::UnitKey;
+use super::journal::{self, Record, Tail};
+use super::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent, VariantId};
+use super::plan::UnitCounts;
+
+const JOURNAL_FILE: &str = "journal.cohort";
+const MAX_BATCH: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("store {0} is in use by another cohort process")]
+    Locked(PathBuf),
+    #[error("store {path}: corrupt journal: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("the store writer has stopped")]
+    Closed,
+    #[error("journal write failed: {0}")]
+    Write(String),
+}
+
+/// A unit's stored assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub variant: VariantId,
+    pub epoch: Epoch,
+    /// Unix seconds of the first exposure.
+    pub first_seen: u32,
+}
+
+impl Assignment {
+    fn pack(self) -> u64 {
+        u64::from(self.variant) | (u64::from(self.epoch.0) << 8) | (u64::from(self.first_seen) << 32)
+    }
+
+    fn unpack(v: u64) -> Assignment {
+        Assignment {
+            variant: (v & 0xff) as u8,
+            epoch: Epoch(((v >> 8) & 0xff_ffff) as u32),
+            first_seen: (v >> 32) as u32,
+        }
+    }
+}
+
+/// The largest epoch the packed form holds.
+pub const MAX_EPOCH: u32 = 0xff_ffff;
+
+impl Hash for UnitKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform digest: one word is all the hasher needs.
+        state.write_u64(self.0[0] ^ self.0[1].rotate_left(32));
+    }
+}
+
+/// Passes a digest word through: the key is already uniformly distributed.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// One experiment's assignments.
+pub struct Table {
+    map: DashMap<UnitKey, u64, BuildHasherDefault<DigestHasher>>,
+    units: Vec<AtomicU64>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            map: DashMap::with_hasher(BuildHasherDefault::default()),
+            units: (0..256).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn get(&self, key: &UnitKey) -> Option<Assignment> {
+        self.map.get(key).map(|v| Assignment::unpack(*v))
+    }
+
+    /// Units stored for `variant`.
+    pub fn units(&self, variant: VariantId) -> u64 {
+        self.units[usize::from(variant)].load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Inserts unless present; returns the stored value and whether it is new.
+    fn insert_first(&self, key: UnitKey, a: Assignment) -> (Assignment, bool) {
+        let mut created = false;
+        let v = *self.map.entry(key).or_insert_with(|| {
+            created = true;
+            a.pack()
+        });
+        if created {
+            self.units[usize::from(a.variant)].fetch_add(1, Ordering::Relaxed);
+        }
+        (Assignment::unpack(v), created)
+    }
+
+    fn clear(&self) {
+        self.map.clear();
+        self.map.shrink_to_fit();
+        for u in &self.units {
+            u.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The result of asking for a new unit's assignment.
+#[derive(Debug, Clone, Copy)]
+pub struct Assigned {
+    pub assignment: Assignment,
+    /// False when a concurrent first request of the same unit won the race.
+    pub created: bool,
+}
+
+enum Cmd {
+    Assign {
+        experiment: ExperimentId,
+        key: UnitKey,
+        assignment: Assignment,
+        reply: oneshot::Sender<Result<Assigned, StoreError>>,
+    },
+    Ledger {
+        event: LedgerEvent,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+struct Shared {
+    path: PathBuf,
+    ledger: Mutex<Ledger>,
+    tables: Mutex<Vec<Arc<Table>>>,
+}
+
+impl Shared {
+    fn table(&self, id: ExperimentId) -> Arc<Table> {
+        let mut t = self.tables.lock().expect("tables lock");
+        while t.len() <= usize::from(id) {
+            t.push(Arc::new(Table::new()));
+        }
+        t[usize::from(id)].clone()
+    }
+
+    fn apply_ledger(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
+        let id = self.ledger.lock().expect("ledger lock").apply(ev)?;
+        let table = self.table(id);
+        if ev.record.dropped_assignments {
+            table.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The assignment store: open once per process.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held for the lifetime of the store: one process per store directory.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and replays its journal.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let io_err = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(io_err)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        let path = dir.join(JOURNAL_FILE);
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            ledger: Mutex::new(Ledger::default()),
+            tables: Mutex::new(Vec::new()),
+        });
+        let file = open_journal(&path, &shared)?;
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("cohort-store".into())
+            .spawn(move || write_loop(file, rx, writer_shared))
+            .map_err(io_err)?;
+        Ok(Store {
+            shared,
+            tx,
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// A copy of the epoch ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.shared.ledger.lock().expect("ledger lock").clone()
+    }
+
+    pub fn table(&self, id: ExperimentId) -> Arc<Table> {
+        self.shared.table(id)
+    }
+
+    /// Journals `events` durably, then applies them, in order.
+    pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {
+        for event in events {
+            let (reply, rx) = oneshot::channel();
+            self.tx.send(Cmd::Ledger { event, reply }).map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Records `variant` at `epoch` for a new unit and returns once it is on
+    /// disk. If the unit was stored meanwhile, returns that assignment instead.
+    pub async fn assign(
+        &self,
+        experiment: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> Result<Assigned, StoreError> {
+        let assignment = Assignment {
+            variant,
+            epoch,
+            first_seen: unix_now(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Assign {
+                experiment,
+                key,
+                assignment,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Sync { reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Replace our sender so the writer's channel closes, then join it.
+        let (dead, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, dead));
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl UnitCounts for Store {
+    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
+        self.table(experiment).units(variant)
+    }
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+}
+
+fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    if size < journal::MAGIC.len() as u64 {
+        // New (or cut before its magic was written: nothing was acknowledged).
+        file.set_len(0).map_err(io_err)?;
+        journal::init(&mut file).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        }
+        return Ok(file);
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, &mut file);
+    let mut magic = [0u8; 8];
+    io::Read::read_exact(&mut reader, &mut magic).map_err(io_err)?;
+    if &magic != journal::MAGIC {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: "not a cohort journal (bad magic)".into(),
+        });
+    }
+    let (good, tail) = journal::replay(reader, |rec| {
+        match rec {
+            Record::Ledger(ev) => shared
+                .apply_ledger(&ev)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            Record::Assign {
+                experiment,
+                key,
+                variant,
+                epoch,
+                first_seen,
+            } => {
+                let known = shared.ledger.lock().expect("ledger lock").by_id(experiment).is_some();
+                if !known {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("assignment for unknown experiment id {experiment}"),
+                    ));
+                }
+                shared.table(experiment).insert_first(
+                    key,
+                    Assignment {
+                        variant,
+                        epoch,
+                        first_seen,
+                    },
+                );
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        },
+        _ => io_err(e),
+    })?;
+    if let Tail::Torn { offset, reason } = tail {
+        tracing::warn!(
+            journal = %path.display(),
+            offset,
+            reason,
+            dropped_bytes = size - good,
+            "journal ends in a torn record (an unacknowledged write cut by a crash); truncating it"
+        );
+        file.set_len(good).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+    }
+    file.seek(SeekFrom::Start(good)).map_err(io_err)?;
+    Ok(file)
+}
+
+/// The group-commit loop: drain the queue, one write and one fdatasync for
+/// the whole batch, then apply and answer in journal order.
+fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+    let mut good_len = file.stream_position().unwrap_or(0);
+    let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
+    let mut broken: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        // Ledger events are checked before they are written, so a bad one
+        // cannot poison the journal.
+        buf.clear();
+        let mut ledger_ok = Vec::with_capacity(batch.len());
+        let mut scratch: Option<Ledger> = None;
+        for c in &batch {
+            let ok = match c {
+                Cmd::Assign {
+                    experiment,
+                    key,
+                    assignment,
+                    ..
+                } => {
+                    journal::encode(
+                        &Record::Assign {
+                            experiment: *experiment,
+                            key: *key,
+                            variant: assignment.variant,
+                            epoch: assignment.epoch,
+                            first_seen: assignment.first_seen,
+                        },
+                        &mut buf,
+                    );
+                    Ok(())
+                }
+                Cmd::Ledger { event, .. } => {
+                    let l = scratch.get_or_insert_with(|| shared.ledger.lock().expect("ledger lock").clone());
+                    match l.apply(event) {
+                        Ok(_) => {
+                            journal::encode(&Record::Ledger(event.clone()), &mut buf);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Cmd::Sync { .. } => Ok(()),
+            };
+            ledger_ok.push(ok);
+        }
+        let written = match &broken {
+            Some(why) => Err(why.clone()),
+            None => write_batch(&mut file, &buf, &mut good_len).map_err(|e| {
+                let why = e.to_string();
+                tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
+                // A partial write would hide every later record from replay:
+                // cut back to the last good record, or stop writing at all.
+                if file.set_len(good_len).and_then(|_| file.seek(SeekFrom::Start(good_len))).is_err() {
+                    broken = Some(why.clone());
+                }
+                why
+            }),
+        };
+        for (c, ok) in batch.drain(..).zip(ledger_ok) {
+            match c {
+                Cmd::Assign {
+                    experiment,
+                    key,
+                    assignment,
+                    reply,
+                } => {
+                    let r = written.clone().map_err(StoreError::Write).map(|_| {
+                        let (assignment, created) = shared.table(experiment).insert_first(key, assignment);
+                        Assigned { assignment, created }
+                    });
+                    let _ = reply.send(r);
+                }
+                Cmd::Ledger { event, reply } => {
+                    let r = match (ok, &written) {
+                        (Err(e), _) => Err(StoreError::Ledger(e)),
+                        (Ok(()), Err(w)) => Err(StoreError::Write(w.clone())),
+                        (Ok(()), Ok(())) => shared.apply_ledger(&event).map_err(StoreError::Ledger),
+                    };
+                    let _ = reply.send(r);
+                }
+                Cmd::Sync { reply } => {
+                    let _ = reply.send(written.clone().map_err(StoreError::Write));
+                }
+            }
+        }
+    }
+    let _ = file.sync_data();
+}
+
+fn write_batch(file: &mut File, buf: &[u8], good_len: &mut u64) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    file.write_all(buf)?;
+    file.sync_data()?;
+    *good_len += buf.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Configuration: YAML text -> [`raw`] serde structs -> validated [`Config`].
+//!
+//! Two stages so that every problem in a file is reported at once, each with
+//! the file, line, column and YAML path of the offending value. Loading does
+//! no network I/O and touches the disk only to read the file (and the log-unit
+//! key file it names), so `cohort check` and a reload share exactly this code.
+
+pub mod positions;
+pub mod raw;
+pub mod reload;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::assign::buckets::Weight;
+use crate::assign::epoch::{Rule, RuleVariant};
+pub use positions::{Position, PositionIndex};
+
+/// The config cohort runs when none is given (`cohort demo`).
+pub const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store_path: PathBuf,
+    pub access_log: AccessLogConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub default_upstream: Option<String>,
+    pub experiments: Vec<ExperimentConfig>,
+    pub runtime: RuntimeConfig,
+    /// Where each value sat in the file, for errors found after validation.
+    #[serde(skip)]
+    pub positions: Arc<PositionIndex>,
+    /// The file this came from (`<embedded>` for the demo).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub unit: LogUnit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum LogUnit {
+    Raw,
+    /// HMAC-SHA-256 of the unit under `key`; the key itself is never logged
+    /// nor part of the config version (its digest is).
+    Hashed {
+        #[serde(skip)]
+        key: Vec<u8>,
+        key_digest: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `http://host:port`, without a path.
+    pub authority: String,
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExperimentConfig {
+    pub name: String,
+    pub routes: Vec<Route>,
+    pub unit_header: String,
+    pub salt: String,
+    pub variants: Vec<VariantConfig>,
+    pub on_missing_unit: MissingUnitPolicy,
+    pub reset: u64,
+}
+
+impl ExperimentConfig {
+    /// The part of the experiment that decides new units' variants.
+    pub fn rule(&self) -> Rule {
+        Rule {
+            salt: self.salt.clone(),
+            unit_header: self.unit_header.clone(),
+            variants: self
+                .variants
+                .iter()
+                .map(|v| RuleVariant {
+                    name: v.name.clone(),
+                    weight: v.weight,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VariantConfig {
+    pub name: String,
+    pub upstream: String,
+    pub weight: Weight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingUnitPolicy {
+    /// Serve the first variant, stamped epoch 0, never stored.
+    Control,
+    /// 400 with a JSON body.
+    Reject,
+}
+
+/// An exact path, or a prefix (written with a trailing `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Route {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeConfig {
+    pub worker_threads: Option<usize>,
+    #[serde(with = "millis")]
+    pub shutdown_timeout: Duration,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u128(d.as_millis())
+    }
+}
+
+impl Config {
+    /// A short hash of the parsed, canonical config: comment-only edits and
+    /// key re-ordering keep the version.
+    pub fn version(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("config serializes");
+        let d = Sha256::digest(&canonical);
+        d[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
+        self.experiments.iter().find(|e| e.name == name)
+    }
+
+    /// Renders `path` with a message as `file:line:col: path: message`.
+    pub fn error_at(&self, path: &str, message: String, hint: Option<String>) -> ConfigError {
+        ConfigError {
+            position: self.positions.find(path),
+            path: path.to_string(),
+            message,
+            hint,
+        }
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub path: String,
+    #[serde(skip)]
+    pub position: Position,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.position.line, self.position.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{}: {n} error{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {}:{e}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: path.to_path_buf(),
+        errors: vec![ConfigError {
+            path: String::new(),
+            position: Position { line: 0, column: 0 },
+            message: format!("cannot read the file: {e}"),
+            hint: None,
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    parse(&text, path, &base, &Env::process())
+}
+
+/// Parses `text` as if it were the file `file`; relative paths resolve
+/// against `base`.
+pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, ConfigErrors> {
+    validate::parse_and_validate(text, file, base, env).map_err(|errors| ConfigErrors {
+        file: file.to_path_buf(),
+        errors,
+    })
+}
+
+/// What loading may read from outside the file, injectable for tests.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub log_unit_key: Option<String>,
+}
+
+impl Env {
+    pub fn process() -> Env {
+        Env {
+            log_unit_key: std::env::var("COHORT_LOG_UNIT_KEY").ok(),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Where each value sits in the YAML text, so that errors found after parsing
+//! (weights that do not sum to 100, an unknown upstream, ...) can still name a
+//! line and column. serde_yaml reports positions for syntax and type errors
+//! only; this index is built from yaml-rust2's marked event stream.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// YAML path (`experiments[0].variants[1].weight`) to the position of its value.
+#[derive(Debug, Default)]
+pub struct PositionIndex {
+    values: HashMap<String, Position>,
+}
+
+impl PositionIndex {
+    /// Indexes `text`. A document that does not parse yields an empty index;
+    /// serde_yaml reports that error with its own position.
+    pub fn build(text: &str) -> PositionIndex {
+        let mut b = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        let _ = parser.load(&mut b, false);
+        PositionIndex { values: b.values }
+    }
+
+    /// The position of `path`, or of its nearest indexed ancestor (a missing
+    /// field is reported at the mapping that should hold it).
+    pub fn find(&self, path: &str) -> Position {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.values.get(p) {
+                return *pos;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => return self.values.get("").copied().unwrap_or_default(),
+            }
+        }
+    }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    values: HashMap<String, Position>,
+}
+
+impl Builder {
+    /// The path of the value about to arrive, or `None` when a mapping key is due.
+    fn value_path(&self) -> Option<String> {
+        match self.stack.last() {
+            None => Some(String::new()),
+            Some(Frame::Map { key: None, .. }) => None,
+            Some(Frame::Map { path, key: Some(k) }) => Some(if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            }),
+            Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
+        }
+    }
+
+    /// A value of the top frame is complete: move on to the next key or index.
+    fn advance(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = Position {
+            line: mark.line(),
+            column: mark.col() + 1,
+        };
+        match ev {
+            Event::Scalar(s, ..) => match self.value_path() {
+                None => {
+                    if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                        *key = Some(s);
+                    }
+                }
+                Some(p) => {
+                    self.values.insert(p, pos);
+                    self.advance();
+                }
+            },
+            Event::Alias(_) => {
+                if let Some(p) = self.value_path() {
+                    self.values.insert(p, pos);
+                }
+                self.advance();
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                // A complex mapping key is not something a cohort config has;
+                // index it under a placeholder so the walk stays aligned.
+                let path = self.value_path().unwrap_or_else(|| "?".into());
+                self.values.insert(path.clone(), pos);
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map { path, key: None }
+                } else {
+                    Frame::Seq { path, index: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.advance();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+listen: 127.0.0.1:8080
+upstreams:
+  old: { url: http://a }
+experiments:
+  - name: e
+    variants:
+      - { name: control, upstream: old, weight: 50 }
+      - name: treatment
+        weight: 60
+";
+
+    #[test]
+    fn finds_block_and_flow_values() {
+        let idx = PositionIndex::build(DOC);
+        assert_eq!(idx.find("listen"), Position { line: 1, column: 9 });
+        assert_eq!(idx.find("upstreams.old.url"), Position { line: 3, column: 15 });
+        assert_eq!(idx.find("experiments[0].name"), Position { line: 5, column: 11 });
+        assert_eq!(
+            idx.find("experiments[0].variants[0].weight"),
+            Position { line: 7, column: 49 }
+        );
+        assert_eq!(
+            idx.find("experiments[0].variants[1].weight"),
+            Position { line: 9, column: 17 }
+        );
+    }
+
+    #[test]
+    fn missing_field_points_at_its_parent() {
+        let idx = PositionIndex::build(DOC);
+        assert_eq!(
+            idx.find("experiments[0].variants[1].upstream"),
+            idx.find("experiments[0].variants[1]")
+        );
+        assert_eq!(idx.find("experiments[0].variants[1]").line, 8);
+    }
+}

@@ -1,0 +1,97 @@
+//! cohort: a sticky traffic-splitting reverse proxy for A/B tests and ramps
+//! of ML model backends.
+//!
+//! How a request flows: the [`proxy::listener`] accepts an HTTP/1.1
+//! connection and hands each request to [`proxy::forward`], which loads the
+//! current [`snapshot::Snapshot`] (one atomic pointer read), routes the path
+//! to an experiment, and asks the experiment's [`assign::Assigner`] for the
+//! unit's variant: a stored assignment if there is one, else a new one made
+//! durable in the [`assign::store`] before the response leaves. The request
+//! goes to that variant's upstream, stamped with experiment, variant and
+//! epoch, and the streamed response carries the same stamps back. When its
+//! body ends, one line goes to the [`observe::access_log`].
+//!
+//! Config changes arrive through [`config::reload`]; [`state::State::apply`]
+//! plans them against the epoch ledger ([`assign::plan`]), journals the new
+//! epochs and swaps the snapshot.
+
+pub mod assign;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod observe;
+pub mod proxy;
+pub mod snapshot;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use config::Config;
+use state::{StartError, State};
+
+/// Why the proxy stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the proxy on `config` until SIGTERM or SIGINT, then drains in-flight
+/// requests, flushes the access log and syncs the store.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+    let listen = config.listen;
+    let grace = config.runtime.shutdown_timeout;
+    let state = State::start(config, config_path.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Bind { addr: listen, source })?;
+    let local = listener.local_addr().map_err(|source| RunError::Bind { addr: listen, source })?;
+    tracing::info!(addr = %local, "listening on http://{local}");
+
+    if let Some(path) = config_path {
+        tokio::spawn(config::reload::watch(state.clone(), path));
+    }
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
+    let log = state.log.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening the access log");
+            log.reopen();
+        }
+    });
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    proxy::listener::serve(listener, state.clone(), shutdown, grace).await;
+    shutdown_flush(&state).await;
+    Ok(())
+}
+
+async fn shutdown_flush(state: &Arc<State>) {
+    if let Err(e) = state.store.sync().await {
+        tracing::error!(error = %e, "store sync at shutdown failed");
+    }
+    let log = state.log.clone();
+    let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+    tracing::info!(
+        access_log_lines = state.log.written_lines(),
+        failed_lines = state.log.failed_lines(),
+        "stopped"
+    );
+}

@@ -1,0 +1,126 @@
+//! The `cohort` command line: parse arguments, set up tracing and the tokio
+//! runtime, and hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cohort", version, about = "A sticky traffic-splitting reverse proxy for A/B tests of ML models")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Run the proxy on this config file (hot-reloaded on change and SIGHUP).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override `listen` from the config.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file and list every error (exit 1 if invalid).
+    Check { path: PathBuf },
+    /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
+    /// front of them on the embedded example config.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the demo keeps its assignments.
+        #[arg(long, default_value = "./cohort-demo-data")]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { path }) => check(&path),
+        Some(Command::Demo { listen, data }) => {
+            let mut cfg = cohort::demo::demo_config(data);
+            cfg.listen = listen;
+            run(cfg, None, true)
+        }
+        None => {
+            let Some(path) = cli.config else {
+                eprintln!("cohort: give --config PATH, or try `cohort demo` (see --help)");
+                return ExitCode::from(64);
+            };
+            let mut cfg = match cohort::config::load_file(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if let Some(l) = cli.listen {
+                cfg.listen = l;
+            }
+            run(cfg, Some(path), false)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match cohort::config::load_file(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok (config version {}, {} experiment(s), {} upstream(s))",
+                path.display(),
+                c.version(),
+                c.experiments.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cfg: cohort::config::Config, path: Option<PathBuf>, demo: bool) -> ExitCode {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.runtime.worker_threads {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.enable_all().build().context("building the tokio runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cohort: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        if demo {
+            let backends = cohort::demo::start_backends(&cfg).await.context("starting the demo backends")?;
+            let listen = cfg.listen;
+            tracing::info!(?backends, "demo backends up; try:\n  curl -i -H 'x-user-id: alice' -d '{{}}' http://{listen}/predict");
+        }
+        cohort::run(cfg, path).await.map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cohort: {e:#}");
+            // A config the ledger rejects (e.g. it would orphan units) is exit 2.
+            let rejected = matches!(
+                e.downcast_ref::<cohort::RunError>(),
+                Some(cohort::RunError::Start(cohort::state::StartError::Rejected(_)))
+            );
+            ExitCode::from(if rejected { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The access log: one JSON object per line per request, the record the
+//! warehouse groups cohorts by.
+//!
+//! Lines are serialized on the request's own task and handed to a writer
+//! thread over a channel; the thread buffers them (64 KiB) and writes when
+//! the buffer fills and at least every second, so the request path makes no
+//! syscall for logging. On shutdown the channel is drained and flushed;
+//! SIGUSR1 reopens the file (logrotate). A line that cannot be written is
+//! counted ([`AccessLog::failed_lines`]) and reported, never dropped silently.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::LogTarget;
+
+/// Bumped when a field changes meaning or is removed (adding one is not).
+pub const SCHEMA_VERSION: u32 = 1;
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+const BUFFER: usize = 64 * 1024;
+
+/// One request, as the warehouse sees it. Field meanings are documented in
+/// README ("Access log").
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    pub ts: String,
+    pub schema: u32,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub experiment: Option<String>,
+    pub unit: Option<String>,
+    pub variant: Option<String>,
+    pub epoch: u32,
+    pub current_epoch: u32,
+    pub first_exposure: bool,
+    pub reason: Option<&'static str>,
+    pub bucket: Option<u32>,
+    pub upstream: Option<String>,
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub config_version: String,
+    pub error: Option<&'static str>,
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    Reopen,
+    Flush(mpsc::Sender<()>),
+}
+
+struct Counters {
+    written: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A handle to the log writer; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Msg>,
+    counters: Arc<Counters>,
+}
+
+impl AccessLog {
+    /// Opens `target` (creating parent directories) and starts the writer.
+    pub fn open(target: &LogTarget) -> io::Result<AccessLog> {
+        let sink = Sink::open(target)?;
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters {
+            written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let c = counters.clone();
+        std::thread::Builder::new()
+            .name("cohort-log".into())
+            .spawn(move || write_loop(sink, rx, c))?;
+        Ok(AccessLog { tx, counters })
+    }
+
+    pub fn record(&self, rec: &AccessRecord) {
+        let mut line = Vec::with_capacity(512);
+        serde_json::to_writer(&mut line, rec).expect("record serializes");
+        line.push(b'\n');
+        if self.tx.send(Msg::Line(line)).is_err() {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reopens the file at its path (after logrotate moved it).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Blocks until every line recorded so far is written and flushed.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    pub fn written_lines(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_lines(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
+    }
+}
+
+enum Sink {
+    Stdout(io::Stdout),
+    File { path: PathBuf, out: BufWriter<File> },
+}
+
+impl Sink {
+    fn open(target: &LogTarget) -> io::Result<Sink> {
+        match target {
+            LogTarget::Stdout => Ok(Sink::Stdout(io::stdout())),
+            LogTarget::File(path) => Ok(Sink::File {
+                path: path.clone(),
+                out: BufWriter::with_capacity(BUFFER, open_append(path)?),
+            }),
+        }
+    }
+
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().write_all(line),
+            Sink::File { out, .. } => out.write_all(line),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().flush(),
+            Sink::File { out, .. } => out.flush(),
+        }
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        if let Sink::File { path, out } = self {
+            out.flush()?;
+            *out = BufWriter::with_capacity(BUFFER, open_append(path)?);
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, c: Arc<Counters>) {
+    let mut last_flush = Instant::now();
+    let mut pending: u64 = 0;
+    let mut last_error_report = Instant::now() - Duration::from_secs(60);
+    let mut report = |e: &io::Error, c: &Counters| {
+        if last_error_report.elapsed() > Duration::from_secs(10) {
+            last_error_report = Instant::now();
+            tracing::error!(error = %e, failed_lines = c.failed.load(Ordering::Relaxed), "access log write failed");
+        }
+    };
+    loop {
+        let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+        let msg = match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut ack = None;
+        match msg {
+            Some(Msg::Line(l)) => match sink.write(&l) {
+                Ok(()) => pending += 1,
+                Err(e) => {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                    report(&e, &c);
+                }
+            },
+            Some(Msg::Reopen) => {
+                if let Err(e) = sink.reopen() {
+                    report(&e, &c);
+                }
+            }
+            Some(Msg::Flush(tx)) => ack = Some(tx),
+            None => {}
+        }
+        if ack.is_some() || last_flush.elapsed() >= FLUSH_EVERY {
+            match sink.flush() {
+                Ok(()) => {
+                    c.written.fetch_add(pending, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.failed.fetch_add(pending, Ordering::Relaxed);
+                    report(&e, &c);
+                }
+            }
+            pending = 0;
+            last_flush = Instant::now();
+        }
+        if let Some(tx) = ack {
+            let _ = tx.send(());
+        }
+    }
+    let _ = sink.flush();
+}

@@ -1,0 +1,6 @@
+//! The data plane: accept HTTP/1.1 connections, assign, forward, stamp.
+
+pub mod body;
+pub mod forward;
+pub mod listener;
+pub mod upstream;

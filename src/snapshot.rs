@@ -1,0 +1,120 @@
+//! The applied config in the form requests read it: built off the request
+//! path at start-up and on every reload, then swapped in whole (ArcSwap), so
+//! a request sees one config from start to end and never takes a lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::assign::ledger::Ledger;
+use crate::assign::store::Store;
+use crate::assign::Assigner;
+use crate::config::{Config, LogUnit, MissingUnitPolicy, Route};
+use crate::proxy::upstream::Upstream;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub version: String,
+    pub version_header: HeaderValue,
+    exact: HashMap<String, usize>,
+    /// Longest prefix first.
+    prefixes: Vec<(String, usize)>,
+    pub experiments: Vec<ExperimentRoute>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub default_upstream: Option<Arc<Upstream>>,
+    pub log_unit: LogUnit,
+}
+
+pub struct ExperimentRoute {
+    pub name: String,
+    pub name_header: HeaderValue,
+    pub unit_header: HeaderName,
+    pub on_missing_unit: MissingUnitPolicy,
+    pub assigner: Assigner,
+    pub variants: Vec<VariantRoute>,
+}
+
+pub struct VariantRoute {
+    pub name: String,
+    pub header: HeaderValue,
+    pub upstream: Arc<Upstream>,
+}
+
+/// Where a request path goes.
+pub enum Target<'a> {
+    Experiment(&'a ExperimentRoute),
+    Default(&'a Arc<Upstream>),
+    NotFound,
+}
+
+impl Snapshot {
+    /// Builds the snapshot of `config`; `ledger` must already hold the epochs
+    /// it applies. Upstream pools of `previous` are reused when unchanged.
+    pub fn build(config: Config, ledger: &Ledger, store: &Store, previous: Option<&Snapshot>) -> Snapshot {
+        let mut upstreams = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|p| p.config == *u)
+                .cloned();
+            upstreams.insert(name.clone(), reused.unwrap_or_else(|| Arc::new(Upstream::new(u))));
+        }
+        let mut exact = HashMap::new();
+        let mut prefixes = Vec::new();
+        let mut experiments = Vec::new();
+        for (i, x) in config.experiments.iter().enumerate() {
+            let l = ledger.get(&x.name).expect("ledger holds every applied experiment");
+            for r in &x.routes {
+                match r {
+                    Route::Exact(p) => {
+                        exact.insert(p.clone(), i);
+                    }
+                    Route::Prefix(p) => prefixes.push((p.clone(), i)),
+                }
+            }
+            experiments.push(ExperimentRoute {
+                name: x.name.clone(),
+                name_header: HeaderValue::from_str(&x.name).expect("validated name"),
+                unit_header: HeaderName::from_bytes(x.unit_header.as_bytes()).expect("validated header"),
+                on_missing_unit: x.on_missing_unit,
+                assigner: Assigner::new(x, l, store.table(l.id)),
+                variants: x
+                    .variants
+                    .iter()
+                    .map(|v| VariantRoute {
+                        name: v.name.clone(),
+                        header: HeaderValue::from_str(&v.name).expect("validated name"),
+                        upstream: upstreams[&v.upstream].clone(),
+                    })
+                    .collect(),
+            });
+        }
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let version = config.version();
+        Snapshot {
+            version_header: HeaderValue::from_str(&version).expect("hex"),
+            version,
+            exact,
+            prefixes,
+            experiments,
+            default_upstream: config.default_upstream.as_ref().map(|d| upstreams[d].clone()),
+            upstreams,
+            log_unit: config.access_log.unit.clone(),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn route(&self, path: &str) -> Target<'_> {
+        let idx = self
+            .exact
+            .get(path)
+            .copied()
+            .or_else(|| self.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, i)| *i));
+        match (idx, &self.default_upstream) {
+            (Some(i), _) => Target::Experiment(&self.experiments[i]),
+            (None, Some(d)) => Target::Default(d),
+            (None, None) => Target::NotFound,
+        }
+    }
+}
