@@ -46,19 +46,37 @@ pub async fn start_backends(cfg: &Config) -> std::io::Result<Vec<SocketAddr>> {
 
 async fn serve_model(listener: TcpListener, model: String) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let model = model.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(model.clone(), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
-async fn answer(model: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+async fn answer(
+    model: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     let (variant, epoch, user) = (h("x-cohort-variant"), h("x-cohort-epoch"), h("x-user-id"));
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let score = if model.starts_with("new") { 0.87 } else { 0.42 };
     let body = serde_json::json!({
         "model": model,
@@ -69,6 +87,9 @@ async fn answer(model: String, req: Request<Incoming>) -> Result<Response<Full<B
         "score": score,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -55,8 +55,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let state = State::start(config, config_path.clone()).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| RunError::Bind { addr: listen, source })?;
-    let local = listener.local_addr().map_err(|source| RunError::Bind { addr: listen, source })?;
+        .map_err(|source| RunError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: listen,
+        source,
+    })?;
     tracing::info!(addr = %local, "listening on http://{local}");
 
     if let Some(path) = config_path {

@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cohort", version, about = "A sticky traffic-splitting reverse proxy for A/B tests of ML models")]
+#[command(
+    name = "cohort",
+    version,
+    about = "A sticky traffic-splitting reverse proxy for A/B tests of ML models"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Run the proxy on this config file (hot-reloaded on change and SIGHUP).
@@ -39,7 +43,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -96,7 +101,11 @@ fn run(cfg: cohort::config::Config, path: Option<PathBuf>, demo: bool) -> ExitCo
     if let Some(n) = cfg.runtime.worker_threads {
         rt.worker_threads(n);
     }
-    let rt = match rt.enable_all().build().context("building the tokio runtime") {
+    let rt = match rt
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cohort: {e:#}");
@@ -118,7 +127,9 @@ fn run(cfg: cohort::config::Config, path: Option<PathBuf>, demo: bool) -> ExitCo
             // A config the ledger rejects (e.g. it would orphan units) is exit 2.
             let rejected = matches!(
                 e.downcast_ref::<cohort::RunError>(),
-                Some(cohort::RunError::Start(cohort::state::StartError::Rejected(_)))
+                Some(cohort::RunError::Start(
+                    cohort::state::StartError::Rejected(_)
+                ))
             );
             ExitCode::from(if rejected { 2 } else { 1 })
         }

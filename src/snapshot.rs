@@ -51,20 +51,30 @@ pub enum Target<'a> {
 impl Snapshot {
     /// Builds the snapshot of `config`; `ledger` must already hold the epochs
     /// it applies. Upstream pools of `previous` are reused when unchanged.
-    pub fn build(config: Config, ledger: &Ledger, store: &Store, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        config: Config,
+        ledger: &Ledger,
+        store: &Store,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|p| p.config == *u)
                 .cloned();
-            upstreams.insert(name.clone(), reused.unwrap_or_else(|| Arc::new(Upstream::new(u))));
+            upstreams.insert(
+                name.clone(),
+                reused.unwrap_or_else(|| Arc::new(Upstream::new(u))),
+            );
         }
         let mut exact = HashMap::new();
         let mut prefixes = Vec::new();
         let mut experiments = Vec::new();
         for (i, x) in config.experiments.iter().enumerate() {
-            let l = ledger.get(&x.name).expect("ledger holds every applied experiment");
+            let l = ledger
+                .get(&x.name)
+                .expect("ledger holds every applied experiment");
             for r in &x.routes {
                 match r {
                     Route::Exact(p) => {
@@ -76,7 +86,8 @@ impl Snapshot {
             experiments.push(ExperimentRoute {
                 name: x.name.clone(),
                 name_header: HeaderValue::from_str(&x.name).expect("validated name"),
-                unit_header: HeaderName::from_bytes(x.unit_header.as_bytes()).expect("validated header"),
+                unit_header: HeaderName::from_bytes(x.unit_header.as_bytes())
+                    .expect("validated header"),
                 on_missing_unit: x.on_missing_unit,
                 assigner: Assigner::new(x, l, store.table(l.id)),
                 variants: x
@@ -90,7 +101,7 @@ impl Snapshot {
                     .collect(),
             });
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let version = config.version();
         Snapshot {
             version_header: HeaderValue::from_str(&version).expect("hex"),
@@ -98,7 +109,10 @@ impl Snapshot {
             exact,
             prefixes,
             experiments,
-            default_upstream: config.default_upstream.as_ref().map(|d| upstreams[d].clone()),
+            default_upstream: config
+                .default_upstream
+                .as_ref()
+                .map(|d| upstreams[d].clone()),
             upstreams,
             log_unit: config.access_log.unit.clone(),
             config: Arc::new(config),
@@ -106,11 +120,12 @@ impl Snapshot {
     }
 
     pub fn route(&self, path: &str) -> Target<'_> {
-        let idx = self
-            .exact
-            .get(path)
-            .copied()
-            .or_else(|| self.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, i)| *i));
+        let idx = self.exact.get(path).copied().or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| path.starts_with(p.as_str()))
+                .map(|(_, i)| *i)
+        });
         match (idx, &self.default_upstream) {
             (Some(i), _) => Target::Experiment(&self.experiments[i]),
             (None, Some(d)) => Target::Default(d),

@@ -65,7 +65,10 @@ pub struct State {
 impl State {
     /// Opens the store and log and applies `config` as the first snapshot,
     /// judged by the same rules as a reload against the stored ledger.
-    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<State>, StartError> {
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<State>, StartError> {
         let store = Store::open(&config.store_path)?;
         let log = AccessLog::open(&config.access_log.target)?;
         let ledger = store.ledger();
@@ -136,7 +139,10 @@ impl State {
         let snap = Snapshot::build(config, &next, &self.store, Some(&cur));
         self.store.append_ledger(plan.events.clone()).await?;
         self.snapshot.store(Arc::new(snap));
-        Ok(Reloaded::Applied { plan, restart_needed })
+        Ok(Reloaded::Applied {
+            plan,
+            restart_needed,
+        })
     }
 }
 

@@ -7,7 +7,9 @@
 use super::hash::{Bucket, BUCKETS};
 
 /// A weight in basis points: `33.33` % is `Weight(3333)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Weight(pub u32);
 
@@ -31,7 +33,7 @@ impl Weight {
 
 impl std::fmt::Display for Weight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 % 100 == 0 {
+        if self.0.is_multiple_of(100) {
             write!(f, "{}", self.0 / 100)
         } else {
             write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
@@ -77,7 +79,9 @@ mod tests {
     use super::*;
 
     fn w(p: &[f64]) -> Vec<Weight> {
-        p.iter().map(|&x| Weight::from_percent(x).unwrap()).collect()
+        p.iter()
+            .map(|&x| Weight::from_percent(x).unwrap())
+            .collect()
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl std::fmt::Display for RuleChange {
             RuleChange::UnitHeader { from, to } => {
                 write!(f, "unit_header changed ({from} -> {to})")
             }
-            RuleChange::VariantsAdded { names } => write!(f, "variants added: {}", names.join(", ")),
+            RuleChange::VariantsAdded { names } => {
+                write!(f, "variants added: {}", names.join(", "))
+            }
             RuleChange::VariantsRemoved { names } => {
                 write!(f, "variants removed: {}", names.join(", "))
             }
@@ -82,7 +84,12 @@ pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
             to: new.unit_header.clone(),
         });
     }
-    let names = |r: &Rule| r.variants.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    let names = |r: &Rule| {
+        r.variants
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>()
+    };
     let (old_names, new_names) = (names(old), names(new));
     let added: Vec<String> = new_names
         .iter()
@@ -106,7 +113,10 @@ pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
         changes.push(RuleChange::Reordered);
     }
     let weight_of = |r: &Rule, n: &str| r.variants.iter().find(|v| v.name == n).map(|v| v.weight);
-    if kept_old.iter().any(|n| weight_of(old, n) != weight_of(new, n)) {
+    if kept_old
+        .iter()
+        .any(|n| weight_of(old, n) != weight_of(new, n))
+    {
         changes.push(RuleChange::Weights);
     }
     changes
@@ -171,6 +181,9 @@ mod tests {
         );
         let mut header = base.clone();
         header.unit_header = "x-session".into();
-        assert!(matches!(diff(&base, &header)[..], [RuleChange::UnitHeader { .. }]));
+        assert!(matches!(
+            diff(&base, &header)[..],
+            [RuleChange::UnitHeader { .. }]
+        ));
     }
 }

@@ -73,7 +73,10 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) {
 pub enum Tail {
     Clean,
     /// A torn or corrupt record at this offset; everything from here is dropped.
-    Torn { offset: u64, reason: &'static str },
+    Torn {
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 /// Reads records from `r` (positioned after the magic) until the end or the
@@ -89,22 +92,54 @@ pub fn replay(
         match read_full(&mut r, &mut header)? {
             0 => return Ok((offset, Tail::Clean)),
             8 => {}
-            _ => return Ok((offset, Tail::Torn { offset, reason: "short header" })),
+            _ => {
+                return Ok((
+                    offset,
+                    Tail::Torn {
+                        offset,
+                        reason: "short header",
+                    },
+                ))
+            }
         }
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         if len == 0 || len > MAX_RECORD {
-            return Ok((offset, Tail::Torn { offset, reason: "bad length" }));
+            return Ok((
+                offset,
+                Tail::Torn {
+                    offset,
+                    reason: "bad length",
+                },
+            ));
         }
         payload.resize(len, 0);
         if read_full(&mut r, &mut payload)? != len {
-            return Ok((offset, Tail::Torn { offset, reason: "short record" }));
+            return Ok((
+                offset,
+                Tail::Torn {
+                    offset,
+                    reason: "short record",
+                },
+            ));
         }
         if crc32fast::hash(&payload) != crc {
-            return Ok((offset, Tail::Torn { offset, reason: "checksum mismatch" }));
+            return Ok((
+                offset,
+                Tail::Torn {
+                    offset,
+                    reason: "checksum mismatch",
+                },
+            ));
         }
         let Some(rec) = decode(&payload) else {
-            return Ok((offset, Tail::Torn { offset, reason: "undecodable record" }));
+            return Ok((
+                offset,
+                Tail::Torn {
+                    offset,
+                    reason: "undecodable record",
+                },
+            ));
         };
         each(rec)?;
         offset += 8 + len as u64;
@@ -112,15 +147,15 @@ pub fn replay(
 }
 
 fn decode(p: &[u8]) -> Option<Record> {
-    match p.first()? {
-        &KIND_ASSIGN if p.len() == ASSIGN_LEN => Some(Record::Assign {
+    match *p.first()? {
+        KIND_ASSIGN if p.len() == ASSIGN_LEN => Some(Record::Assign {
             experiment: u16::from_le_bytes(p[1..3].try_into().ok()?),
             key: UnitKey::from_bytes(p[3..19].try_into().ok()?),
             variant: p[19],
             epoch: Epoch(u32::from_le_bytes(p[20..24].try_into().ok()?)),
             first_seen: u32::from_le_bytes(p[24..28].try_into().ok()?),
         }),
-        &KIND_LEDGER => serde_json::from_slice(&p[1..]).ok().map(Record::Ledger),
+        KIND_LEDGER => serde_json::from_slice(&p[1..]).ok().map(Record::Ledger),
         _ => None,
     }
 }

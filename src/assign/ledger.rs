@@ -38,7 +38,9 @@ pub struct ExperimentLedger {
 
 impl ExperimentLedger {
     pub fn current(&self) -> &EpochRecord {
-        self.epochs.last().expect("a ledger entry has at least one epoch")
+        self.epochs
+            .last()
+            .expect("a ledger entry has at least one epoch")
     }
 
     pub fn variant_id(&self, name: &str) -> Option<VariantId> {
@@ -92,7 +94,10 @@ impl Ledger {
 
     /// Applies `ev` whole or not at all; returns the experiment's id.
     pub fn apply(&mut self, ev: &LedgerEvent) -> Result<ExperimentId, LedgerError> {
-        let existing = self.experiments.iter().position(|e| e.name == ev.experiment);
+        let existing = self
+            .experiments
+            .iter()
+            .position(|e| e.name == ev.experiment);
         let (mut variants, want) = match existing {
             Some(i) => {
                 let x = &self.experiments[i];

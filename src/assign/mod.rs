@@ -89,7 +89,11 @@ impl Assigner {
         let ledger_ids: Vec<VariantId> = cfg
             .variants
             .iter()
-            .map(|v| ledger.variant_id(&v.name).expect("ledger knows every configured variant"))
+            .map(|v| {
+                ledger
+                    .variant_id(&v.name)
+                    .expect("ledger knows every configured variant")
+            })
             .collect();
         let mut by_ledger_id = vec![None; 256];
         for (i, id) in ledger_ids.iter().enumerate() {
@@ -126,8 +130,15 @@ impl Assigner {
             return Ok(self.stored(a.variant, a.epoch, bucket, false));
         }
         let v = self.buckets.variant_for(bucket);
-        let got = store.assign(self.id, key, self.ledger_ids[v], self.epoch).await?;
-        Ok(self.stored(got.assignment.variant, got.assignment.epoch, bucket, got.created))
+        let got = store
+            .assign(self.id, key, self.ledger_ids[v], self.epoch)
+            .await?;
+        Ok(self.stored(
+            got.assignment.variant,
+            got.assignment.epoch,
+            bucket,
+            got.created,
+        ))
     }
 
     fn stored(&self, id: VariantId, epoch: Epoch, bucket: Bucket, created: bool) -> Served {

@@ -77,7 +77,11 @@ pub fn plan(
     for (i, x) in new.experiments.iter().enumerate() {
         let path = format!("experiments[{i}]");
         let rule = x.rule();
-        let weights_after = rule.variants.iter().map(|v| (v.name.clone(), v.weight)).collect();
+        let weights_after = rule
+            .variants
+            .iter()
+            .map(|v| (v.name.clone(), v.weight))
+            .collect();
         let prior = ledger.get(&x.name);
         let units: Vec<(String, u64)> = prior
             .map(|l| {
@@ -94,12 +98,20 @@ pub fn plan(
             None => (Decision::First, None, Vec::new()),
             Some(l) => {
                 let cur = l.current();
-                let before = cur.rule.variants.iter().map(|v| (v.name.clone(), v.weight)).collect();
+                let before = cur
+                    .rule
+                    .variants
+                    .iter()
+                    .map(|v| (v.name.clone(), v.weight))
+                    .collect();
                 if x.reset < cur.reset {
                     errors.push(new.error_at(
                         &format!("{path}.reset"),
                         format!("reset lowered from {} to {}", cur.reset, x.reset),
-                        Some(format!("reset only grows; set it to {} to drop all assignments again", cur.reset + 1)),
+                        Some(format!(
+                            "reset only grows; set it to {} to drop all assignments again",
+                            cur.reset + 1
+                        )),
                     ));
                     continue;
                 }
@@ -130,7 +142,10 @@ pub fn plan(
                 }
                 if reset {
                     let total: u64 = units.iter().map(|(_, n)| n).sum();
-                    warnings.push(format!("RESET: all {total} stored assignments of {:?} are dropped", x.name));
+                    warnings.push(format!(
+                        "RESET: all {total} stored assignments of {:?} are dropped",
+                        x.name
+                    ));
                 }
                 let decision = if changes.is_empty() && !reset {
                     Decision::Same
@@ -195,7 +210,10 @@ pub fn plan(
 }
 
 fn weights(ws: &[(String, Weight)]) -> String {
-    ws.iter().map(|(n, w)| format!("{n}={w}")).collect::<Vec<_>>().join(" ")
+    ws.iter()
+        .map(|(n, w)| format!("{n}={w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl std::fmt::Display for Plan {
@@ -203,10 +221,25 @@ impl std::fmt::Display for Plan {
         writeln!(f, "config {}", self.config_version)?;
         for x in &self.experiments {
             match &x.decision {
-                Decision::First => writeln!(f, "  {}: new experiment, epoch 1 ({})", x.name, weights(&x.weights_after))?,
-                Decision::Same => writeln!(f, "  {}: epoch {} continues ({})", x.name, x.epoch_after.0, weights(&x.weights_after))?,
+                Decision::First => writeln!(
+                    f,
+                    "  {}: new experiment, epoch 1 ({})",
+                    x.name,
+                    weights(&x.weights_after)
+                )?,
+                Decision::Same => writeln!(
+                    f,
+                    "  {}: epoch {} continues ({})",
+                    x.name,
+                    x.epoch_after.0,
+                    weights(&x.weights_after)
+                )?,
                 Decision::NewEpoch { changes, reset } => {
-                    let why: Vec<String> = changes.iter().map(|c| c.to_string()).chain(reset.then(|| "reset raised".to_string())).collect();
+                    let why: Vec<String> = changes
+                        .iter()
+                        .map(|c| c.to_string())
+                        .chain(reset.then(|| "reset raised".to_string()))
+                        .collect();
                     writeln!(
                         f,
                         "  {}: NEW EPOCH {} -> {} because {}; weights {} -> {}",
@@ -221,7 +254,11 @@ impl std::fmt::Display for Plan {
             }
             let held: Vec<String> = x.units.iter().map(|(n, c)| format!("{n}={c}")).collect();
             if !held.is_empty() {
-                let kept = if matches!(x.decision, Decision::NewEpoch { reset: true, .. }) { "dropped by reset" } else { "each keeps its variant and epoch" };
+                let kept = if matches!(x.decision, Decision::NewEpoch { reset: true, .. }) {
+                    "dropped by reset"
+                } else {
+                    "each keeps its variant and epoch"
+                };
                 writeln!(f, "    stored units: {} ({kept})", held.join(" "))?;
             }
             for w in &x.warnings {
@@ -229,7 +266,10 @@ impl std::fmt::Display for Plan {
             }
         }
         for a in &self.absent {
-            writeln!(f, "  {a}: not in this config; its stored units are kept and return if it is re-added")?;
+            writeln!(
+                f,
+                "  {a}: not in this config; its stored units are kept and return if it is re-added"
+            )?;
         }
         Ok(())
     }
@@ -261,7 +301,10 @@ mod tests {
 
     fn applied(c: &Config) -> Ledger {
         let mut l = Ledger::default();
-        for ev in plan(&l.clone(), &Counts(HashMap::new()), c, "t0").unwrap().events {
+        for ev in plan(&l.clone(), &Counts(HashMap::new()), c, "t0")
+            .unwrap()
+            .events
+        {
             l.apply(&ev).unwrap();
         }
         l
@@ -294,7 +337,9 @@ mod tests {
         let ramp = cfg("      - { name: a, upstream: old, weight: 20 }\n      - { name: b, upstream: new, weight: 80 }\n", "");
         let p = plan(&l, &none(), &ramp, "t").unwrap();
         assert_eq!(p.experiments[0].epoch_after, Epoch(2));
-        assert!(matches!(&p.experiments[0].decision, Decision::NewEpoch { changes, reset: false } if changes == &vec![RuleChange::Weights]));
+        assert!(
+            matches!(&p.experiments[0].decision, Decision::NewEpoch { changes, reset: false } if changes == &vec![RuleChange::Weights])
+        );
     }
 
     #[test]
@@ -304,7 +349,11 @@ mod tests {
         let only_a = cfg("      - { name: a, upstream: old, weight: 100 }\n", "");
         let errs = plan(&l, &counts, &only_a, "t").unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.contains("orphan the 7 units"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("orphan the 7 units"),
+            "{}",
+            errs[0].message
+        );
         assert!(errs[0].hint.as_deref().unwrap().contains("weight: 0"));
         // Without units it is an ordinary new epoch.
         assert!(plan(&l, &none(), &only_a, "t").is_ok());
@@ -322,7 +371,10 @@ mod tests {
         assert!(errs[0].message.contains("reset lowered"));
         // Orphaning is allowed together with a reset.
         let counts = Counts(HashMap::from([((0, 1), 7)]));
-        let only_a = cfg("      - { name: a, upstream: old, weight: 100 }\n", "    reset: 1\n");
+        let only_a = cfg(
+            "      - { name: a, upstream: old, weight: 100 }\n",
+            "    reset: 1\n",
+        );
         assert!(plan(&l, &counts, &only_a, "t").is_ok());
     }
 

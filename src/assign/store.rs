@@ -73,7 +73,9 @@ pub struct Assignment {
 
 impl Assignment {
     fn pack(self) -> u64 {
-        u64::from(self.variant) | (u64::from(self.epoch.0) << 8) | (u64::from(self.first_seen) << 32)
+        u64::from(self.variant)
+            | (u64::from(self.epoch.0) << 8)
+            | (u64::from(self.first_seen) << 32)
     }
 
     fn unpack(v: u64) -> Assignment {
@@ -279,7 +281,9 @@ impl Store {
     pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {
         for event in events {
             let (reply, rx) = oneshot::channel();
-            self.tx.send(Cmd::Ledger { event, reply }).map_err(|_| StoreError::Closed)?;
+            self.tx
+                .send(Cmd::Ledger { event, reply })
+                .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)??;
         }
         Ok(())
@@ -314,7 +318,9 @@ impl Store {
     /// Waits until everything queued so far is on disk.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Sync { reply }).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Cmd::Sync { reply })
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -386,7 +392,12 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
                 epoch,
                 first_seen,
             } => {
-                let known = shared.ledger.lock().expect("ledger lock").by_id(experiment).is_some();
+                let known = shared
+                    .ledger
+                    .lock()
+                    .expect("ledger lock")
+                    .by_id(experiment)
+                    .is_some();
                 if !known {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -468,7 +479,8 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                     Ok(())
                 }
                 Cmd::Ledger { event, .. } => {
-                    let l = scratch.get_or_insert_with(|| shared.ledger.lock().expect("ledger lock").clone());
+                    let l = scratch
+                        .get_or_insert_with(|| shared.ledger.lock().expect("ledger lock").clone());
                     match l.apply(event) {
                         Ok(_) => {
                             journal::encode(&Record::Ledger(event.clone()), &mut buf);
@@ -503,8 +515,12 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                     reply,
                 } => {
                     let r = written.clone().map_err(StoreError::Write).map(|_| {
-                        let (assignment, created) = shared.table(experiment).insert_first(key, assignment);
-                        Assigned { assignment, created }
+                        let (assignment, created) =
+                            shared.table(experiment).insert_first(key, assignment);
+                        Assigned {
+                            assignment,
+                            created,
+                        }
                     });
                     let _ = reply.send(r);
                 }

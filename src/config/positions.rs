@@ -147,15 +147,33 @@ experiments:
     fn finds_block_and_flow_values() {
         let idx = PositionIndex::build(DOC);
         assert_eq!(idx.find("listen"), Position { line: 1, column: 9 });
-        assert_eq!(idx.find("upstreams.old.url"), Position { line: 3, column: 15 });
-        assert_eq!(idx.find("experiments[0].name"), Position { line: 5, column: 11 });
+        assert_eq!(
+            idx.find("upstreams.old.url"),
+            Position {
+                line: 3,
+                column: 15
+            }
+        );
+        assert_eq!(
+            idx.find("experiments[0].name"),
+            Position {
+                line: 5,
+                column: 11
+            }
+        );
         assert_eq!(
             idx.find("experiments[0].variants[0].weight"),
-            Position { line: 7, column: 49 }
+            Position {
+                line: 7,
+                column: 49
+            }
         );
         assert_eq!(
             idx.find("experiments[0].variants[1].weight"),
-            Position { line: 9, column: 17 }
+            Position {
+                line: 9,
+                column: 17
+            }
         );
     }
 

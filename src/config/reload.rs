@@ -50,8 +50,14 @@ pub async fn watch(state: Arc<State>, path: PathBuf) {
 /// Logs a reload's outcome: the plan when applied, every error when not.
 pub fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
     match outcome {
-        Ok(Reloaded::Unchanged) => tracing::info!(trigger, "config unchanged (same parsed content); nothing to apply"),
-        Ok(Reloaded::Applied { plan, restart_needed }) => {
+        Ok(Reloaded::Unchanged) => tracing::info!(
+            trigger,
+            "config unchanged (same parsed content); nothing to apply"
+        ),
+        Ok(Reloaded::Applied {
+            plan,
+            restart_needed,
+        }) => {
             tracing::info!(trigger, config_version = %plan.config_version, "config reloaded\n{plan}");
             if !restart_needed.is_empty() {
                 tracing::warn!(fields = ?restart_needed, "these settings changed but take effect only after a restart");

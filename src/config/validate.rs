@@ -47,7 +47,8 @@ pub(super) fn parse_and_validate(
         cfg.positions = index;
         Ok(cfg)
     } else {
-        errs.list.sort_by_key(|e| (e.position.line, e.position.column));
+        errs.list
+            .sort_by_key(|e| (e.position.line, e.position.column));
         Err(errs.list)
     }
 }
@@ -94,7 +95,10 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         }
     };
 
-    let store_path = resolve(base, raw.store.as_ref().map_or("./data", |s| s.path.as_str()));
+    let store_path = resolve(
+        base,
+        raw.store.as_ref().map_or("./data", |s| s.path.as_str()),
+    );
     let access_log = access_log(&raw, base, env, e);
 
     let mut upstreams = BTreeMap::new();
@@ -104,14 +108,22 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         }
     }
     if raw.upstreams.is_empty() {
-        e.push("upstreams", "no upstreams are defined", Some("add at least one `name: { url: http://host:port }`".into()));
+        e.push(
+            "upstreams",
+            "no upstreams are defined",
+            Some("add at least one `name: { url: http://host:port }`".into()),
+        );
     }
     let known = |n: &str| raw.upstreams.contains_key(n);
     let known_list = || raw.upstreams.keys().cloned().collect::<Vec<_>>().join(", ");
 
     if let Some(d) = &raw.default_upstream {
         if !known(d) {
-            e.push("default_upstream", format!("unknown upstream {d:?}"), Some(format!("defined upstreams: {}", known_list())));
+            e.push(
+                "default_upstream",
+                format!("unknown upstream {d:?}"),
+                Some(format!("defined upstreams: {}", known_list())),
+            );
         }
     }
 
@@ -121,13 +133,21 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
     for (i, x) in raw.experiments.iter().enumerate() {
         let p = format!("experiments[{i}]");
         if !names.insert(x.name.clone()) {
-            e.push(format!("{p}.name"), format!("duplicate experiment name {:?}", x.name), Some("experiment names must be unique".into()));
+            e.push(
+                format!("{p}.name"),
+                format!("duplicate experiment name {:?}", x.name),
+                Some("experiment names must be unique".into()),
+            );
         }
         if let Some(exp) = experiment(&p, x, &known, &known_list, e) {
             for r in &x.routes {
                 if let Some(other) = route_owner.insert(r.clone(), x.name.clone()) {
                     let j = x.routes.iter().position(|y| y == r).unwrap_or(0);
-                    e.push(format!("{p}.routes[{j}]"), format!("route {r:?} already belongs to experiment {other:?}"), Some("a route can serve one experiment only".into()));
+                    e.push(
+                        format!("{p}.routes[{j}]"),
+                        format!("route {r:?} already belongs to experiment {other:?}"),
+                        Some("a route can serve one experiment only".into()),
+                    );
                 }
             }
             experiments.push(exp);
@@ -168,7 +188,11 @@ fn access_log(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option
     let target = if a.path == "-" {
         LogTarget::Stdout
     } else if a.path.is_empty() {
-        e.push("access_log.path", "empty path", Some("use \"-\" for stdout".into()));
+        e.push(
+            "access_log.path",
+            "empty path",
+            Some("use \"-\" for stdout".into()),
+        );
         return None;
     } else {
         LogTarget::File(resolve(base, &a.path))
@@ -180,7 +204,11 @@ fn access_log(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option
                 (Some(f), _) => match std::fs::read(resolve(base, f)) {
                     Ok(k) => Some(trim_key(k)),
                     Err(err) => {
-                        e.push("access_log.log_unit_key_file", format!("cannot read {f:?}: {err}"), None);
+                        e.push(
+                            "access_log.log_unit_key_file",
+                            format!("cannot read {f:?}: {err}"),
+                            None,
+                        );
                         return None;
                     }
                 },
@@ -193,13 +221,21 @@ fn access_log(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option
                     key,
                 },
                 _ => {
-                    e.push("access_log.log_unit", "log_unit: hashed needs a key", Some("set log_unit_key_file, or the env COHORT_LOG_UNIT_KEY".into()));
+                    e.push(
+                        "access_log.log_unit",
+                        "log_unit: hashed needs a key",
+                        Some("set log_unit_key_file, or the env COHORT_LOG_UNIT_KEY".into()),
+                    );
                     return None;
                 }
             }
         }
         other => {
-            e.push("access_log.log_unit", format!("unknown value {other:?}"), Some("expected raw or hashed".into()));
+            e.push(
+                "access_log.log_unit",
+                format!("unknown value {other:?}"),
+                Some("expected raw or hashed".into()),
+            );
             return None;
         }
     };
@@ -221,25 +257,56 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors) -> Option<UpstreamConfi
     let p = format!("upstreams.{name}");
     let mut ok = true;
     if !valid_name(name) {
-        e.push(&p, format!("invalid upstream name {name:?}"), Some("use letters, digits, '-', '_' and '.'".into()));
+        e.push(
+            &p,
+            format!("invalid upstream name {name:?}"),
+            Some("use letters, digits, '-', '_' and '.'".into()),
+        );
         ok = false;
     }
     let authority = match u.url.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() && matches!(uri.path(), "" | "/") && uri.query().is_none() => {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
             let a = uri.authority().expect("checked");
-            if a.port_u16().is_some() { a.to_string() } else { format!("{}:80", a.host()) }
+            if a.port_u16().is_some() {
+                a.to_string()
+            } else {
+                format!("{}:80", a.host())
+            }
         }
         Ok(uri) if uri.scheme_str() == Some("https") => {
-            e.push(format!("{p}.url"), "https upstreams are not supported yet", Some("use http://host:port; TLS to upstreams is a planned feature".into()));
+            e.push(
+                format!("{p}.url"),
+                "https upstreams are not supported yet",
+                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
+            );
             return None;
         }
         _ => {
-            e.push(format!("{p}.url"), format!("{:?} is not an upstream URL", u.url), Some("write http://host:port, without a path".into()));
+            e.push(
+                format!("{p}.url"),
+                format!("{:?} is not an upstream URL", u.url),
+                Some("write http://host:port, without a path".into()),
+            );
             return None;
         }
     };
-    let connect_timeout = duration(&format!("{p}.connect_timeout"), u.connect_timeout.as_deref(), Duration::from_secs(2), e);
-    let timeout = duration(&format!("{p}.timeout"), u.timeout.as_deref(), Duration::from_secs(30), e);
+    let connect_timeout = duration(
+        &format!("{p}.connect_timeout"),
+        u.connect_timeout.as_deref(),
+        Duration::from_secs(2),
+        e,
+    );
+    let timeout = duration(
+        &format!("{p}.timeout"),
+        u.timeout.as_deref(),
+        Duration::from_secs(30),
+        e,
+    );
     Some(UpstreamConfig {
         name: name.to_string(),
         authority,
@@ -270,7 +337,11 @@ fn duration(path: &str, s: Option<&str>, default: Duration, e: &mut Errors) -> O
         Some(s) => match parse_duration(s) {
             Some(d) => Some(d),
             None => {
-                e.push(path, format!("{s:?} is not a duration"), Some("write e.g. 500ms, 2s or 1m".into()));
+                e.push(
+                    path,
+                    format!("{s:?} is not a duration"),
+                    Some("write e.g. 500ms, 2s or 1m".into()),
+                );
                 None
             }
         },
@@ -278,7 +349,10 @@ fn duration(path: &str, s: Option<&str>, default: Duration, e: &mut Errors) -> O
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn experiment(
@@ -290,47 +364,91 @@ fn experiment(
 ) -> Option<ExperimentConfig> {
     let before = e.list.len();
     if !valid_name(&x.name) {
-        e.push(format!("{p}.name"), format!("invalid experiment name {:?}", x.name), Some("use letters, digits, '-', '_' and '.' (at most 64)".into()));
+        e.push(
+            format!("{p}.name"),
+            format!("invalid experiment name {:?}", x.name),
+            Some("use letters, digits, '-', '_' and '.' (at most 64)".into()),
+        );
     }
     if x.routes.is_empty() {
-        e.push(format!("{p}.routes"), "an experiment needs at least one route", Some("e.g. routes: [/predict]".into()));
+        e.push(
+            format!("{p}.routes"),
+            "an experiment needs at least one route",
+            Some("e.g. routes: [/predict]".into()),
+        );
     }
     let mut routes = Vec::new();
     for (j, r) in x.routes.iter().enumerate() {
         if !r.starts_with('/') {
-            e.push(format!("{p}.routes[{j}]"), format!("route {r:?} must start with '/'"), None);
+            e.push(
+                format!("{p}.routes[{j}]"),
+                format!("route {r:?} must start with '/'"),
+                None,
+            );
         } else if let Some(prefix) = r.strip_suffix('*') {
             routes.push(Route::Prefix(prefix.to_string()));
         } else if r.contains('*') {
-            e.push(format!("{p}.routes[{j}]"), format!("route {r:?}: '*' is allowed only at the end"), Some("write /v2/models/ranker/* for a prefix".into()));
+            e.push(
+                format!("{p}.routes[{j}]"),
+                format!("route {r:?}: '*' is allowed only at the end"),
+                Some("write /v2/models/ranker/* for a prefix".into()),
+            );
         } else {
             routes.push(Route::Exact(r.clone()));
         }
     }
-    let unit_header = x.unit_header.clone().unwrap_or_else(|| "x-user-id".into()).to_ascii_lowercase();
+    let unit_header = x
+        .unit_header
+        .clone()
+        .unwrap_or_else(|| "x-user-id".into())
+        .to_ascii_lowercase();
     if http::HeaderName::from_bytes(unit_header.as_bytes()).is_err() {
-        e.push(format!("{p}.unit_header"), format!("{unit_header:?} is not a header name"), None);
+        e.push(
+            format!("{p}.unit_header"),
+            format!("{unit_header:?} is not a header name"),
+            None,
+        );
     } else if unit_header.starts_with("x-cohort-") {
-        e.push(format!("{p}.unit_header"), "x-cohort-* headers are set by the proxy", Some("use the header your clients send, e.g. x-user-id".into()));
+        e.push(
+            format!("{p}.unit_header"),
+            "x-cohort-* headers are set by the proxy",
+            Some("use the header your clients send, e.g. x-user-id".into()),
+        );
     }
     let salt = x.salt.clone().unwrap_or_else(|| x.name.clone());
     if salt.is_empty() {
-        e.push(format!("{p}.salt"), "empty salt", Some("omit it to use the experiment name".into()));
+        e.push(
+            format!("{p}.salt"),
+            "empty salt",
+            Some("omit it to use the experiment name".into()),
+        );
     }
     let on_missing_unit = match x.on_missing_unit.as_deref().unwrap_or("control") {
         "control" => MissingUnitPolicy::Control,
         "reject" => MissingUnitPolicy::Reject,
         other => {
-            e.push(format!("{p}.on_missing_unit"), format!("unknown policy {other:?}"), Some("expected control or reject".into()));
+            e.push(
+                format!("{p}.on_missing_unit"),
+                format!("unknown policy {other:?}"),
+                Some("expected control or reject".into()),
+            );
             MissingUnitPolicy::Control
         }
     };
 
     if x.variants.is_empty() {
-        e.push(format!("{p}.variants"), "an experiment needs at least one variant", None);
+        e.push(
+            format!("{p}.variants"),
+            "an experiment needs at least one variant",
+            None,
+        );
     }
     if x.variants.len() > MAX_VARIANTS {
-        e.push(format!("{p}.variants"), format!("{} variants; at most {MAX_VARIANTS}", x.variants.len()), None);
+        e.push(
+            format!("{p}.variants"),
+            format!("{} variants; at most {MAX_VARIANTS}", x.variants.len()),
+            None,
+        );
     }
     let mut variants = Vec::new();
     let mut seen = BTreeSet::new();
@@ -339,22 +457,45 @@ fn experiment(
     for (j, v) in x.variants.iter().enumerate() {
         let vp = format!("{p}.variants[{j}]");
         if !valid_name(&v.name) || v.name == "none" {
-            e.push(format!("{vp}.name"), format!("invalid variant name {:?}", v.name), Some("use letters, digits, '-', '_' and '.'; \"none\" is reserved".into()));
+            e.push(
+                format!("{vp}.name"),
+                format!("invalid variant name {:?}", v.name),
+                Some("use letters, digits, '-', '_' and '.'; \"none\" is reserved".into()),
+            );
         }
         if !seen.insert(v.name.clone()) {
-            e.push(format!("{vp}.name"), format!("duplicate variant name {:?}", v.name), None);
+            e.push(
+                format!("{vp}.name"),
+                format!("duplicate variant name {:?}", v.name),
+                None,
+            );
         }
         if !known(&v.upstream) {
-            e.push(format!("{vp}.upstream"), format!("unknown upstream {:?}", v.upstream), Some(format!("defined upstreams: {}", known_list())));
+            e.push(
+                format!("{vp}.upstream"),
+                format!("unknown upstream {:?}", v.upstream),
+                Some(format!("defined upstreams: {}", known_list())),
+            );
         }
         match Weight::from_percent(v.weight) {
             Some(w) => {
                 sum += u64::from(w.0);
-                variants.push(VariantConfig { name: v.name.clone(), upstream: v.upstream.clone(), weight: w });
+                variants.push(VariantConfig {
+                    name: v.name.clone(),
+                    upstream: v.upstream.clone(),
+                    weight: w,
+                });
             }
             None => {
                 weights_ok = false;
-                e.push(format!("{vp}.weight"), format!("weight {} is not a percentage with at most two decimals", v.weight), Some("weights are percentages from 0 to 100, e.g. 33.33".into()));
+                e.push(
+                    format!("{vp}.weight"),
+                    format!(
+                        "weight {} is not a percentage with at most two decimals",
+                        v.weight
+                    ),
+                    Some("weights are percentages from 0 to 100, e.g. 33.33".into()),
+                );
             }
         }
     }
@@ -362,7 +503,11 @@ fn experiment(
         let ws: Vec<Weight> = variants.iter().map(|v| v.weight).collect();
         if BucketTable::new(&ws).is_none() {
             let shown = Weight(sum.min(u64::from(u32::MAX)) as u32);
-            e.push(format!("{p}.variants"), format!("weights sum to {shown}; they must sum to 100"), Some(weight_hint(sum)));
+            e.push(
+                format!("{p}.variants"),
+                format!("weights sum to {shown}; they must sum to 100"),
+                Some(weight_hint(sum)),
+            );
         }
     }
     (e.list.len() == before).then(|| ExperimentConfig {
@@ -378,7 +523,10 @@ fn experiment(
 
 fn weight_hint(sum_bp: u64) -> String {
     if sum_bp > 10_000 {
-        format!("remove {} from some weights", Weight((sum_bp - 10_000) as u32))
+        format!(
+            "remove {} from some weights",
+            Weight((sum_bp - 10_000) as u32)
+        )
     } else {
         format!("add {} to some weights", Weight((10_000 - sum_bp) as u32))
     }
@@ -388,10 +536,22 @@ fn runtime(raw: &RawConfig, e: &mut Errors) -> Option<RuntimeConfig> {
     let r = raw.runtime.as_ref();
     let worker_threads = r.and_then(|r| r.worker_threads);
     if worker_threads == Some(0) {
-        e.push("runtime.worker_threads", "must be at least 1", Some("omit it to use one per core".into()));
+        e.push(
+            "runtime.worker_threads",
+            "must be at least 1",
+            Some("omit it to use one per core".into()),
+        );
     }
-    let shutdown_timeout = duration("runtime.shutdown_timeout", r.and_then(|r| r.shutdown_timeout.as_deref()), Duration::from_secs(10), e)?;
-    Some(RuntimeConfig { worker_threads, shutdown_timeout })
+    let shutdown_timeout = duration(
+        "runtime.shutdown_timeout",
+        r.and_then(|r| r.shutdown_timeout.as_deref()),
+        Duration::from_secs(10),
+        e,
+    )?;
+    Some(RuntimeConfig {
+        worker_threads,
+        shutdown_timeout,
+    })
 }
 
 #[cfg(test)]
@@ -399,7 +559,12 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<Config, Vec<ConfigError>> {
-        parse_and_validate(yaml, Path::new("t.yaml"), Path::new("/base"), &Env::default())
+        parse_and_validate(
+            yaml,
+            Path::new("t.yaml"),
+            Path::new("/base"),
+            &Env::default(),
+        )
     }
 
     const GOOD: &str = "\
@@ -435,7 +600,10 @@ experiments:
 
     #[test]
     fn weights_not_summing_to_100_name_line_and_hint() {
-        let e = one_error(&GOOD.replace("weight: 50 }\n      - { name: treatment", "weight: 60 }\n      - { name: treatment"));
+        let e = one_error(&GOOD.replace(
+            "weight: 50 }\n      - { name: treatment",
+            "weight: 60 }\n      - { name: treatment",
+        ));
         assert_eq!(e.path, "experiments[0].variants");
         assert_eq!(e.position.line, 8);
         assert!(e.message.contains("sum to 110"), "{}", e.message);
@@ -451,8 +619,15 @@ experiments:
 
     #[test]
     fn unknown_field_is_a_serde_error_with_position() {
-        let e = one_error(&GOOD.replace("weight: 50 }\n      - { name: treatment", "wieght: 50 }\n      - { name: treatment"));
-        assert!(e.message.contains("unknown field `wieght`"), "{}", e.message);
+        let e = one_error(&GOOD.replace(
+            "weight: 50 }\n      - { name: treatment",
+            "wieght: 50 }\n      - { name: treatment",
+        ));
+        assert!(
+            e.message.contains("unknown field `wieght`"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.position.line, 8);
         assert_eq!(e.path, "experiments[0].variants[0]");
     }
@@ -465,15 +640,27 @@ experiments:
 
     #[test]
     fn duplicates_are_errors_and_all_are_reported() {
-        let bad = GOOD.replace("name: treatment", "name: control").replace("weight: 50 }\n", "weight: 40 }\n");
+        let bad = GOOD
+            .replace("name: treatment", "name: control")
+            .replace("weight: 50 }\n", "weight: 40 }\n");
         let errs = check(&bad).unwrap_err();
-        assert!(errs.iter().any(|e| e.message.contains("duplicate variant name")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.message.contains("sum to 80")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("duplicate variant name")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.message.contains("sum to 80")),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn too_many_decimals_rejected() {
-        let e = one_error(&GOOD.replace("weight: 50 }\n      - { name: treatment", "weight: 50.001 }\n      - { name: treatment"));
+        let e = one_error(&GOOD.replace(
+            "weight: 50 }\n      - { name: treatment",
+            "weight: 50.001 }\n      - { name: treatment",
+        ));
         assert_eq!(e.path, "experiments[0].variants[0].weight");
     }
 

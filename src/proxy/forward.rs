@@ -136,12 +136,23 @@ pub async fn handle(
     };
 
     rec.upstream = Some(upstream.config.authority.clone());
-    let upstream_req = match upstream_request(req, &upstream, stamps.as_ref(), &rec.request_id, peer, bytes_in.clone()) {
+    let upstream_req = match upstream_request(
+        req,
+        &upstream,
+        stamps.as_ref(),
+        &rec.request_id,
+        peer,
+        bytes_in.clone(),
+    ) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(e, stamps.as_ref(), rec, pending)),
     };
     let sent = Instant::now();
-    let result = tokio::time::timeout(upstream.config.timeout, upstream.client.request(upstream_req)).await;
+    let result = tokio::time::timeout(
+        upstream.config.timeout,
+        upstream.client.request(upstream_req),
+    )
+    .await;
     rec.upstream_ms = Some(ms(sent.elapsed()));
     let resp = match result {
         Ok(Ok(resp)) => resp,
@@ -156,7 +167,10 @@ pub async fn handle(
             return Ok(error_response(err, stamps.as_ref(), rec, pending));
         }
         Err(_) => {
-            let err = ProxyError::UpstreamTimeout(upstream.config.name.clone(), upstream.config.timeout.as_millis());
+            let err = ProxyError::UpstreamTimeout(
+                upstream.config.name.clone(),
+                upstream.config.timeout.as_millis(),
+            );
             return Ok(error_response(err, stamps.as_ref(), rec, pending));
         }
     };
@@ -183,7 +197,10 @@ async fn assign(
     headers: &HeaderMap,
     rec: &mut AccessRecord,
 ) -> Result<Served, ProxyError> {
-    let unit = headers.get(&x.unit_header).map(|v| v.as_bytes()).filter(|u| valid_unit(u));
+    let unit = headers
+        .get(&x.unit_header)
+        .map(|v| v.as_bytes())
+        .filter(|u| valid_unit(u));
     let Some(unit) = unit else {
         rec.reason = Some("no_unit");
         return match x.on_missing_unit {
@@ -225,7 +242,8 @@ fn upstream_request(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::NoRoute("(unparseable URI)".into()))?;
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| ProxyError::NoRoute("(unparseable URI)".into()))?;
     parts.version = http::Version::HTTP_11;
 
     let h = &mut parts.headers;
@@ -249,7 +267,10 @@ fn upstream_request(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(REQUEST_ID, v);
     }
-    Ok(Request::from_parts(parts, UpstreamBody::new(body, bytes_in)))
+    Ok(Request::from_parts(
+        parts,
+        UpstreamBody::new(body, bytes_in),
+    ))
 }
 
 fn error_response(
@@ -265,20 +286,26 @@ fn error_response(
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(s) = stamps {
         s.apply(h);
     }
     if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
         h.insert(REQUEST_ID, v);
     }
-    let resp = resp.map(|b| b.with_log(pending(rec)));
-    resp
+    resp.map(|b| b.with_log(pending(rec)))
 }
 
 /// Connection-level headers are meaningful for one hop only (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+    if let Some(conn) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
         for name in conn.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                 h.remove(n);
@@ -305,7 +332,11 @@ fn strip_stamps(h: &mut HeaderMap) {
     if !h.keys().any(|k| k.as_str().starts_with(STAMP_PREFIX)) {
         return;
     }
-    let names: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with(STAMP_PREFIX)).cloned().collect();
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(STAMP_PREFIX))
+        .cloned()
+        .collect();
     for n in names {
         h.remove(n);
     }

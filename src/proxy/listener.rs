@@ -16,7 +16,12 @@ use crate::state::State;
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests. Returns the number of connections cut at the deadline.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>, grace: Duration) -> usize {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> usize {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -54,7 +59,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => 0,
         Err(_) => {
-            tracing::warn!(?grace, "shutdown deadline reached with requests still in flight");
+            tracing::warn!(
+                ?grace,
+                "shutdown deadline reached with requests still in flight"
+            );
             open
         }
     }

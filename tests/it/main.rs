@@ -1,0 +1,8 @@
+//! cohort's integration tests: the real binary, real sockets, real files.
+//! One test binary so the 2-core CI links once.
+
+mod access_log;
+mod durability;
+mod proxy;
+mod reload;
+mod util;

@@ -1,0 +1,448 @@
+//! Test helpers that read like prose: `Backend::spawn("old")`,
+//! `Cohort::start(&dir, yaml)`, `client.post(addr, "/predict", Some("alice"))`.
+//! Everything runs on real loopback sockets; the proxy is the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A model backend on a real socket that answers with its name and records
+/// the headers of every request it received.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Behaviour {
+    name: String,
+    delay: Duration,
+}
+
+impl Backend {
+    pub async fn spawn(name: &str) -> Backend {
+        Backend::spawn_with(name, Duration::ZERO).await
+    }
+
+    /// A backend that waits `delay` before answering (for timeouts).
+    pub async fn spawn_with(name: &str, delay: Duration) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let b = Behaviour {
+            name: name.into(),
+            delay,
+        };
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (b, s) = (b.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(b.clone(), s.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw a request")
+    }
+
+    /// Stops accepting and closes the socket (connections then get refused).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    b: Behaviour,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    seen.lock().unwrap().push(req.headers().clone());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    let out = serde_json::json!({ "model": b.name, "echo_bytes": body.len() }).to_string();
+    Ok(Response::new(Full::new(Bytes::from(out))))
+}
+
+/// A response as the test client saw it.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    pub fn variant(&self) -> &str {
+        self.header("x-cohort-variant")
+    }
+    pub fn epoch(&self) -> u32 {
+        self.header("x-cohort-epoch")
+            .parse()
+            .unwrap_or_else(|_| panic!("no epoch stamp: {self:?}"))
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct TestClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn new() -> TestClient {
+        TestClient {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn post(&self, addr: SocketAddr, path: &str, user: Option<&str>) -> Resp {
+        self.send(
+            addr,
+            "POST",
+            path,
+            &[("x-user-id", user)],
+            "{\"features\":[1,2,3]}",
+        )
+        .await
+    }
+
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, Option<&str>)],
+        body: &str,
+    ) -> Resp {
+        self.try_send(addr, method, path, headers, body)
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn try_send(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, Option<&str>)],
+        body: &str,
+    ) -> Result<Resp, String> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            if let Some(v) = v {
+                b = b.header(*k, *v);
+            }
+        }
+        let req = b.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A test directory holding a config, the store and the access log.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("cohort.yaml")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path().join("logs/access.jsonl")
+    }
+    /// Writes the config atomically (as editors and config tools do).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.path().join(".cohort.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+    /// Every access-log line written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+            .collect()
+    }
+}
+
+/// The standard test config: `listen` on port 0, store and log in the dir.
+/// `experiments` is YAML for the `experiments:` list, indented by 2.
+pub fn config(upstreams: &[(&str, &Backend)], experiments: &str) -> String {
+    let mut y = String::from("listen: 127.0.0.1:0\nstore: { path: ./data }\naccess_log: { path: ./logs/access.jsonl }\nruntime: { worker_threads: 2, shutdown_timeout: 5s }\nupstreams:\n");
+    for (name, b) in upstreams {
+        y.push_str(&format!(
+            "  {name}: {{ url: {}, timeout: 2s, connect_timeout: 1s }}\n",
+            b.url()
+        ));
+    }
+    y.push_str("experiments:\n");
+    y.push_str(experiments);
+    y
+}
+
+/// The ranker experiment with the given weights for control and treatment.
+pub fn ranker(control: &str, treatment: &str) -> String {
+    format!(
+        "  - name: ranker\n    routes: [/predict]\n    salt: ranker-salt\n    variants:\n      - {{ name: control, upstream: old, weight: {control} }}\n      - {{ name: treatment, upstream: new, weight: {treatment} }}\n"
+    )
+}
+
+/// A running `cohort` process.
+pub struct Cohort {
+    pub addr: SocketAddr,
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cohort {
+    /// Writes `yaml` to `dir` and starts the proxy on it.
+    pub fn start(dir: &TestDir, yaml: &str) -> Cohort {
+        dir.write_config(yaml);
+        Cohort::start_existing(dir)
+            .unwrap_or_else(|(code, log)| panic!("cohort did not start ({code:?}):\n{log}"))
+    }
+
+    /// Starts on the config already in `dir`; on failure returns the exit
+    /// status and stderr.
+    pub fn start_existing(dir: &TestDir) -> Result<Cohort, (Option<ExitStatus>, String)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .arg("--config")
+            .arg(dir.config_path())
+            .env("COHORT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cohort");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr: SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Cohort {
+                addr,
+                child,
+                stderr,
+            }),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten().or_else(|| {
+                    let _ = child.kill();
+                    child.wait().ok()
+                });
+                std::thread::sleep(Duration::from_millis(100));
+                let log = stderr.lock().unwrap().join("\n");
+                Err((status, log))
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle` (after `skip` lines).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line containing {needle:?} within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Number of stderr lines containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `USR1`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal("TERM");
+        wait_timeout(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// SIGKILL: no chance to flush or sync anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Cohort {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, t: Duration) -> ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cohort did not exit within {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Distinct unit ids for a test, deterministic.
+pub fn users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The public bucket contract, recomputed independently of the library.
+pub fn bucket(salt: &str, unit: &str) -> u32 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{salt}:{unit}").as_bytes());
+    (u64::from_be_bytes(d[..8].try_into().unwrap()) % 10_000) as u32
+}
+
+/// Half-width of a 5-sigma interval for a binomial count.
+pub fn binomial_bound(n: usize, p: f64) -> f64 {
+    5.0 * (n as f64 * p * (1.0 - p)).sqrt()
+}
+
+/// Sends one request per user, `concurrency` at a time; returns responses in user order.
+pub async fn post_all(
+    client: &TestClient,
+    addr: SocketAddr,
+    users: &[String],
+    concurrency: usize,
+) -> Vec<Resp> {
+    let users = Arc::new(users.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = Arc::new(Mutex::new(vec![None; users.len()]));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, users, next, out) = (client.clone(), users.clone(), next.clone(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= users.len() {
+                    break;
+                }
+                let r = client.post(addr, "/predict", Some(&users[i])).await;
+                out.lock().unwrap()[i] = Some(r);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v = std::mem::take(&mut *out.lock().unwrap());
+    v.into_iter().map(|r| r.unwrap()).collect()
+}
