@@ -32,8 +32,14 @@ fn event() -> LedgerEvent {
                 salt: "bench".into(),
                 unit_header: "x-user-id".into(),
                 variants: vec![
-                    RuleVariant { name: "control".into(), weight: Weight(5000) },
-                    RuleVariant { name: "treatment".into(), weight: Weight(5000) },
+                    RuleVariant {
+                        name: "control".into(),
+                        weight: Weight(5000),
+                    },
+                    RuleVariant {
+                        name: "treatment".into(),
+                        weight: Weight(5000),
+                    },
                 ],
             },
             started_at: "2026-12-01T00:00:00.000Z".into(),
@@ -45,14 +51,18 @@ fn event() -> LedgerEvent {
 }
 
 fn main() {
-    let n: usize = std::env::var("COHORT_BENCH_UNITS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("COHORT_BENCH_UNITS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.cohort");
 
     // A journal as a proxy would have left it after n first exposures.
     let t = Instant::now();
     {
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+        let mut f =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
         journal::init(&mut f).unwrap();
         let mut buf = Vec::new();
         journal::encode(&Record::Ledger(event()), &mut buf);
@@ -77,7 +87,12 @@ fn main() {
     }
     let journal_bytes = std::fs::metadata(&path).unwrap().len();
     println!("units: {n}");
-    println!("journal: {:.1} MB ({:.1} bytes/unit), written in {:.2?}", journal_bytes as f64 / 1e6, journal_bytes as f64 / n as f64, t.elapsed());
+    println!(
+        "journal: {:.1} MB ({:.1} bytes/unit), written in {:.2?}",
+        journal_bytes as f64 / 1e6,
+        journal_bytes as f64 / n as f64,
+        t.elapsed()
+    );
 
     let before = rss_bytes();
     let t = Instant::now();
@@ -86,7 +101,10 @@ fn main() {
     let after = rss_bytes();
     let table = store.table(0);
     assert_eq!(table.len(), n);
-    println!("restart (open + replay): {replay:.2?} ({:.0} units/s)", n as f64 / replay.as_secs_f64());
+    println!(
+        "restart (open + replay): {replay:.2?} ({:.0} units/s)",
+        n as f64 / replay.as_secs_f64()
+    );
     println!(
         "RAM for the assignment map: {:.1} MB = {:.1} bytes/unit (RSS {:.1} -> {:.1} MB)",
         (after - before) as f64 / 1e6,
@@ -105,10 +123,17 @@ fn main() {
     }
     let el = t.elapsed();
     assert_eq!(found, probes);
-    println!("lookup (unit_key + map get, 1 thread): {:.0} ns each", el.as_nanos() as f64 / probes as f64);
+    println!(
+        "lookup (unit_key + map get, 1 thread): {:.0} ns each",
+        el.as_nanos() as f64 / probes as f64
+    );
 
     // New-unit path: durable inserts through the group-commit writer.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Arc::new(store);
     for conc in [1usize, 64] {
         let inserts = if conc == 1 { 2_000 } else { 100_000 };

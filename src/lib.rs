@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod snapshot;
 pub mod state;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,10 +50,21 @@ pub enum RunError {
 
 /// Runs the proxy on `config` until SIGTERM or SIGINT, then drains in-flight
 /// requests, flushes the access log and syncs the store.
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+///
+/// `listen_override` (the `--listen` flag) wins over the file's `listen`, at
+/// start-up and on every reload.
+pub async fn run(
+    mut config: Config,
+    config_path: Option<PathBuf>,
+    listen_override: Option<SocketAddr>,
+) -> Result<(), RunError> {
+    if let Some(l) = listen_override {
+        config.listen = l;
+    }
     let listen = config.listen;
     let grace = config.runtime.shutdown_timeout;
-    let state = State::start(config, config_path.clone()).await?;
+    // Bind before the store records anything: a start-up that cannot listen
+    // must not have journaled the config's new epochs.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -63,6 +75,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         addr: listen,
         source,
     })?;
+    let state = State::start(config, config_path.clone(), listen_override).await?;
     tracing::info!(addr = %local, "listening on http://{local}");
 
     if let Some(path) = config_path {

@@ -53,26 +53,22 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { path }) => check(&path),
         Some(Command::Demo { listen, data }) => {
-            let mut cfg = cohort::demo::demo_config(data);
-            cfg.listen = listen;
-            run(cfg, None, true)
+            let cfg = cohort::demo::demo_config(data);
+            run(cfg, None, Some(listen), true)
         }
         None => {
             let Some(path) = cli.config else {
                 eprintln!("cohort: give --config PATH, or try `cohort demo` (see --help)");
                 return ExitCode::from(64);
             };
-            let mut cfg = match cohort::config::load_file(&path) {
+            let cfg = match cohort::config::load_file(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(1);
                 }
             };
-            if let Some(l) = cli.listen {
-                cfg.listen = l;
-            }
-            run(cfg, Some(path), false)
+            run(cfg, Some(path), cli.listen, false)
         }
     }
 }
@@ -96,7 +92,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(cfg: cohort::config::Config, path: Option<PathBuf>, demo: bool) -> ExitCode {
+fn run(
+    cfg: cohort::config::Config,
+    path: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    demo: bool,
+) -> ExitCode {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cfg.runtime.worker_threads {
         rt.worker_threads(n);
@@ -115,10 +116,10 @@ fn run(cfg: cohort::config::Config, path: Option<PathBuf>, demo: bool) -> ExitCo
     let result = rt.block_on(async move {
         if demo {
             let backends = cohort::demo::start_backends(&cfg).await.context("starting the demo backends")?;
-            let listen = cfg.listen;
-            tracing::info!(?backends, "demo backends up; try:\n  curl -i -H 'x-user-id: alice' -d '{{}}' http://{listen}/predict");
+            let at = listen.unwrap_or(cfg.listen);
+            tracing::info!(?backends, "demo backends up; try:\n  curl -i -H 'x-user-id: alice' -d '{{}}' http://{at}/predict");
         }
-        cohort::run(cfg, path).await.map_err(anyhow::Error::from)
+        cohort::run(cfg, path, listen).await.map_err(anyhow::Error::from)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

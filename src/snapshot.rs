@@ -16,7 +16,6 @@ use crate::proxy::upstream::Upstream;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub version: String,
-    pub version_header: HeaderValue,
     exact: HashMap<String, usize>,
     /// Longest prefix first.
     prefixes: Vec<(String, usize)>,
@@ -104,7 +103,6 @@ impl Snapshot {
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let version = config.version();
         Snapshot {
-            version_header: HeaderValue::from_str(&version).expect("hex"),
             version,
             exact,
             prefixes,

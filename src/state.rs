@@ -5,6 +5,7 @@
 //! snapshot -> journal the plan's epoch events durably -> swap. Any failure
 //! before the swap leaves the old snapshot serving.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub struct State {
     pub store: Store,
     pub log: AccessLog,
     config_path: Option<PathBuf>,
+    listen_override: Option<SocketAddr>,
     reload_lock: tokio::sync::Mutex<()>,
     request_seq: AtomicU64,
     request_prefix: String,
@@ -68,6 +70,7 @@ impl State {
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
+        listen_override: Option<SocketAddr>,
     ) -> Result<Arc<State>, StartError> {
         let store = Store::open(&config.store_path)?;
         let log = AccessLog::open(&config.access_log.target)?;
@@ -90,6 +93,7 @@ impl State {
             store,
             log,
             config_path,
+            listen_override,
             reload_lock: tokio::sync::Mutex::new(()),
             request_seq: AtomicU64::new(0),
             request_prefix: request_prefix(),
@@ -114,7 +118,10 @@ impl State {
     /// Re-reads the config file and applies it.
     pub async fn reload_file(&self) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
+        let mut cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
+        if let Some(l) = self.listen_override {
+            cfg.listen = l;
+        }
         self.apply(cfg).await
     }
 
@@ -160,6 +167,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.runtime.worker_threads != new.runtime.worker_threads {
         v.push("runtime.worker_threads");
+    }
+    if old.runtime.shutdown_timeout != new.runtime.shutdown_timeout {
+        v.push("runtime.shutdown_timeout");
     }
     v
 }

@@ -67,6 +67,8 @@ pub struct Ledger {
 pub enum LedgerError {
     #[error("experiment {0:?} would exceed 256 variant names over its lifetime")]
     TooManyVariants(String),
+    #[error("experiment {0:?} has reached the largest epoch the store can hold")]
+    EpochOverflow(String),
     #[error("more than 65536 experiments")]
     TooManyExperiments,
     #[error("epoch {got} for {experiment:?} does not follow {want}")]
@@ -111,6 +113,9 @@ impl Ledger {
                 got: ev.record.epoch.0,
                 want: want.0,
             });
+        }
+        if ev.record.epoch.0 > super::store::MAX_EPOCH {
+            return Err(LedgerError::EpochOverflow(ev.experiment.clone()));
         }
         for v in &ev.record.rule.variants {
             if !variants.contains(&v.name) {

@@ -41,6 +41,9 @@ use super::plan::UnitCounts;
 
 const JOURNAL_FILE: &str = "journal.cohort";
 const MAX_BATCH: usize = 8192;
+/// More than one batch can hold (8192 assignments of 36 bytes plus ledger
+/// events): a torn write never leaves this much after its bad record.
+const TORN_TAIL_LIMIT: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -424,6 +427,18 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
         _ => io_err(e),
     })?;
     if let Tail::Torn { offset, reason } = tail {
+        // A crash can only cut the last batch written; a bad record further
+        // from the end than one batch is damage, not a torn write, and
+        // truncating there would drop acknowledged assignments.
+        if size - good > TORN_TAIL_LIMIT {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "{reason} at byte {offset}, {} bytes before the end; refusing to truncate acknowledged records (move the journal aside to inspect it)",
+                    size - good
+                ),
+            });
+        }
         tracing::warn!(
             journal = %path.display(),
             offset,
@@ -549,4 +564,149 @@ fn write_batch(file: &mut File, buf: &[u8], good_len: &mut u64) -> io::Result<()
     file.sync_data()?;
     *good_len += buf.len() as u64;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assign::buckets::Weight;
+    use crate::assign::epoch::{Rule, RuleVariant};
+    use crate::assign::hash::unit_key;
+    use crate::assign::ledger::EpochRecord;
+
+    fn event(epoch: u32, dropped: bool) -> LedgerEvent {
+        LedgerEvent {
+            experiment: "e".into(),
+            record: EpochRecord {
+                epoch: Epoch(epoch),
+                rule: Rule {
+                    salt: "s".into(),
+                    unit_header: "x-user-id".into(),
+                    variants: vec![
+                        RuleVariant {
+                            name: "a".into(),
+                            weight: Weight(5000),
+                        },
+                        RuleVariant {
+                            name: "b".into(),
+                            weight: Weight(5000),
+                        },
+                    ],
+                },
+                started_at: "t".into(),
+                config_version: "v".into(),
+                reset: u64::from(dropped),
+                dropped_assignments: dropped,
+            },
+        }
+    }
+
+    /// A store with `n` units, written by 64 concurrent first requests.
+    async fn filled(dir: &Path, n: usize) {
+        let store = Arc::new(Store::open(dir).unwrap());
+        store.append_ledger(vec![event(1, false)]).await.unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (c..n).step_by(64) {
+                    let got = store
+                        .assign(
+                            0,
+                            unit_key("e", format!("u{i}").as_bytes()),
+                            (i % 2) as u8,
+                            Epoch(1),
+                        )
+                        .await
+                        .unwrap();
+                    assert!(got.created);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn assignments_survive_reopen_and_the_first_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 10).await;
+        let store = Store::open(dir.path()).unwrap();
+        let t = store.table(0);
+        assert_eq!(t.len(), 10);
+        assert_eq!((t.units(0), t.units(1)), (5, 5));
+        let k = unit_key("e", b"u3");
+        assert_eq!(t.get(&k).unwrap().variant, 1);
+        // A second assignment of a stored unit returns the first.
+        let again = store.assign(0, k, 0, Epoch(1)).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.assignment.variant, 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_tail_is_truncated_but_damage_further_in_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 40_000).await;
+        let path = dir.path().join(JOURNAL_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        // Cut into the last record, as kill -9 during a write would.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.table(0).len(), 39_999);
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 36);
+        // Flip a byte in the middle: that is damage, not a torn write.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[200] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reset_event_drops_the_experiments_assignments_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 10).await;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append_ledger(vec![event(2, true)]).await.unwrap();
+            assert_eq!(store.table(0).len(), 0);
+            assert_eq!(store.table(0).units(1), 0);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.table(0).len(), 0);
+        assert_eq!(store.ledger().get("e").unwrap().current().epoch, Epoch(2));
+    }
+
+    #[test]
+    fn packing_keeps_every_field() {
+        let a = Assignment {
+            variant: 255,
+            epoch: Epoch(MAX_EPOCH),
+            first_seen: u32::MAX,
+        };
+        assert_eq!(Assignment::unpack(a.pack()), a);
+        let b = Assignment {
+            variant: 3,
+            epoch: Epoch(7),
+            first_seen: 1_796_000_000,
+        };
+        assert_eq!(Assignment::unpack(b.pack()), b);
+    }
 }

@@ -61,10 +61,7 @@ fn serde_error(e: &serde_yaml::Error) -> ConfigError {
             column: l.column(),
         })
         .unwrap_or(Position { line: 1, column: 1 });
-    let mut message = e.to_string();
-    if let Some(i) = message.rfind(" at line ") {
-        message.truncate(i);
-    }
+    let message = strip_locations(&e.to_string());
     // serde_yaml prefixes the YAML path ("experiments[0]: unknown field ...").
     let (path, message) = match message.split_once(": ") {
         Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
@@ -79,6 +76,28 @@ fn serde_error(e: &serde_yaml::Error) -> ConfigError {
         message,
         hint,
     }
+}
+
+/// Removes serde_yaml's " at line N column M" phrases: the position is
+/// reported once, in front, in `file:line:col` form.
+fn strip_locations(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let n = digits(after);
+        match after[n..].strip_prefix(" column ") {
+            Some(col) if n > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path) -> Option<Config> {
@@ -140,14 +159,20 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
             );
         }
         if let Some(exp) = experiment(&p, x, &known, &known_list, e) {
-            for r in &x.routes {
+            for (j, r) in x.routes.iter().enumerate() {
                 if let Some(other) = route_owner.insert(r.clone(), x.name.clone()) {
-                    let j = x.routes.iter().position(|y| y == r).unwrap_or(0);
-                    e.push(
-                        format!("{p}.routes[{j}]"),
-                        format!("route {r:?} already belongs to experiment {other:?}"),
-                        Some("a route can serve one experiment only".into()),
-                    );
+                    let (message, hint) = if other == x.name {
+                        (
+                            format!("route {r:?} is listed twice"),
+                            "remove the duplicate",
+                        )
+                    } else {
+                        (
+                            format!("route {r:?} already belongs to experiment {other:?}"),
+                            "a route can serve one experiment only",
+                        )
+                    };
+                    e.push(format!("{p}.routes[{j}]"), message, Some(hint.into()));
                 }
             }
             experiments.push(exp);
@@ -662,6 +687,25 @@ experiments:
             "weight: 50.001 }\n      - { name: treatment",
         ));
         assert_eq!(e.path, "experiments[0].variants[0].weight");
+    }
+
+    #[test]
+    fn serde_positions_are_not_repeated_in_the_message() {
+        assert_eq!(
+            strip_locations("did not find expected ',' or '}' at line 5 column 12, while parsing a flow mapping at line 4 column 3"),
+            "did not find expected ',' or '}', while parsing a flow mapping"
+        );
+        assert_eq!(
+            strip_locations("unknown field `x` at line 2"),
+            "unknown field `x` at line 2"
+        );
+    }
+
+    #[test]
+    fn a_route_listed_twice_says_so() {
+        let e = one_error(&GOOD.replace("routes: [/predict]", "routes: [/predict, /predict]"));
+        assert_eq!(e.path, "experiments[0].routes[1]");
+        assert!(e.message.contains("listed twice"), "{}", e.message);
     }
 
     #[test]

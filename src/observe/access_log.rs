@@ -3,7 +3,7 @@
 //!
 //! Lines are serialized on the request's own task and handed to a writer
 //! thread over a channel; the thread buffers them (64 KiB) and writes when
-//! the buffer fills and at least every second, so the request path makes no
+//! the buffer fills and every 500 ms, so the request path makes no
 //! syscall for logging. On shutdown the channel is drained and flushed;
 //! SIGUSR1 reopens the file (logrotate). A line that cannot be written is
 //! counted ([`AccessLog::failed_lines`]) and reported, never dropped silently.

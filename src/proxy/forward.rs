@@ -31,7 +31,6 @@ use crate::state::State;
 pub const STAMP_EXPERIMENT: HeaderName = HeaderName::from_static("x-cohort-experiment");
 pub const STAMP_VARIANT: HeaderName = HeaderName::from_static("x-cohort-variant");
 pub const STAMP_EPOCH: HeaderName = HeaderName::from_static("x-cohort-epoch");
-pub const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-cohort-config-version");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const STAMP_PREFIX: &str = "x-cohort-";
 const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
@@ -158,7 +157,9 @@ pub async fn handle(
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             let name = upstream.config.name.clone();
-            let err = if e.is_connect() {
+            let err = if is_timeout(&e) {
+                ProxyError::UpstreamTimeout(name, upstream.config.connect_timeout.as_millis())
+            } else if e.is_connect() {
                 ProxyError::UpstreamConnect(name)
             } else {
                 ProxyError::UpstreamReset(name)
@@ -297,6 +298,22 @@ fn error_response(
         h.insert(REQUEST_ID, v);
     }
     resp.map(|b| b.with_log(pending(rec)))
+}
+
+/// Whether an upstream error was a timeout (a connect timeout surfaces as
+/// an `io::ErrorKind::TimedOut` somewhere in the source chain).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Connection-level headers are meaningful for one hop only (RFC 9110 §7.6.1).
