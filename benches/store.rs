@@ -24,13 +24,14 @@ fn rss_bytes() -> u64 {
 }
 
 fn event() -> LedgerEvent {
-    LedgerEvent {
+    LedgerEvent::Epoch {
         experiment: "bench".into(),
         record: EpochRecord {
             epoch: Epoch(1),
             rule: Rule {
                 salt: "bench".into(),
                 unit_header: "x-user-id".into(),
+                coverage: Weight(10_000),
                 variants: vec![
                     RuleVariant {
                         name: "control".into(),

@@ -15,7 +15,9 @@
 //! plans them against the epoch ledger ([`assign::plan`]), journals the new
 //! epochs and swaps the snapshot.
 
+pub mod admin;
 pub mod assign;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -63,25 +65,37 @@ pub async fn run(
     }
     let listen = config.listen;
     let grace = config.runtime.shutdown_timeout;
+    // Every handler is in place before anyone can learn we are up: a SIGHUP
+    // that arrived before its handler would kill the process.
+    let sig = |kind| signal(kind).map_err(RunError::Signals);
+    let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+    let (mut usr1, hup) = (
+        sig(SignalKind::user_defined1())?,
+        sig(SignalKind::hangup())?,
+    );
     // Bind before the store records anything: a start-up that cannot listen
     // must not have journaled the config's new epochs.
+    let bind_err = |addr| move |source| RunError::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| RunError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| RunError::Bind {
-        addr: listen,
-        source,
-    })?;
+        .map_err(bind_err(listen))?;
+    let local = listener.local_addr().map_err(bind_err(listen))?;
+    let admin_listener = match &config.admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .map_err(bind_err(a.listen))?,
+        ),
+        None => None,
+    };
     let state = State::start(config, config_path.clone(), listen_override).await?;
-    tracing::info!(addr = %local, "listening on http://{local}");
 
-    if let Some(path) = config_path {
-        tokio::spawn(config::reload::watch(state.clone(), path));
+    if let Some(l) = admin_listener {
+        let addr = l.local_addr().map_err(bind_err(listen))?;
+        tracing::info!(addr = %addr, "admin API on http://{addr}");
+        tokio::spawn(admin::serve(l, state.clone()));
     }
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
+    tokio::spawn(config::reload::watch(state.clone(), config_path, hup));
     let log = state.log.clone();
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
@@ -89,8 +103,7 @@ pub async fn run(
             log.reopen();
         }
     });
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    tracing::info!(addr = %local, "listening on http://{local}");
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

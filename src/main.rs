@@ -29,6 +29,37 @@ struct Cli {
 enum Command {
     /// Validate a config file and list every error (exit 1 if invalid).
     Check { path: PathBuf },
+    /// Dry run: what applying NEW would do to every experiment's epoch and
+    /// stored units. Exit 0 no change, 1 invalid or rejected, 2 changes.
+    /// Compares with the running proxy (admin API) unless told otherwise.
+    Plan {
+        new: PathBuf,
+        /// Compare with this config file instead (offline, no stored units).
+        #[arg(long, conflicts_with_all = ["store", "admin"])]
+        against: Option<PathBuf>,
+        /// Compare with this store directory (offline; the proxy may run).
+        #[arg(long, conflicts_with = "admin")]
+        store: Option<PathBuf>,
+        /// The admin API address (default: `admin.listen` of NEW).
+        #[arg(long)]
+        admin: Option<String>,
+        /// File holding the admin token (default: NEW's token, or the env COHORT_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Every config applied to a store, with its plan summary; or, with
+    /// --experiment and --unit, what that unit was assigned, when, under which rule.
+    History {
+        /// The store directory (default: `store.path` of --config).
+        #[arg(long, required_unless_present = "config")]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, requires = "unit")]
+        experiment: Option<String>,
+        #[arg(long, requires = "experiment")]
+        unit: Option<String>,
+    },
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
     Demo {
@@ -52,6 +83,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { path }) => check(&path),
+        Some(Command::Plan {
+            new,
+            against,
+            store,
+            admin,
+            token_file,
+        }) => plan(new, against, store, admin, token_file),
+        Some(Command::History {
+            store,
+            config,
+            experiment,
+            unit,
+        }) => {
+            let store = match (store, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => match cohort::config::load_file(&c) {
+                    Ok(cfg) => cfg.store_path,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                },
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let unit = experiment.as_deref().zip(unit.as_deref());
+            emit(cohort::commands::history_command(&store, unit))
+        }
         Some(Command::Demo { listen, data }) => {
             let cfg = cohort::demo::demo_config(data);
             run(cfg, None, Some(listen), true)
@@ -71,6 +129,58 @@ fn main() -> ExitCode {
             run(cfg, Some(path), cli.listen, false)
         }
     }
+}
+
+fn emit(o: cohort::commands::Outcome) -> ExitCode {
+    print!("{}", o.stdout);
+    eprint!("{}", o.stderr);
+    ExitCode::from(o.code)
+}
+
+fn plan(
+    new: PathBuf,
+    against: Option<PathBuf>,
+    store: Option<PathBuf>,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+) -> ExitCode {
+    use cohort::commands::PlanAgainst;
+    let source = match (against, store) {
+        (Some(f), _) => PlanAgainst::File(f),
+        (None, Some(s)) => PlanAgainst::Store(s),
+        (None, None) => {
+            let from_new = cohort::config::load_file(&new)
+                .ok()
+                .as_ref()
+                .and_then(cohort::commands::admin_of);
+            let token = match token_file {
+                Some(f) => match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(t.trim().to_string()),
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", f.display());
+                        return ExitCode::from(1);
+                    }
+                },
+                None => from_new
+                    .as_ref()
+                    .map(|a| a.1.clone())
+                    .or_else(|| std::env::var("COHORT_ADMIN_TOKEN").ok()),
+            };
+            let url = admin.or_else(|| from_new.map(|a| a.0));
+            match (url, token) {
+                (Some(url), Some(token)) => PlanAgainst::Admin { url, token },
+                _ => {
+                    eprintln!("cohort plan: no admin API to ask (give --admin and --token-file, or --against OLD.yaml, or --store DIR)");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    emit(rt.block_on(cohort::commands::plan_command(&new, source)))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::assign::plan::{plan, Plan};
+use crate::assign::ledger::{AppliedConfig, Ledger, LedgerEvent};
+use crate::assign::plan::{plan, Plan, Previous};
 use crate::assign::store::{Store, StoreError};
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::observe::access_log::AccessLog;
 use crate::observe::time::now_rfc3339;
 use crate::snapshot::Snapshot;
@@ -75,18 +76,18 @@ impl State {
         let store = Store::open(&config.store_path)?;
         let log = AccessLog::open(&config.access_log.target)?;
         let ledger = store.ledger();
-        let plan = plan(&ledger, &store, &config, &now_rfc3339()).map_err(|errors| {
+        let plan = plan_against(&ledger, &store, &config).map_err(|errors| {
             StartError::Rejected(ConfigErrors {
                 file: config.source.clone(),
                 errors,
             })
         })?;
-        let mut next = ledger;
-        for ev in &plan.events {
-            next.apply(ev).expect("planned events apply");
+        let snap = Snapshot::build(config, &planned(ledger, &plan), &store, None);
+        if plan.changes_anything() {
+            store
+                .append_ledger(with_history(&plan, &snap, "start-up"))
+                .await?;
         }
-        let snap = Snapshot::build(config, &next, &store, None);
-        store.append_ledger(plan.events.clone()).await?;
         tracing::info!(config_version = %plan.config_version, "applied config at start-up\n{plan}");
         Ok(Arc::new(State {
             snapshot: ArcSwap::from_pointee(snap),
@@ -116,41 +117,106 @@ impl State {
     }
 
     /// Re-reads the config file and applies it.
-    pub async fn reload_file(&self) -> Result<Reloaded, ReloadError> {
+    pub async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
         if let Some(l) = self.listen_override {
             cfg.listen = l;
         }
-        self.apply(cfg).await
+        self.apply(cfg, trigger).await
     }
 
-    pub async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
+    /// What applying `config` would do, without applying it.
+    pub fn plan(&self, config: &Config) -> Result<Plan, ConfigErrors> {
+        plan_against(&self.store.ledger(), &self.store, config).map_err(|errors| ConfigErrors {
+            file: config.source.clone(),
+            errors,
+        })
+    }
+
+    pub async fn apply(&self, config: Config, trigger: &str) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let cur = self.snapshot.load_full();
         if config.version() == cur.version {
             return Ok(Reloaded::Unchanged);
         }
         let ledger = self.store.ledger();
-        let plan = plan(&ledger, &self.store, &config, &now_rfc3339()).map_err(|errors| {
+        let plan = plan_against(&ledger, &self.store, &config).map_err(|errors| {
             ReloadError::Rejected(ConfigErrors {
                 file: config.source.clone(),
                 errors,
             })
         })?;
         let restart_needed = restart_only_changes(&cur.config, &config);
-        let mut next = ledger;
-        for ev in &plan.events {
-            next.apply(ev).expect("planned events apply");
-        }
-        let snap = Snapshot::build(config, &next, &self.store, Some(&cur));
-        self.store.append_ledger(plan.events.clone()).await?;
+        let snap = Snapshot::build(config, &planned(ledger, &plan), &self.store, Some(&cur));
+        self.store
+            .append_ledger(with_history(&plan, &snap, trigger))
+            .await?;
         self.snapshot.store(Arc::new(snap));
         Ok(Reloaded::Applied {
             plan,
             restart_needed,
         })
     }
+
+    /// The admin kill switch: journaled, then in effect for every request
+    /// at once (the flag lives in the experiment's table, not the snapshot).
+    pub async fn set_paused(&self, experiment: &str, paused: bool) -> Result<(), PauseError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        if self.snapshot().config.experiment(experiment).is_none() {
+            return Err(PauseError::UnknownExperiment(experiment.to_string()));
+        }
+        let ev = LedgerEvent::Pause {
+            experiment: experiment.to_string(),
+            paused,
+            at: now_rfc3339(),
+        };
+        self.store.append_ledger(vec![ev]).await?;
+        tracing::warn!(
+            experiment,
+            paused,
+            "admin {} the experiment",
+            if paused { "PAUSED" } else { "resumed" }
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("no experiment {0:?} in the applied config")]
+    UnknownExperiment(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn plan_against(ledger: &Ledger, store: &Store, config: &Config) -> Result<Plan, Vec<ConfigError>> {
+    let previous = ledger.last_applied().map(|a| Previous {
+        version: &a.config_version,
+        config: &a.config,
+    });
+    plan(ledger, store, previous, config, &now_rfc3339())
+}
+
+/// The ledger as it will be once `plan`'s events are applied.
+fn planned(mut ledger: Ledger, plan: &Plan) -> Ledger {
+    for ev in &plan.events {
+        ledger.apply(ev).expect("planned events apply");
+    }
+    ledger
+}
+
+/// The plan's events followed by the history record of this apply.
+fn with_history(plan: &Plan, snap: &Snapshot, trigger: &str) -> Vec<LedgerEvent> {
+    let mut events = plan.events.clone();
+    events.push(LedgerEvent::Applied(AppliedConfig {
+        config_version: plan.config_version.clone(),
+        applied_at: now_rfc3339(),
+        trigger: trigger.to_string(),
+        summary: plan.to_string(),
+        config: serde_json::to_value(&*snap.config).expect("config serializes"),
+    }));
+    events
 }
 
 /// Settings bound at start-up (sockets, files, threads).

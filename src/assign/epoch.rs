@@ -35,7 +35,14 @@ pub struct RuleVariant {
 pub struct Rule {
     pub salt: String,
     pub unit_header: String,
+    /// Basis points of units that enter the experiment (10000 = everyone).
+    #[serde(default = "full_coverage")]
+    pub coverage: Weight,
     pub variants: Vec<RuleVariant>,
+}
+
+fn full_coverage() -> Weight {
+    Weight(10_000)
 }
 
 /// One reason a rule differs from the previous one.
@@ -44,6 +51,7 @@ pub struct Rule {
 pub enum RuleChange {
     Salt { from: String, to: String },
     UnitHeader { from: String, to: String },
+    Coverage { from: Weight, to: Weight },
     VariantsAdded { names: Vec<String> },
     VariantsRemoved { names: Vec<String> },
     Reordered,
@@ -57,6 +65,7 @@ impl std::fmt::Display for RuleChange {
             RuleChange::UnitHeader { from, to } => {
                 write!(f, "unit_header changed ({from} -> {to})")
             }
+            RuleChange::Coverage { from, to } => write!(f, "coverage changed ({from}% -> {to}%)"),
             RuleChange::VariantsAdded { names } => {
                 write!(f, "variants added: {}", names.join(", "))
             }
@@ -82,6 +91,12 @@ pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
         changes.push(RuleChange::UnitHeader {
             from: old.unit_header.clone(),
             to: new.unit_header.clone(),
+        });
+    }
+    if old.coverage != new.coverage {
+        changes.push(RuleChange::Coverage {
+            from: old.coverage,
+            to: new.coverage,
         });
     }
     let names = |r: &Rule| {
@@ -130,6 +145,7 @@ mod tests {
         Rule {
             salt: salt.into(),
             unit_header: "x-user-id".into(),
+            coverage: Weight(10_000),
             variants: vs
                 .iter()
                 .map(|(n, w)| RuleVariant {

@@ -26,7 +26,7 @@ const ASSIGN_LEN: usize = 28;
 /// A ledger event is small JSON; anything larger is corruption.
 const MAX_RECORD: usize = 1 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Assign {
         experiment: ExperimentId,

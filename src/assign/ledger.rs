@@ -51,16 +51,55 @@ impl ExperimentLedger {
     }
 }
 
-/// The one kind of ledger change: an experiment starts an epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEvent {
-    pub experiment: String,
-    pub record: EpochRecord,
+/// A change to the ledger, journaled before it takes effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LedgerEvent {
+    /// An experiment starts an epoch (its first, a rule change, a reset).
+    Epoch {
+        experiment: String,
+        record: EpochRecord,
+    },
+    /// The admin kill switch, kept across restarts until resumed.
+    Pause {
+        experiment: String,
+        paused: bool,
+        at: String,
+    },
+    /// A config was applied: the history an operator reads back.
+    Applied(AppliedConfig),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+impl LedgerEvent {
+    pub fn epoch(experiment: &str, record: EpochRecord) -> LedgerEvent {
+        LedgerEvent::Epoch {
+            experiment: experiment.to_string(),
+            record,
+        }
+    }
+}
+
+/// One applied config, as `cohort history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedConfig {
+    pub config_version: String,
+    pub applied_at: String,
+    /// What applied it: start-up, file change, SIGHUP, admin.
+    pub trigger: String,
+    /// The plan summary, as logged.
+    pub summary: String,
+    /// The canonical config itself, for routing diffs against it later.
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     pub experiments: Vec<ExperimentLedger>,
+    /// Experiments paused through the admin API.
+    #[serde(default)]
+    pub admin_paused: std::collections::BTreeSet<String>,
+    #[serde(default)]
+    pub history: Vec<AppliedConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,18 +127,41 @@ impl Ledger {
         self.experiments.get(usize::from(id))
     }
 
-    /// Checks that `ev` can be applied, without applying it.
-    pub fn check(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
-        let mut copy = self.clone();
-        copy.apply(ev).map(|_| ())
+    /// The last applied config, if any.
+    pub fn last_applied(&self) -> Option<&AppliedConfig> {
+        self.history.last()
     }
 
-    /// Applies `ev` whole or not at all; returns the experiment's id.
-    pub fn apply(&mut self, ev: &LedgerEvent) -> Result<ExperimentId, LedgerError> {
-        let existing = self
-            .experiments
-            .iter()
-            .position(|e| e.name == ev.experiment);
+    /// Applies `ev` whole or not at all; returns the id of the experiment
+    /// it concerns, if any.
+    pub fn apply(&mut self, ev: &LedgerEvent) -> Result<Option<ExperimentId>, LedgerError> {
+        match ev {
+            LedgerEvent::Epoch { experiment, record } => {
+                self.start_epoch(experiment, record).map(Some)
+            }
+            LedgerEvent::Pause {
+                experiment, paused, ..
+            } => {
+                if *paused {
+                    self.admin_paused.insert(experiment.clone());
+                } else {
+                    self.admin_paused.remove(experiment);
+                }
+                Ok(self.get(experiment).map(|x| x.id))
+            }
+            LedgerEvent::Applied(a) => {
+                self.history.push(a.clone());
+                Ok(None)
+            }
+        }
+    }
+
+    fn start_epoch(
+        &mut self,
+        experiment: &str,
+        record: &EpochRecord,
+    ) -> Result<ExperimentId, LedgerError> {
+        let existing = self.experiments.iter().position(|e| e.name == experiment);
         let (mut variants, want) = match existing {
             Some(i) => {
                 let x = &self.experiments[i];
@@ -107,23 +169,23 @@ impl Ledger {
             }
             None => (Vec::new(), Epoch::FIRST),
         };
-        if ev.record.epoch != want {
+        if record.epoch != want {
             return Err(LedgerError::OutOfOrder {
-                experiment: ev.experiment.clone(),
-                got: ev.record.epoch.0,
+                experiment: experiment.to_string(),
+                got: record.epoch.0,
                 want: want.0,
             });
         }
-        if ev.record.epoch.0 > super::store::MAX_EPOCH {
-            return Err(LedgerError::EpochOverflow(ev.experiment.clone()));
+        if record.epoch.0 > super::store::MAX_EPOCH {
+            return Err(LedgerError::EpochOverflow(experiment.to_string()));
         }
-        for v in &ev.record.rule.variants {
+        for v in &record.rule.variants {
             if !variants.contains(&v.name) {
                 variants.push(v.name.clone());
             }
         }
         if variants.len() > 256 {
-            return Err(LedgerError::TooManyVariants(ev.experiment.clone()));
+            return Err(LedgerError::TooManyVariants(experiment.to_string()));
         }
         let i = match existing {
             Some(i) => i,
@@ -132,7 +194,7 @@ impl Ledger {
                     .map_err(|_| LedgerError::TooManyExperiments)?;
                 self.experiments.push(ExperimentLedger {
                     id,
-                    name: ev.experiment.clone(),
+                    name: experiment.to_string(),
                     variants: Vec::new(),
                     epochs: Vec::new(),
                 });
@@ -141,7 +203,7 @@ impl Ledger {
         };
         let x = &mut self.experiments[i];
         x.variants = variants;
-        x.epochs.push(ev.record.clone());
+        x.epochs.push(record.clone());
         Ok(x.id)
     }
 }

@@ -13,9 +13,10 @@ pub mod ledger;
 pub mod plan;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use buckets::BucketTable;
+use buckets::{BucketTable, Weight};
 use epoch::Epoch;
 use hash::Bucket;
 use ledger::{ExperimentId, ExperimentLedger, VariantId};
@@ -35,6 +36,14 @@ pub enum Reason {
     New,
     /// No valid unit id: first variant, epoch 0, not stored.
     NoUnit,
+    /// Forced by an override: not stored.
+    Forced,
+    /// The experiment is paused (kill switch): first variant, nothing stored.
+    Paused,
+    /// Outside `coverage` (holdout): first variant, epoch 0, not stored.
+    NotCovered,
+    /// The unit's variant is disabled: first variant, assignment kept.
+    Disabled,
     /// The stored variant is no longer configured (it was removed while a
     /// first request for it was in flight): first variant, assignment kept.
     Orphaned,
@@ -46,6 +55,10 @@ impl Reason {
             Reason::Stored => "stored",
             Reason::New => "new",
             Reason::NoUnit => "no_unit",
+            Reason::Forced => "forced",
+            Reason::Paused => "paused",
+            Reason::NotCovered => "not_covered",
+            Reason::Disabled => "disabled",
             Reason::Orphaned => "orphaned",
         }
     }
@@ -56,10 +69,12 @@ impl Reason {
 pub struct Served {
     /// Index into the experiment's configured variants.
     pub variant: usize,
-    /// The unit's assignment epoch (0 when unassigned).
+    /// The unit's assignment epoch (0 when it has none).
     pub epoch: Epoch,
     pub reason: Reason,
     pub first_exposure: bool,
+    /// Whether the unit holds an assignment (stored, or created now).
+    pub in_experiment: bool,
     /// The unit's bucket under the current rule.
     pub bucket: Option<Bucket>,
 }
@@ -75,11 +90,15 @@ pub struct Assigner {
     pub epoch: Epoch,
     name: String,
     salt: String,
+    coverage: Weight,
     buckets: BucketTable,
     /// Ledger id of each configured variant.
     ledger_ids: Vec<VariantId>,
     /// Configured index of each ledger id (None: not configured any more).
     by_ledger_id: Vec<Option<usize>>,
+    disabled: Vec<bool>,
+    overrides: HashMap<Vec<u8>, usize>,
+    paused_in_file: bool,
     table: Arc<Table>,
 }
 
@@ -105,11 +124,24 @@ impl Assigner {
             epoch: ledger.current().epoch,
             name: cfg.name.clone(),
             salt: cfg.salt.clone(),
+            coverage: cfg.coverage,
             buckets: BucketTable::new(&weights).expect("validated weights sum to 100"),
             ledger_ids,
             by_ledger_id,
+            disabled: cfg.variants.iter().map(|v| v.disabled).collect(),
+            overrides: cfg
+                .overrides
+                .iter()
+                .map(|(u, v)| (u.as_bytes().to_vec(), *v))
+                .collect(),
+            paused_in_file: cfg.paused,
             table,
         }
+    }
+
+    /// Effective pause: the file's `paused: true` or an admin pause.
+    pub fn paused(&self) -> bool {
+        self.paused_in_file || self.table.admin_paused()
     }
 
     pub fn unassigned(&self) -> Served {
@@ -118,18 +150,46 @@ impl Assigner {
             epoch: Epoch::UNASSIGNED,
             reason: Reason::NoUnit,
             first_exposure: false,
+            in_experiment: false,
             bucket: None,
         }
     }
 
-    /// The assignment of a valid `unit`, creating it durably if it is new.
+    /// The variant serving a valid `unit`, in DESIGN.md's order: override,
+    /// pause, stored assignment, coverage, then a new durable assignment.
     pub async fn assign(&self, store: &Store, unit: &[u8]) -> Result<Served, StoreError> {
         let key = hash::unit_key(&self.name, unit);
-        let bucket = hash::bucket(&self.salt, unit);
-        if let Some(a) = self.table.get(&key) {
+        let b = hash::bucket(&self.salt, unit);
+        let bucket = Some(b);
+        let stored = self.table.get(&key);
+        let kept = |variant, reason| Served {
+            variant,
+            epoch: stored.map_or(Epoch::UNASSIGNED, |a| a.epoch),
+            reason,
+            first_exposure: false,
+            in_experiment: stored.is_some(),
+            bucket,
+        };
+        if !self.overrides.is_empty() {
+            if let Some(&v) = self.overrides.get(unit) {
+                return Ok(kept(v, Reason::Forced));
+            }
+        }
+        if self.paused() {
+            return Ok(kept(0, Reason::Paused));
+        }
+        if let Some(a) = stored {
             return Ok(self.stored(a.variant, a.epoch, bucket, false));
         }
-        let v = self.buckets.variant_for(bucket);
+        if self.coverage.0 < hash::BUCKETS
+            && hash::coverage_bucket(&self.salt, unit).0 >= self.coverage.0
+        {
+            return Ok(kept(0, Reason::NotCovered));
+        }
+        let v = self.buckets.variant_for(b);
+        if self.disabled[v] {
+            return Ok(kept(0, Reason::Disabled));
+        }
         let got = store
             .assign(self.id, key, self.ledger_ids[v], self.epoch)
             .await?;
@@ -141,22 +201,19 @@ impl Assigner {
         ))
     }
 
-    fn stored(&self, id: VariantId, epoch: Epoch, bucket: Bucket, created: bool) -> Served {
-        match self.by_ledger_id[usize::from(id)] {
-            Some(variant) => Served {
-                variant,
-                epoch,
-                reason: if created { Reason::New } else { Reason::Stored },
-                first_exposure: created,
-                bucket: Some(bucket),
-            },
-            None => Served {
-                variant: 0,
-                epoch,
-                reason: Reason::Orphaned,
-                first_exposure: false,
-                bucket: Some(bucket),
-            },
+    fn stored(&self, id: VariantId, epoch: Epoch, bucket: Option<Bucket>, created: bool) -> Served {
+        let (variant, reason) = match self.by_ledger_id[usize::from(id)] {
+            Some(v) if self.disabled[v] => (0, Reason::Disabled),
+            Some(v) => (v, if created { Reason::New } else { Reason::Stored }),
+            None => (0, Reason::Orphaned),
+        };
+        Served {
+            variant,
+            epoch,
+            reason,
+            first_exposure: created,
+            in_experiment: true,
+            bucket,
         }
     }
 }

@@ -1,16 +1,20 @@
 //! What applying a config would do to each experiment's epoch and stored
 //! units: the reload decision table of DESIGN.md as one pure function.
 //!
-//! `plan(ledger, counts, new config)` either returns the [`Plan`] (the
-//! ledger events to journal and a human summary) or every reason the config
-//! must be rejected (for instance a removed variant that still holds units).
-//! It is judged against the ledger, not against the previous file, so a
-//! restart with an edited file is held to exactly the same rules.
+//! `plan(ledger, counts, previous config, new config)` either returns the
+//! [`Plan`] (the ledger events to journal and a human summary) or every
+//! reason the config must be rejected (for instance a removed variant that
+//! still holds units). Epochs are judged against the ledger, not against the
+//! previous file, so a restart with an edited file is held to exactly the
+//! same rules; the previous config (its canonical JSON) is only used to name
+//! routing changes.
 
 use serde::Serialize;
+use serde_json::Value;
 
-use super::buckets::Weight;
-use super::epoch::{diff, Epoch, RuleChange};
+use super::buckets::{BucketTable, Weight};
+use super::epoch::{diff, Epoch, Rule, RuleChange};
+use super::hash::{Bucket, BUCKETS};
 use super::ledger::{EpochRecord, ExperimentId, Ledger, LedgerEvent, VariantId};
 use crate::config::{Config, ConfigError};
 
@@ -28,6 +32,15 @@ pub enum Decision {
     },
 }
 
+/// How much of the unit space gets a different assignment *as a new unit*.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ShareChanged {
+    /// 0.0 ..= 1.0
+    pub share: f64,
+    /// Exact (same hash, ranges moved) or expected (the hash itself changed).
+    pub exact: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ExperimentPlan {
     pub name: String,
@@ -36,17 +49,24 @@ pub struct ExperimentPlan {
     pub epoch_after: Epoch,
     pub weights_before: Vec<(String, Weight)>,
     pub weights_after: Vec<(String, Weight)>,
+    /// For a new epoch: the share of new units that now land elsewhere.
+    pub new_unit_share_changed: Option<ShareChanged>,
     /// Stored units per variant name, before the change.
     pub units: Vec<(String, u64)>,
+    /// Changes that move no assignment (upstreams, routes, pause, overrides).
+    pub routing_changes: Vec<String>,
     pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub config_version: String,
+    pub previous_version: Option<String>,
     pub experiments: Vec<ExperimentPlan>,
     /// Experiments in the ledger that the new config no longer has.
     pub absent: Vec<String>,
+    /// Upstreams added, removed or changed.
+    pub upstream_changes: Vec<String>,
     #[serde(skip)]
     pub events: Vec<LedgerEvent>,
 }
@@ -55,6 +75,12 @@ impl Plan {
     pub fn changes_epochs(&self) -> bool {
         !self.events.is_empty()
     }
+
+    /// Whether applying it changes anything at all (for `plan`'s exit code).
+    pub fn changes_anything(&self) -> bool {
+        self.previous_version.as_deref() != Some(self.config_version.as_str())
+            || self.changes_epochs()
+    }
 }
 
 /// Stored units of (experiment, variant); from the store, a fixture in tests.
@@ -62,13 +88,21 @@ pub trait UnitCounts {
     fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
 }
 
+/// The previously applied config, as canonical JSON with its version.
+pub struct Previous<'a> {
+    pub version: &'a str,
+    pub config: &'a Value,
+}
+
 pub fn plan(
     ledger: &Ledger,
     counts: &dyn UnitCounts,
+    previous: Option<Previous<'_>>,
     new: &Config,
     now: &str,
 ) -> Result<Plan, Vec<ConfigError>> {
     let version = new.version();
+    let new_json = serde_json::to_value(new).expect("config serializes");
     let mut errors = Vec::new();
     let mut experiments = Vec::new();
     let mut events = Vec::new();
@@ -93,6 +127,7 @@ pub fn plan(
             })
             .unwrap_or_default();
         let mut warnings = Vec::new();
+        let mut share = None;
 
         let (decision, epoch_before, weights_before) = match prior {
             None => (Decision::First, None, Vec::new()),
@@ -134,8 +169,8 @@ pub fn plan(
                 }
                 for c in &changes {
                     match c {
-                        RuleChange::Salt { .. } => warnings.push("salt changed: new units are bucketed afresh; stored units keep their variant".into()),
-                        RuleChange::UnitHeader { .. } => warnings.push("unit_header changed: the same person may now arrive as a different unit".into()),
+                        RuleChange::Salt { .. } => warnings.push("SALT CHANGED: every new unit is bucketed afresh (the classic re-bucketing incident); stored units keep their variant".into()),
+                        RuleChange::UnitHeader { .. } => warnings.push("UNIT HEADER CHANGED: the same person may now arrive as a different unit and be assigned again".into()),
                         RuleChange::Reordered => warnings.push("variants re-ordered: the bucket ranges of new units move".into()),
                         _ => {}
                     }
@@ -150,6 +185,7 @@ pub fn plan(
                 let decision = if changes.is_empty() && !reset {
                     Decision::Same
                 } else {
+                    share = Some(share_changed(&cur.rule, &rule));
                     Decision::NewEpoch { changes, reset }
                 };
                 (decision, Some(cur.epoch), before)
@@ -161,9 +197,9 @@ pub fn plan(
             (_, None) => Epoch::FIRST,
         };
         if decision != Decision::Same {
-            let ev = LedgerEvent {
-                experiment: x.name.clone(),
-                record: EpochRecord {
+            let ev = LedgerEvent::epoch(
+                &x.name,
+                EpochRecord {
                     epoch: epoch_after,
                     rule,
                     started_at: now.to_string(),
@@ -171,13 +207,18 @@ pub fn plan(
                     reset: x.reset,
                     dropped_assignments: matches!(decision, Decision::NewEpoch { reset: true, .. }),
                 },
-            };
+            );
             if let Err(e) = scratch.apply(&ev) {
                 errors.push(new.error_at(&format!("{path}.variants"), e.to_string(), None));
                 continue;
             }
             events.push(ev);
         }
+        let routing_changes = previous
+            .as_ref()
+            .and_then(|p| find_experiment(p.config, &x.name))
+            .map(|old| routing_diff(old, &new_json["experiments"][i]))
+            .unwrap_or_default();
         experiments.push(ExperimentPlan {
             name: x.name.clone(),
             decision,
@@ -185,7 +226,9 @@ pub fn plan(
             epoch_after,
             weights_before,
             weights_after,
+            new_unit_share_changed: share,
             units,
+            routing_changes,
             warnings,
         });
     }
@@ -196,17 +239,142 @@ pub fn plan(
         .filter(|l| new.experiment(&l.name).is_none())
         .map(|l| l.name.clone())
         .collect();
+    let upstream_changes = previous
+        .as_ref()
+        .map(|p| map_diff(&p.config["upstreams"], &new_json["upstreams"], "upstream"))
+        .unwrap_or_default();
 
     if errors.is_empty() {
         Ok(Plan {
             config_version: version,
+            previous_version: previous.map(|p| p.version.to_string()),
             experiments,
             absent,
+            upstream_changes,
             events,
         })
     } else {
         Err(errors)
     }
+}
+
+/// The share of units whose assignment as a *new* unit differs between two
+/// rules. Same salt and header: exact, from the bucket ranges and the nested
+/// coverage thresholds. Otherwise the hash itself changed, and the expected
+/// share is 1 - sum over outcomes of P_old * P_new.
+pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
+    let outcome_probs = |r: &Rule| -> Vec<(Option<String>, f64)> {
+        let c = f64::from(r.coverage.0) / f64::from(BUCKETS);
+        let mut v: Vec<(Option<String>, f64)> = r
+            .variants
+            .iter()
+            .map(|x| {
+                (
+                    Some(x.name.clone()),
+                    c * f64::from(x.weight.0) / f64::from(BUCKETS),
+                )
+            })
+            .collect();
+        v.push((None, 1.0 - c));
+        v
+    };
+    if old.salt != new.salt || old.unit_header != new.unit_header {
+        let (a, b) = (outcome_probs(old), outcome_probs(new));
+        let same: f64 = a
+            .iter()
+            .map(|(n, p)| p * b.iter().find(|(m, _)| m == n).map_or(0.0, |(_, q)| *q))
+            .sum();
+        return ShareChanged {
+            share: (1.0 - same).clamp(0.0, 1.0),
+            exact: false,
+        };
+    }
+    let table =
+        |r: &Rule| BucketTable::new(&r.variants.iter().map(|v| v.weight).collect::<Vec<_>>());
+    let (Some(ta), Some(tb)) = (table(old), table(new)) else {
+        return ShareChanged {
+            share: 1.0,
+            exact: false,
+        };
+    };
+    let moved = (0..BUCKETS)
+        .filter(|&b| {
+            let (i, j) = (ta.variant_for(Bucket(b)), tb.variant_for(Bucket(b)));
+            old.variants[i].name != new.variants[j].name
+        })
+        .count();
+    // Coverage thresholds on one hash are nested: units covered by both keep
+    // the range move; units covered by one only flip in or out.
+    let (ca, cb) = (
+        f64::from(old.coverage.0) / 1e4,
+        f64::from(new.coverage.0) / 1e4,
+    );
+    ShareChanged {
+        share: ca.min(cb) * moved as f64 / f64::from(BUCKETS) + (ca - cb).abs(),
+        exact: true,
+    }
+}
+
+fn find_experiment<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
+    config["experiments"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == name)
+}
+
+/// Routing fields that differ between two experiments' canonical JSON.
+fn routing_diff(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for field in ["routes", "on_missing_unit", "paused"] {
+        if old[field] != new[field] {
+            out.push(format!("{field}: {} -> {}", old[field], new[field]));
+        }
+    }
+    if old["overrides"] != new["overrides"] {
+        let n = |v: &Value| v.as_object().map_or(0, |o| o.len());
+        out.push(format!(
+            "overrides: {} -> {} forced units",
+            n(&old["overrides"]),
+            n(&new["overrides"])
+        ));
+    }
+    let empty = Vec::new();
+    let olds = old["variants"].as_array().unwrap_or(&empty);
+    for v in new["variants"].as_array().unwrap_or(&empty) {
+        let Some(o) = olds.iter().find(|o| o["name"] == v["name"]) else {
+            continue;
+        };
+        for field in ["upstream", "disabled"] {
+            if o[field] != v[field] {
+                out.push(format!(
+                    "variants[{}].{field}: {} -> {}",
+                    v["name"].as_str().unwrap_or("?"),
+                    o[field],
+                    v[field]
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Keys added, removed or changed between two JSON maps.
+fn map_diff(old: &Value, new: &Value, what: &str) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in n {
+        match o.get(k) {
+            None => out.push(format!("{what} {k} added")),
+            Some(ov) if ov != v => out.push(format!("{what} {k} changed")),
+            _ => {}
+        }
+    }
+    for k in o.keys().filter(|k| !n.contains_key(*k)) {
+        out.push(format!("{what} {k} removed"));
+    }
+    out
 }
 
 fn weights(ws: &[(String, Weight)]) -> String {
@@ -218,7 +386,13 @@ fn weights(ws: &[(String, Weight)]) -> String {
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "config {}", self.config_version)?;
+        match &self.previous_version {
+            Some(p) if *p == self.config_version => {
+                writeln!(f, "config {} (unchanged)", self.config_version)?
+            }
+            Some(p) => writeln!(f, "config {p} -> {}", self.config_version)?,
+            None => writeln!(f, "config {}", self.config_version)?,
+        }
         for x in &self.experiments {
             match &x.decision {
                 Decision::First => writeln!(
@@ -229,7 +403,7 @@ impl std::fmt::Display for Plan {
                 )?,
                 Decision::Same => writeln!(
                     f,
-                    "  {}: epoch {} continues ({})",
+                    "  {}: epoch {} continues, no new epoch ({})",
                     x.name,
                     x.epoch_after.0,
                     weights(&x.weights_after)
@@ -252,18 +426,32 @@ impl std::fmt::Display for Plan {
                     )?;
                 }
             }
+            if let Some(s) = x.new_unit_share_changed {
+                writeln!(
+                    f,
+                    "    new units: {:.2}% of the unit space is assigned differently from now on ({})",
+                    s.share * 100.0,
+                    if s.exact { "exact" } else { "expected: the hash changed" }
+                )?;
+            }
             let held: Vec<String> = x.units.iter().map(|(n, c)| format!("{n}={c}")).collect();
             if !held.is_empty() {
                 let kept = if matches!(x.decision, Decision::NewEpoch { reset: true, .. }) {
-                    "dropped by reset"
+                    "ALL DROPPED by the reset"
                 } else {
-                    "each keeps its variant and epoch"
+                    "every one keeps its variant and epoch"
                 };
                 writeln!(f, "    stored units: {} ({kept})", held.join(" "))?;
+            }
+            for r in &x.routing_changes {
+                writeln!(f, "    routing (no new epoch): {r}")?;
             }
             for w in &x.warnings {
                 writeln!(f, "    warning: {w}")?;
             }
+        }
+        for u in &self.upstream_changes {
+            writeln!(f, "  routing (no new epoch): {u}")?;
         }
         for a in &self.absent {
             writeln!(
@@ -301,7 +489,7 @@ mod tests {
 
     fn applied(c: &Config) -> Ledger {
         let mut l = Ledger::default();
-        for ev in plan(&l.clone(), &Counts(HashMap::new()), c, "t0")
+        for ev in plan(&l.clone(), &Counts(HashMap::new()), None, c, "t0")
             .unwrap()
             .events
         {
@@ -316,7 +504,7 @@ mod tests {
 
     #[test]
     fn first_apply_is_epoch_one() {
-        let p = plan(&Ledger::default(), &none(), &cfg(AB, ""), "t").unwrap();
+        let p = plan(&Ledger::default(), &none(), None, &cfg(AB, ""), "t").unwrap();
         assert_eq!(p.experiments[0].decision, Decision::First);
         assert_eq!(p.experiments[0].epoch_after, Epoch(1));
         assert_eq!(p.events.len(), 1);
@@ -326,7 +514,7 @@ mod tests {
     fn routing_only_change_keeps_the_epoch() {
         let l = applied(&cfg(AB, ""));
         let routed = cfg(&AB.replace("upstream: new", "upstream: old"), "");
-        let p = plan(&l, &none(), &routed, "t").unwrap();
+        let p = plan(&l, &none(), None, &routed, "t").unwrap();
         assert_eq!(p.experiments[0].decision, Decision::Same);
         assert!(p.events.is_empty());
     }
@@ -335,7 +523,7 @@ mod tests {
     fn weight_change_starts_next_epoch() {
         let l = applied(&cfg(AB, ""));
         let ramp = cfg("      - { name: a, upstream: old, weight: 20 }\n      - { name: b, upstream: new, weight: 80 }\n", "");
-        let p = plan(&l, &none(), &ramp, "t").unwrap();
+        let p = plan(&l, &none(), None, &ramp, "t").unwrap();
         assert_eq!(p.experiments[0].epoch_after, Epoch(2));
         assert!(
             matches!(&p.experiments[0].decision, Decision::NewEpoch { changes, reset: false } if changes == &vec![RuleChange::Weights])
@@ -347,7 +535,7 @@ mod tests {
         let l = applied(&cfg(AB, ""));
         let counts = Counts(HashMap::from([((0, 1), 7)]));
         let only_a = cfg("      - { name: a, upstream: old, weight: 100 }\n", "");
-        let errs = plan(&l, &counts, &only_a, "t").unwrap_err();
+        let errs = plan(&l, &counts, None, &only_a, "t").unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(
             errs[0].message.contains("orphan the 7 units"),
@@ -356,18 +544,21 @@ mod tests {
         );
         assert!(errs[0].hint.as_deref().unwrap().contains("weight: 0"));
         // Without units it is an ordinary new epoch.
-        assert!(plan(&l, &none(), &only_a, "t").is_ok());
+        assert!(plan(&l, &none(), None, &only_a, "t").is_ok());
     }
 
     #[test]
     fn reset_drops_and_cannot_go_back() {
         let l = applied(&cfg(AB, ""));
-        let p = plan(&l, &none(), &cfg(AB, "    reset: 1\n"), "t").unwrap();
-        assert!(p.events[0].record.dropped_assignments);
-        assert_eq!(p.events[0].record.epoch, Epoch(2));
+        let p = plan(&l, &none(), None, &cfg(AB, "    reset: 1\n"), "t").unwrap();
+        let LedgerEvent::Epoch { record, .. } = &p.events[0] else {
+            panic!("an epoch event")
+        };
+        assert!(record.dropped_assignments);
+        assert_eq!(record.epoch, Epoch(2));
         let mut l2 = l.clone();
         l2.apply(&p.events[0]).unwrap();
-        let errs = plan(&l2, &none(), &cfg(AB, ""), "t").unwrap_err();
+        let errs = plan(&l2, &none(), None, &cfg(AB, ""), "t").unwrap_err();
         assert!(errs[0].message.contains("reset lowered"));
         // Orphaning is allowed together with a reset.
         let counts = Counts(HashMap::from([((0, 1), 7)]));
@@ -375,28 +566,108 @@ mod tests {
             "      - { name: a, upstream: old, weight: 100 }\n",
             "    reset: 1\n",
         );
-        assert!(plan(&l, &counts, &only_a, "t").is_ok());
+        assert!(plan(&l, &counts, None, &only_a, "t").is_ok());
     }
 
     #[test]
     fn returning_to_an_earlier_rule_is_a_new_epoch() {
         let mut l = applied(&cfg(AB, ""));
         let ramp = cfg("      - { name: a, upstream: old, weight: 20 }\n      - { name: b, upstream: new, weight: 80 }\n", "");
-        for ev in plan(&l.clone(), &none(), &ramp, "t").unwrap().events {
+        for ev in plan(&l.clone(), &none(), None, &ramp, "t").unwrap().events {
             l.apply(&ev).unwrap();
         }
-        let back = plan(&l, &none(), &cfg(AB, ""), "t").unwrap();
+        let back = plan(&l, &none(), None, &cfg(AB, ""), "t").unwrap();
         assert_eq!(back.experiments[0].epoch_after, Epoch(3));
     }
 
     #[test]
     fn salt_and_order_changes_warn() {
         let l = applied(&cfg(AB, ""));
-        let p = plan(&l, &none(), &cfg(AB, "    salt: other\n"), "t").unwrap();
-        assert!(p.experiments[0].warnings[0].contains("salt changed"));
+        let p = plan(&l, &none(), None, &cfg(AB, "    salt: other\n"), "t").unwrap();
+        assert!(p.experiments[0].warnings[0].contains("SALT CHANGED"));
         let swapped = "      - { name: b, upstream: new, weight: 50 }\n      - { name: a, upstream: old, weight: 50 }\n";
-        let p = plan(&l, &none(), &cfg(swapped, ""), "t").unwrap();
+        let p = plan(&l, &none(), None, &cfg(swapped, ""), "t").unwrap();
         assert!(p.experiments[0].warnings[0].contains("re-ordered"));
         assert!(p.to_string().contains("NEW EPOCH 1 -> 2"), "{p}");
+    }
+
+    fn share(from: &str, to: &str, extra_from: &str, extra_to: &str) -> ShareChanged {
+        let l = applied(&cfg(from, extra_from));
+        let p = plan(&l, &none(), None, &cfg(to, extra_to), "t").unwrap();
+        p.experiments[0]
+            .new_unit_share_changed
+            .expect("a new epoch has a share")
+    }
+
+    #[test]
+    fn share_of_new_units_reassigned_is_exact_for_range_moves() {
+        let ramp = "      - { name: a, upstream: old, weight: 20 }\n      - { name: b, upstream: new, weight: 80 }\n";
+        let s = share(AB, ramp, "", "");
+        assert!(s.exact && (s.share - 0.30).abs() < 1e-9, "{s:?}");
+        let swapped = "      - { name: b, upstream: new, weight: 50 }\n      - { name: a, upstream: old, weight: 50 }\n";
+        assert!((share(AB, swapped, "", "").share - 1.0).abs() < 1e-9);
+        // Coverage 100% -> 80%: the 20% now outside change, nobody else.
+        let s = share(AB, AB, "", "    coverage: 0.8\n");
+        assert!(s.exact && (s.share - 0.20).abs() < 1e-9, "{s:?}");
+        // A new salt re-draws everyone: expected 1 - (0.5*0.5 + 0.5*0.5).
+        let s = share(AB, AB, "", "    salt: fresh\n");
+        assert!(!s.exact && (s.share - 0.5).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn coverage_change_is_a_new_epoch() {
+        let l = applied(&cfg(AB, ""));
+        let p = plan(&l, &none(), None, &cfg(AB, "    coverage: 0.5\n"), "t").unwrap();
+        assert!(
+            matches!(&p.experiments[0].decision, Decision::NewEpoch { changes, .. } if matches!(changes[..], [RuleChange::Coverage { .. }]))
+        );
+    }
+
+    #[test]
+    fn routing_changes_are_named_and_keep_the_epoch() {
+        let old = cfg(AB, "");
+        let l = applied(&old);
+        let old_json = serde_json::to_value(&old).unwrap();
+        let prev = || {
+            Some(Previous {
+                version: "x",
+                config: &old_json,
+            })
+        };
+        let routed = cfg(
+            &AB.replace("upstream: new", "upstream: old"),
+            "    paused: true\n    overrides: { b: [qa-1] }\n",
+        );
+        let p = plan(&l, &none(), prev(), &routed, "t").unwrap();
+        let x = &p.experiments[0];
+        assert_eq!(x.decision, Decision::Same);
+        assert!(
+            x.routing_changes
+                .iter()
+                .any(|r| r.starts_with("variants[b].upstream")),
+            "{:?}",
+            x.routing_changes
+        );
+        assert!(x
+            .routing_changes
+            .iter()
+            .any(|r| r.starts_with("paused: false -> true")));
+        assert!(x
+            .routing_changes
+            .iter()
+            .any(|r| r.starts_with("overrides: 0 -> 1")));
+        assert!(p.changes_anything() && !p.changes_epochs());
+        let same = plan(
+            &l,
+            &none(),
+            Some(Previous {
+                version: &old.version(),
+                config: &old_json,
+            }),
+            &old,
+            "t",
+        )
+        .unwrap();
+        assert!(!same.changes_anything());
     }
 }

@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -122,6 +122,8 @@ impl Hasher for DigestHasher {
 pub struct Table {
     map: DashMap<UnitKey, u64, BuildHasherDefault<DigestHasher>>,
     units: Vec<AtomicU64>,
+    /// The admin kill switch; shared by every snapshot, so pausing needs no reload.
+    admin_paused: AtomicBool,
 }
 
 impl Table {
@@ -129,6 +131,7 @@ impl Table {
         Table {
             map: DashMap::with_hasher(BuildHasherDefault::default()),
             units: (0..256).map(|_| AtomicU64::new(0)).collect(),
+            admin_paused: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +146,11 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether an admin paused this experiment.
+    pub fn admin_paused(&self) -> bool {
+        self.admin_paused.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,9 +220,19 @@ impl Shared {
 
     fn apply_ledger(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
         let id = self.ledger.lock().expect("ledger lock").apply(ev)?;
-        let table = self.table(id);
-        if ev.record.dropped_assignments {
-            table.clear();
+        match (ev, id) {
+            (LedgerEvent::Epoch { record, .. }, Some(id)) => {
+                let table = self.table(id);
+                if record.dropped_assignments {
+                    table.clear();
+                }
+            }
+            (LedgerEvent::Pause { paused, .. }, Some(id)) => {
+                self.table(id)
+                    .admin_paused
+                    .store(*paused, Ordering::Relaxed);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -339,6 +357,54 @@ impl Drop for Store {
     }
 }
 
+/// A read-only look at a store that another process may be running:
+/// replays the journal without taking the lock or writing anything (a
+/// torn tail is left as it is). For `cohort plan --store` and `history`.
+pub struct StoreView {
+    shared: Shared,
+}
+
+impl StoreView {
+    pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
+        let path = dir.join(JOURNAL_FILE);
+        let shared = Shared {
+            path: path.clone(),
+            ledger: Mutex::new(Ledger::default()),
+            tables: Mutex::new(Vec::new()),
+        };
+        let mut file = File::open(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        replay_journal(&mut file, &path, &shared)?;
+        Ok(StoreView { shared })
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.shared.ledger.lock().expect("ledger lock").clone()
+    }
+
+    /// The stored assignment of `unit` in `experiment`.
+    pub fn get(&self, experiment: &str, unit: &[u8]) -> Option<Assignment> {
+        let id = self
+            .shared
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .get(experiment)?
+            .id;
+        self.shared
+            .table(id)
+            .get(&super::hash::unit_key(experiment, unit))
+    }
+}
+
+impl UnitCounts for StoreView {
+    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
+        self.shared.table(experiment).units(variant)
+    }
+}
+
 impl UnitCounts for Store {
     fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
         self.table(experiment).units(variant)
@@ -374,7 +440,46 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
         }
         return Ok(file);
     }
-    let mut reader = BufReader::with_capacity(1 << 20, &mut file);
+    let (good, tail) = replay_journal(&mut file, path, shared)?;
+    if let Tail::Torn { offset, reason } = tail {
+        // A crash can only cut the last batch written; a bad record further
+        // from the end than one batch is damage, not a torn write, and
+        // truncating there would drop acknowledged assignments.
+        if size - good > TORN_TAIL_LIMIT {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "{reason} at byte {offset}, {} bytes before the end; refusing to truncate acknowledged records (move the journal aside to inspect it)",
+                    size - good
+                ),
+            });
+        }
+        tracing::warn!(
+            journal = %path.display(),
+            offset,
+            reason,
+            dropped_bytes = size - good,
+            "journal ends in a torn record (an unacknowledged write cut by a crash); truncating it"
+        );
+        file.set_len(good).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+    }
+    file.seek(SeekFrom::Start(good)).map_err(io_err)?;
+    Ok(file)
+}
+
+/// Replays the journal in `file` into `shared`; returns the length of its
+/// good prefix and how it ended.
+fn replay_journal(
+    file: &mut File,
+    path: &Path,
+    shared: &Shared,
+) -> Result<(u64, Tail), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     io::Read::read_exact(&mut reader, &mut magic).map_err(io_err)?;
     if &magic != journal::MAGIC {
@@ -383,7 +488,7 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
             what: "not a cohort journal (bad magic)".into(),
         });
     }
-    let (good, tail) = journal::replay(reader, |rec| {
+    journal::replay(reader, |rec| {
         match rec {
             Record::Ledger(ev) => shared
                 .apply_ledger(&ev)
@@ -425,32 +530,7 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
             what: e.to_string(),
         },
         _ => io_err(e),
-    })?;
-    if let Tail::Torn { offset, reason } = tail {
-        // A crash can only cut the last batch written; a bad record further
-        // from the end than one batch is damage, not a torn write, and
-        // truncating there would drop acknowledged assignments.
-        if size - good > TORN_TAIL_LIMIT {
-            return Err(StoreError::Corrupt {
-                path: path.to_path_buf(),
-                what: format!(
-                    "{reason} at byte {offset}, {} bytes before the end; refusing to truncate acknowledged records (move the journal aside to inspect it)",
-                    size - good
-                ),
-            });
-        }
-        tracing::warn!(
-            journal = %path.display(),
-            offset,
-            reason,
-            dropped_bytes = size - good,
-            "journal ends in a torn record (an unacknowledged write cut by a crash); truncating it"
-        );
-        file.set_len(good).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-    }
-    file.seek(SeekFrom::Start(good)).map_err(io_err)?;
-    Ok(file)
+    })
 }
 
 /// The group-commit loop: drain the queue, one write and one fdatasync for
@@ -575,13 +655,14 @@ mod tests {
     use crate::assign::ledger::EpochRecord;
 
     fn event(epoch: u32, dropped: bool) -> LedgerEvent {
-        LedgerEvent {
+        LedgerEvent::Epoch {
             experiment: "e".into(),
             record: EpochRecord {
                 epoch: Epoch(epoch),
                 rule: Rule {
                     salt: "s".into(),
                     unit_header: "x-user-id".into(),
+                    coverage: Weight(10_000),
                     variants: vec![
                         RuleVariant {
                             name: "a".into(),

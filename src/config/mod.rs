@@ -35,6 +35,7 @@ pub struct Config {
     pub default_upstream: Option<String>,
     pub experiments: Vec<ExperimentConfig>,
     pub runtime: RuntimeConfig,
+    pub admin: Option<AdminConfig>,
     /// Where each value sat in the file, for errors found after validation.
     #[serde(skip)]
     pub positions: Arc<PositionIndex>,
@@ -88,6 +89,12 @@ pub struct ExperimentConfig {
     pub variants: Vec<VariantConfig>,
     pub on_missing_unit: MissingUnitPolicy,
     pub reset: u64,
+    /// Kill switch from the file (an admin pause is kept in the store).
+    pub paused: bool,
+    /// Share of units that enter the experiment, in basis points (10000 = all).
+    pub coverage: Weight,
+    /// Forced units: unit id -> index of the variant it is forced into.
+    pub overrides: BTreeMap<String, usize>,
 }
 
 impl ExperimentConfig {
@@ -96,6 +103,7 @@ impl ExperimentConfig {
         Rule {
             salt: self.salt.clone(),
             unit_header: self.unit_header.clone(),
+            coverage: self.coverage,
             variants: self
                 .variants
                 .iter()
@@ -113,6 +121,8 @@ pub struct VariantConfig {
     pub name: String,
     pub upstream: String,
     pub weight: Weight,
+    /// Instant rollback of one arm: its units are served the first variant.
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,6 +139,16 @@ pub enum MissingUnitPolicy {
 pub enum Route {
     Exact(String),
     Prefix(String),
+}
+
+/// The admin API's own listener. Never started without a token.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    #[serde(skip)]
+    pub token: String,
+    /// Part of the config version, so a rotated token is a change.
+    pub token_digest: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,12 +266,16 @@ pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, 
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     pub log_unit_key: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 impl Env {
     pub fn process() -> Env {
         Env {
             log_unit_key: std::env::var("COHORT_LOG_UNIT_KEY").ok(),
+            admin_token: std::env::var("COHORT_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }

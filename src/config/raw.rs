@@ -19,6 +19,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub experiments: Vec<RawExperiment>,
     pub runtime: Option<RawRuntime>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +64,10 @@ pub struct RawExperiment {
     pub variants: Vec<RawVariant>,
     pub on_missing_unit: Option<String>,
     pub reset: Option<u64>,
+    pub paused: Option<bool>,
+    pub coverage: Option<f64>,
+    pub overrides: Option<BTreeMap<String, Vec<String>>>,
+    pub overrides_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +76,7 @@ pub struct RawVariant {
     pub name: String,
     pub upstream: String,
     pub weight: f64,
+    pub disabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

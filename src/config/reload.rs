@@ -10,40 +10,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 
 use crate::state::{ReloadError, Reloaded, State};
 
 const POLL: Duration = Duration::from_millis(250);
 
-/// Runs forever: reloads `path` whenever its content changes or on SIGHUP.
-pub async fn watch(state: Arc<State>, path: PathBuf) {
-    let mut last = fingerprint(&path);
+/// Runs forever: reloads `path` whenever its content changes, and on
+/// SIGHUP (`hup`, registered by the caller before start-up finished).
+/// Without a file (the embedded demo config), SIGHUP is logged and ignored.
+pub async fn watch(state: Arc<State>, path: Option<PathBuf>, mut hup: Signal) {
+    let mut last = path.as_deref().and_then(fingerprint);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; file changes still reload");
-            None
-        }
-    };
     loop {
         let trigger = tokio::select! {
             _ = tick.tick() => {
-                let now = fingerprint(&path);
+                let Some(p) = path.as_deref() else { continue };
+                let now = fingerprint(p);
                 if now == last {
                     continue;
                 }
                 last = now;
                 "file changed"
             }
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                last = fingerprint(&path);
+            Some(()) = hup.recv() => {
+                last = path.as_deref().and_then(fingerprint);
                 "SIGHUP"
             }
         };
-        report(trigger, state.reload_file().await);
+        report(trigger, state.reload_file(trigger).await);
     }
 }
 

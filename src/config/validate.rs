@@ -158,7 +158,7 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
                 Some("experiment names must be unique".into()),
             );
         }
-        if let Some(exp) = experiment(&p, x, &known, &known_list, e) {
+        if let Some(exp) = experiment(&p, x, base, &known, &known_list, e) {
             for (j, r) in x.routes.iter().enumerate() {
                 if let Some(other) = route_owner.insert(r.clone(), x.name.clone()) {
                     let (message, hint) = if other == x.name {
@@ -180,8 +180,9 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
     }
 
     let runtime = runtime(&raw, e);
-    let _ = file;
+    let admin = admin(&raw, base, env, e);
     Some(Config {
+        admin: admin?,
         listen: listen?,
         store_path,
         access_log: access_log?,
@@ -192,6 +193,54 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         positions: Arc::default(),
         source: file.to_path_buf(),
     })
+}
+
+/// `None` on error; `Some(None)` when there is no admin block.
+fn admin(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option<Option<AdminConfig>> {
+    let Some(a) = &raw.admin else {
+        return Some(None);
+    };
+    let listen_text = a.listen.as_deref().unwrap_or("127.0.0.1:9901");
+    let listen = listen_text.parse().map_err(|_| {
+        e.push(
+            "admin.listen",
+            format!("{listen_text:?} is not an address"),
+            Some("write host:port, e.g. 127.0.0.1:9901".into()),
+        );
+    });
+    let token = match (&a.token_file, &env.admin_token) {
+        (Some(f), _) => match std::fs::read(resolve(base, f)) {
+            Ok(t) => String::from_utf8(trim_key(t))
+                .ok()
+                .filter(|t| !t.is_empty()),
+            Err(err) => {
+                e.push(
+                    "admin.token_file",
+                    format!("cannot read {f:?}: {err}"),
+                    None,
+                );
+                return None;
+            }
+        },
+        (None, Some(t)) => Some(t.clone()),
+        (None, None) => None,
+    };
+    let Some(token) = token else {
+        e.push(
+            "admin",
+            "the admin API needs a bearer token and none is configured",
+            Some(
+                "set admin.token_file (a file holding the token), or the env COHORT_ADMIN_TOKEN"
+                    .into(),
+            ),
+        );
+        return None;
+    };
+    Some(Some(AdminConfig {
+        listen: listen.ok()?,
+        token_digest: hex(&Sha256::digest(token.as_bytes())[..6]),
+        token,
+    }))
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -383,6 +432,7 @@ fn valid_name(n: &str) -> bool {
 fn experiment(
     p: &str,
     x: &RawExperiment,
+    base: &Path,
     known: &dyn Fn(&str) -> bool,
     known_list: &dyn Fn() -> String,
     e: &mut Errors,
@@ -509,6 +559,7 @@ fn experiment(
                     name: v.name.clone(),
                     upstream: v.upstream.clone(),
                     weight: w,
+                    disabled: v.disabled.unwrap_or(false),
                 });
             }
             None => {
@@ -535,6 +586,28 @@ fn experiment(
             );
         }
     }
+    if variants.first().is_some_and(|v| v.disabled) {
+        e.push(
+            format!("{p}.variants[0].disabled"),
+            "the first variant is where disabled, paused and uncovered units go; it cannot be disabled",
+            Some("pause the experiment instead (paused: true)".into()),
+        );
+    }
+    let coverage = match x.coverage {
+        None => Weight(10_000),
+        Some(c) => match Weight::from_percent(c * 100.0).filter(|w| w.0 > 0) {
+            Some(w) => w,
+            None => {
+                e.push(
+                    format!("{p}.coverage"),
+                    format!("coverage {c} must be a share above 0 and at most 1, with at most four decimals"),
+                    Some("e.g. coverage: 0.8 lets 80% of units enter".into()),
+                );
+                Weight(10_000)
+            }
+        },
+    };
+    let overrides = overrides(p, x, &variants, base, e);
     (e.list.len() == before).then(|| ExperimentConfig {
         name: x.name.clone(),
         routes,
@@ -543,7 +616,87 @@ fn experiment(
         variants,
         on_missing_unit,
         reset: x.reset.unwrap_or(0),
+        paused: x.paused.unwrap_or(false),
+        coverage,
+        overrides,
     })
+}
+
+/// Forced units, inline or from `overrides_file` (the same YAML shape:
+/// `{ variant: [unit, ...] }`), as unit -> variant index.
+fn overrides(
+    p: &str,
+    x: &RawExperiment,
+    variants: &[VariantConfig],
+    base: &Path,
+    e: &mut Errors,
+) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let (lists, at) = match (&x.overrides, &x.overrides_file) {
+        (Some(_), Some(_)) => {
+            e.push(
+                format!("{p}.overrides_file"),
+                "both overrides and overrides_file are set",
+                Some("keep one of them".into()),
+            );
+            return out;
+        }
+        (Some(o), None) => (o.clone(), format!("{p}.overrides")),
+        (None, Some(f)) => {
+            let path = resolve(base, f);
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))
+                .and_then(|t| {
+                    serde_yaml::from_str::<BTreeMap<String, Vec<String>>>(&t).map_err(|err| {
+                        format!("{}: {}", path.display(), strip_locations(&err.to_string()))
+                    })
+                });
+            match parsed {
+                Ok(o) => (o, format!("{p}.overrides_file")),
+                Err(msg) => {
+                    e.push(
+                        format!("{p}.overrides_file"),
+                        msg,
+                        Some("the file maps variant names to lists of unit ids".into()),
+                    );
+                    return out;
+                }
+            }
+        }
+        (None, None) => return out,
+    };
+    for (variant, units) in lists {
+        let Some(idx) = variants.iter().position(|v| v.name == variant) else {
+            let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+            e.push(
+                format!("{at}.{variant}"),
+                format!("overrides name unknown variant {variant:?}"),
+                Some(format!("variants: {}", names.join(", "))),
+            );
+            continue;
+        };
+        for u in units {
+            if !crate::assign::valid_unit(u.as_bytes()) {
+                e.push(
+                    format!("{at}.{variant}"),
+                    format!("{u:?} is not a valid unit id"),
+                    Some("1-256 bytes, no control characters".into()),
+                );
+            } else if let Some(prev) = out.insert(u.clone(), idx) {
+                if prev != idx {
+                    e.push(
+                        format!("{at}.{variant}"),
+                        format!(
+                            "unit {u:?} is forced into both {:?} and {variant:?}",
+                            variants[prev].name
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 fn weight_hint(sum_bp: u64) -> String {

@@ -41,6 +41,10 @@ pub struct AccessRecord {
     pub epoch: u32,
     pub current_epoch: u32,
     pub first_exposure: bool,
+    /// Whether the unit holds an assignment in this experiment.
+    pub in_experiment: bool,
+    pub forced: bool,
+    pub paused: bool,
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
     pub upstream: Option<String>,

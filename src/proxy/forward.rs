@@ -20,7 +20,7 @@ use sha2::Sha256;
 
 use super::body::{ms, PendingLog, ResponseBody, UpstreamBody};
 use super::upstream::Upstream;
-use crate::assign::{valid_unit, Served};
+use crate::assign::{valid_unit, Reason, Served};
 use crate::config::{LogUnit, MissingUnitPolicy};
 use crate::error::ProxyError;
 use crate::observe::access_log::{AccessRecord, SCHEMA_VERSION};
@@ -77,6 +77,9 @@ pub async fn handle(
         epoch: 0,
         current_epoch: 0,
         first_exposure: false,
+        in_experiment: false,
+        forced: false,
+        paused: false,
         reason: None,
         bucket: None,
         upstream: None,
@@ -113,6 +116,9 @@ pub async fn handle(
                     rec.epoch = served.epoch.0;
                     rec.reason = Some(served.reason.as_str());
                     rec.first_exposure = served.first_exposure;
+                    rec.in_experiment = served.in_experiment;
+                    rec.forced = served.reason == Reason::Forced;
+                    rec.paused = served.reason == Reason::Paused;
                     rec.bucket = served.bucket.map(|b| b.0);
                     let stamps = Stamps {
                         experiment: x.name_header.clone(),
