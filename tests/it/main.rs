@@ -3,6 +3,7 @@
 
 mod access_log;
 mod durability;
+mod operator;
 mod proxy;
 mod reload;
 mod util;

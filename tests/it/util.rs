@@ -446,3 +446,56 @@ pub async fn post_all(
     let v = std::mem::take(&mut *out.lock().unwrap());
     v.into_iter().map(|r| r.unwrap()).collect()
 }
+
+impl Cohort {
+    /// The admin API's address, from its start-up log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("admin API on http://", Duration::from_secs(5));
+        let addr = line.split("admin API on http://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+/// Runs the `cohort` binary with `args`; returns (exit code, stdout, stderr).
+pub fn cohort_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .output()
+        .expect("run cohort");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub const ADMIN_TOKEN: &str = "t0ken-for-tests-only";
+
+/// An `admin:` block on port 0 with a token file written into `dir`.
+pub fn with_admin(dir: &TestDir, yaml: &str) -> String {
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    yaml.replace(
+        "experiments:\n",
+        "admin: { listen: 127.0.0.1:0, token_file: admin.token }\nexperiments:\n",
+    )
+}
+
+/// Calls the admin API; `token` None sends no Authorization header.
+pub async fn admin_call(
+    client: &TestClient,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    client
+        .send(
+            addr,
+            method,
+            path,
+            &[("authorization", auth.as_deref())],
+            "",
+        )
+        .await
+}
