@@ -8,6 +8,7 @@
 pub mod positions;
 pub mod raw;
 pub mod reload;
+mod schema;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,9 @@
 //! Where each value sits in the YAML text, so that errors found after parsing
 //! (weights that do not sum to 100, an unknown upstream, ...) can still name a
 //! line and column. serde_yaml reports positions for syntax and type errors
-//! only; this index is built from yaml-rust2's marked event stream.
+//! only; this index is built from yaml-rust2's marked event stream. It also
+//! keeps where each mapping key is written, so an unknown key can be named at
+//! the key itself rather than at its value.
 
 use std::collections::HashMap;
 
@@ -19,6 +21,7 @@ pub struct Position {
 #[derive(Debug, Default)]
 pub struct PositionIndex {
     values: HashMap<String, Position>,
+    keys: HashMap<String, Position>,
 }
 
 impl PositionIndex {
@@ -28,7 +31,17 @@ impl PositionIndex {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut b, false);
-        PositionIndex { values: b.values }
+        PositionIndex {
+            values: b.values,
+            keys: b.keys,
+        }
+    }
+
+    /// Where the key of the mapping entry at `path` is written
+    /// (`experiments[0].salt` -> the `salt` of `salt: abc`), if it is a
+    /// plain key of an indexed mapping.
+    pub fn key(&self, path: &str) -> Option<Position> {
+        self.keys.get(path).copied()
     }
 
     /// The position of `path`, or of its nearest indexed ancestor (a missing
@@ -56,6 +69,8 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     values: HashMap<String, Position>,
+    /// Entry path -> position of its key.
+    keys: HashMap<String, Position>,
 }
 
 impl Builder {
@@ -94,6 +109,9 @@ impl MarkedEventReceiver for Builder {
                 None => {
                     if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
                         *key = Some(s);
+                    }
+                    if let Some(p) = self.value_path() {
+                        self.keys.insert(p, pos);
                     }
                 }
                 Some(p) => {
@@ -185,5 +203,23 @@ experiments:
             idx.find("experiments[0].variants[1]")
         );
         assert_eq!(idx.find("experiments[0].variants[1]").line, 8);
+    }
+
+    #[test]
+    fn keys_are_indexed_where_they_are_written() {
+        let idx = PositionIndex::build(DOC);
+        assert_eq!(idx.key("listen"), Some(Position { line: 1, column: 1 }));
+        assert_eq!(
+            idx.key("experiments[0].variants[0].weight"),
+            Some(Position {
+                line: 7,
+                column: 41
+            })
+        );
+        assert_eq!(
+            idx.key("experiments[0].variants[1].weight"),
+            Some(Position { line: 9, column: 9 })
+        );
+        assert_eq!(idx.key("experiments[0].variants[1].upstream"), None);
     }
 }

@@ -1,5 +1,8 @@
-//! Raw config -> validated [`Config`], collecting every problem with its YAML
-//! path, position and a hint. Pure but for reading the log-unit key file.
+//! YAML text -> raw config -> validated [`Config`], collecting every problem
+//! with its YAML path, position and a hint: unknown keys (found by
+//! [`super::schema`], which lets the rest of the file still be checked), then
+//! serde's syntax or type error, then every semantic one. Pure but for reading
+//! the log-unit key and admin token files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -7,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawExperiment, RawUpstream};
-use super::*;
+use super::{schema, *};
 use crate::assign::buckets::{BucketTable, Weight};
 
 const MAX_VARIANTS: usize = 255;
@@ -29,28 +32,69 @@ impl Errors<'_> {
     }
 }
 
+/// Parses and validates `text`: every unknown key, then the first type or
+/// syntax error serde finds, and every semantic problem, in file order.
 pub(super) fn parse_and_validate(
     text: &str,
     file: &Path,
     base: &Path,
     env: &Env,
 ) -> Result<Config, Vec<ConfigError>> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| vec![serde_error(&e)])?;
     let index = Arc::new(PositionIndex::build(text));
     let mut errs = Errors {
         index: &index,
         list: Vec::new(),
     };
-    let cfg = validate(raw, base, env, &mut errs, file);
+    let cfg =
+        deserialize(text, &mut errs).and_then(|raw| validate(raw, base, env, &mut errs, file));
     if errs.list.is_empty() {
         let mut cfg = cfg.expect("no errors means a config");
         cfg.positions = index;
         Ok(cfg)
     } else {
-        errs.list
-            .sort_by_key(|e| (e.position.line, e.position.column));
-        Err(errs.list)
+        Err(sorted_unique(errs.list))
     }
+}
+
+/// `text` as [`RawConfig`]. Unknown keys are all reported and taken out (see
+/// [`schema::remove_unknown_keys`]), so that what remains is still
+/// deserialized and validated; serde then reports its first error, if any.
+fn deserialize(text: &str, e: &mut Errors) -> Option<RawConfig> {
+    let pruned = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .ok()
+        .and_then(|mut doc| {
+            let unknown = schema::remove_unknown_keys(&mut doc, e.index);
+            (!unknown.is_empty()).then(|| {
+                e.list.extend(unknown);
+                doc
+            })
+        });
+    let Some(doc) = pruned else {
+        // Nothing to take out (or no YAML at all): serde's own positions.
+        return serde_yaml::from_str(text)
+            .map_err(|err| e.list.push(serde_error(&err)))
+            .ok();
+    };
+    // Deserialized from text, not with from_value, so that serde's messages
+    // keep the YAML path; positions in the pruned text are not the file's,
+    // so the path's position in the file replaces them.
+    let pruned_text = serde_yaml::to_string(&doc).ok()?;
+    serde_yaml::from_str(&pruned_text)
+        .map_err(|err| {
+            let mut ce = serde_error(&err);
+            ce.position = e.index.find(&ce.path);
+            e.list.push(ce);
+        })
+        .ok()
+}
+
+/// Sorted by position (stably: errors at one place keep their order), each
+/// path and message once.
+fn sorted_unique(mut list: Vec<ConfigError>) -> Vec<ConfigError> {
+    list.sort_by_key(|e| (e.position.line, e.position.column));
+    let mut seen = BTreeSet::new();
+    list.retain(|e| seen.insert((e.path.clone(), e.message.clone())));
+    list
 }
 
 fn serde_error(e: &serde_yaml::Error) -> ConfigError {
@@ -134,14 +178,20 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         );
     }
     let known = |n: &str| raw.upstreams.contains_key(n);
-    let known_list = || raw.upstreams.keys().cloned().collect::<Vec<_>>().join(", ");
+    let upstream_hint = |name: &str| {
+        names_hint(
+            name,
+            "defined upstreams",
+            raw.upstreams.keys().map(String::as_str),
+        )
+    };
 
     if let Some(d) = &raw.default_upstream {
         if !known(d) {
             e.push(
                 "default_upstream",
                 format!("unknown upstream {d:?}"),
-                Some(format!("defined upstreams: {}", known_list())),
+                Some(upstream_hint(d)),
             );
         }
     }
@@ -158,7 +208,7 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
                 Some("experiment names must be unique".into()),
             );
         }
-        if let Some(exp) = experiment(&p, x, base, &known, &known_list, e) {
+        if let Some(exp) = experiment(&p, x, base, &known, &upstream_hint, e) {
             for (j, r) in x.routes.iter().enumerate() {
                 if let Some(other) = route_owner.insert(r.clone(), x.name.clone()) {
                     let (message, hint) = if other == x.name {
@@ -434,7 +484,7 @@ fn experiment(
     x: &RawExperiment,
     base: &Path,
     known: &dyn Fn(&str) -> bool,
-    known_list: &dyn Fn() -> String,
+    upstream_hint: &dyn Fn(&str) -> String,
     e: &mut Errors,
 ) -> Option<ExperimentConfig> {
     let before = e.list.len();
@@ -549,7 +599,7 @@ fn experiment(
             e.push(
                 format!("{vp}.upstream"),
                 format!("unknown upstream {:?}", v.upstream),
-                Some(format!("defined upstreams: {}", known_list())),
+                Some(upstream_hint(&v.upstream)),
             );
         }
         match Weight::from_percent(v.weight) {
@@ -667,11 +717,11 @@ fn overrides(
     };
     for (variant, units) in lists {
         let Some(idx) = variants.iter().position(|v| v.name == variant) else {
-            let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+            let names = variants.iter().map(|v| v.name.as_str());
             e.push(
                 format!("{at}.{variant}"),
                 format!("overrides name unknown variant {variant:?}"),
-                Some(format!("variants: {}", names.join(", "))),
+                Some(names_hint(&variant, "variants", names)),
             );
             continue;
         };
@@ -697,6 +747,16 @@ fn overrides(
         }
     }
     out
+}
+
+/// `what: a, b, c` listing `names`, led by a did-you-mean when one of them is
+/// close to `name`.
+fn names_hint<'a>(name: &str, what: &str, names: impl Iterator<Item = &'a str> + Clone) -> String {
+    let list = names.clone().collect::<Vec<_>>().join(", ");
+    match schema::did_you_mean(name, names) {
+        Some(close) => format!("did you mean {close:?}? {what}: {list}"),
+        None => format!("{what}: {list}"),
+    }
 }
 
 fn weight_hint(sum_bp: u64) -> String {
@@ -737,12 +797,11 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<Config, Vec<ConfigError>> {
-        parse_and_validate(
-            yaml,
-            Path::new("t.yaml"),
-            Path::new("/base"),
-            &Env::default(),
-        )
+        check_with(yaml, &Env::default())
+    }
+
+    fn check_with(yaml: &str, env: &Env) -> Result<Config, Vec<ConfigError>> {
+        parse_and_validate(yaml, Path::new("t.yaml"), Path::new("/base"), env)
     }
 
     const GOOD: &str = "\
@@ -757,10 +816,33 @@ experiments:
       - { name: treatment, upstream: new, weight: 50 }
 ";
 
+    /// GOOD with `line` added to the experiment, after its routes (line 7).
+    fn with_experiment_line(line: &str) -> String {
+        GOOD.replace("[/predict]\n", &format!("[/predict]\n    {line}\n"))
+    }
+
     fn one_error(yaml: &str) -> ConfigError {
         let errs = check(yaml).expect_err("should be invalid");
         assert_eq!(errs.len(), 1, "{errs:?}");
         errs.into_iter().next().unwrap()
+    }
+
+    /// Asserts the path, `(line, column)`, a phrase of the message and of
+    /// the hint (`None`: there is no hint).
+    fn assert_error(
+        e: &ConfigError,
+        path: &str,
+        at: (usize, usize),
+        message: &str,
+        hint: Option<&str>,
+    ) {
+        assert_eq!(e.path, path, "{e}");
+        assert_eq!((e.position.line, e.position.column), at, "{e}");
+        assert!(e.message.contains(message), "{e}");
+        match hint {
+            Some(h) => assert!(e.hint.as_deref().is_some_and(|x| x.contains(h)), "{e}"),
+            None => assert_eq!(e.hint, None, "{e}"),
+        }
     }
 
     #[test]
@@ -777,59 +859,163 @@ experiments:
     }
 
     #[test]
+    fn syntax_error_has_position() {
+        let e = one_error(&GOOD.replace("9002 }", "9002"));
+        assert_error(&e, "", (4, 12), "did not find expected ',' or '}'", None);
+    }
+
+    #[test]
+    fn unknown_field_has_position_and_did_you_mean() {
+        let e = one_error(&GOOD.replace(
+            "weight: 50 }\n      - { name: treatment",
+            "wieght: 50 }\n      - { name: treatment",
+        ));
+        assert_error(
+            &e,
+            "experiments[0].variants[0]",
+            (8, 41),
+            "unknown field `wieght`",
+            Some("did you mean `weight`?"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "8:41: experiments[0].variants[0]: unknown field `wieght` (hint: did you mean `weight`?)"
+        );
+    }
+
+    #[test]
+    fn unknown_field_without_a_close_name_lists_the_fields() {
+        let e = one_error(&GOOD.replace("new, weight: 50 }", "new, weight: 50, colour: red }"));
+        assert_error(
+            &e,
+            "experiments[0].variants[1]",
+            (9, 55),
+            "unknown field `colour`",
+            Some("expected one of: name, upstream, weight, disabled"),
+        );
+    }
+
+    #[test]
+    fn unknown_fields_differing_in_case_or_plural_are_suggested() {
+        let errs =
+            check(&with_experiment_line("Salt: abc").replace("variants:", "variant:")).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "experiments[0]",
+            (7, 5),
+            "unknown field `Salt`",
+            Some("did you mean `salt`?"),
+        );
+        assert_error(
+            &errs[1],
+            "experiments[0]",
+            (8, 5),
+            "unknown field `variant`",
+            Some("did you mean `variants`?"),
+        );
+    }
+
+    #[test]
+    fn several_unknown_fields_are_reported_with_a_weights_error() {
+        let yaml = "\
+upstreams:
+  old: { url: http://127.0.0.1:9001 }
+  new: { url: http://127.0.0.1:9002, timout: 2s }
+experiments:
+  - name: e
+    Salt: abc
+    routes: [/predict]
+    variants:
+      - { name: control, upstream: old, weight: 60 }
+      - { name: treatment, upstream: new, wieght: 50 }
+";
+        let errs = check(yaml).unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "upstreams.new",
+            (3, 38),
+            "unknown field `timout`",
+            Some("did you mean `timeout`?"),
+        );
+        assert_error(
+            &errs[1],
+            "experiments[0]",
+            (6, 5),
+            "unknown field `Salt`",
+            Some("did you mean `salt`?"),
+        );
+        assert_error(
+            &errs[2],
+            "experiments[0].variants",
+            (9, 7),
+            "weights sum to 110; they must sum to 100",
+            Some("remove 10"),
+        );
+        assert_error(
+            &errs[3],
+            "experiments[0].variants[1]",
+            (10, 43),
+            "unknown field `wieght`",
+            Some("did you mean `weight`?"),
+        );
+    }
+
+    #[test]
+    fn type_error_is_located() {
+        let e = one_error(&GOOD.replacen("weight: 50", "weight: fifty", 1));
+        assert_error(
+            &e,
+            "experiments[0].variants[0].weight",
+            (8, 49),
+            "invalid type: string \"fifty\", expected f64",
+            None,
+        );
+    }
+
+    #[test]
+    fn type_error_next_to_an_unknown_field_is_located_by_its_path() {
+        let errs =
+            check(&with_experiment_line("colour: red").replacen("weight: 50", "weight: fifty", 1))
+                .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "experiments[0]",
+            (7, 5),
+            "unknown field `colour`",
+            Some("expected one of"),
+        );
+        assert_error(
+            &errs[1],
+            "experiments[0].variants[0].weight",
+            (9, 49),
+            "invalid type: string \"fifty\", expected f64",
+            None,
+        );
+    }
+
+    #[test]
     fn weights_not_summing_to_100_name_line_and_hint() {
         let e = one_error(&GOOD.replace(
             "weight: 50 }\n      - { name: treatment",
             "weight: 60 }\n      - { name: treatment",
         ));
-        assert_eq!(e.path, "experiments[0].variants");
-        assert_eq!(e.position.line, 8);
-        assert!(e.message.contains("sum to 110"), "{}", e.message);
-        assert!(e.hint.as_deref().unwrap().contains("remove 10"));
-    }
-
-    #[test]
-    fn unknown_upstream_is_located() {
-        let e = one_error(&GOOD.replace("upstream: new", "upstream: newer"));
-        assert_eq!(e.path, "experiments[0].variants[1].upstream");
-        assert_eq!((e.position.line, e.position.column), (9, 38));
-    }
-
-    #[test]
-    fn unknown_field_is_a_serde_error_with_position() {
-        let e = one_error(&GOOD.replace(
-            "weight: 50 }\n      - { name: treatment",
-            "wieght: 50 }\n      - { name: treatment",
-        ));
-        assert!(
-            e.message.contains("unknown field `wieght`"),
-            "{}",
-            e.message
+        assert_error(
+            &e,
+            "experiments[0].variants",
+            (8, 7),
+            "weights sum to 110; they must sum to 100",
+            Some("remove 10 from some weights"),
         );
-        assert_eq!(e.position.line, 8);
-        assert_eq!(e.path, "experiments[0].variants[0]");
-    }
-
-    #[test]
-    fn syntax_error_has_position() {
-        let e = one_error("upstreams:\n  old: { url: http://a\n");
-        assert!(e.position.line >= 2, "{e:?}");
-    }
-
-    #[test]
-    fn duplicates_are_errors_and_all_are_reported() {
-        let bad = GOOD
-            .replace("name: treatment", "name: control")
-            .replace("weight: 50 }\n", "weight: 40 }\n");
-        let errs = check(&bad).unwrap_err();
-        assert!(
-            errs.iter()
-                .any(|e| e.message.contains("duplicate variant name")),
-            "{errs:?}"
-        );
-        assert!(
-            errs.iter().any(|e| e.message.contains("sum to 80")),
-            "{errs:?}"
+        let e = one_error(&GOOD.replacen("weight: 50", "weight: 30", 1));
+        assert_error(
+            &e,
+            "experiments[0].variants",
+            (8, 7),
+            "weights sum to 80; they must sum to 100",
+            Some("add 20 to some weights"),
         );
     }
 
@@ -839,7 +1025,258 @@ experiments:
             "weight: 50 }\n      - { name: treatment",
             "weight: 50.001 }\n      - { name: treatment",
         ));
-        assert_eq!(e.path, "experiments[0].variants[0].weight");
+        assert_error(
+            &e,
+            "experiments[0].variants[0].weight",
+            (8, 49),
+            "weight 50.001 is not a percentage with at most two decimals",
+            Some("e.g. 33.33"),
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_is_located() {
+        let e = one_error(&GOOD.replace("upstream: new", "upstream: newer"));
+        assert_error(
+            &e,
+            "experiments[0].variants[1].upstream",
+            (9, 38),
+            "unknown upstream \"newer\"",
+            Some("did you mean \"new\"? defined upstreams: new, old"),
+        );
+        let e = one_error(&format!("default_upstream: olt\n{GOOD}"));
+        assert_error(
+            &e,
+            "default_upstream",
+            (1, 19),
+            "unknown upstream \"olt\"",
+            Some("did you mean \"old\"?"),
+        );
+    }
+
+    #[test]
+    fn duplicates_are_errors_and_all_are_reported() {
+        let bad = GOOD
+            .replace("name: treatment", "name: control")
+            .replace("weight: 50 }\n", "weight: 40 }\n");
+        let errs = check(&bad).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "experiments[0].variants",
+            (8, 7),
+            "weights sum to 80",
+            Some("add 20"),
+        );
+        assert_error(
+            &errs[1],
+            "experiments[0].variants[1].name",
+            (9, 17),
+            "duplicate variant name \"control\"",
+            None,
+        );
+    }
+
+    #[test]
+    fn duplicate_experiment_name_is_located() {
+        let second = "  - name: e\n    routes: [/other]\n    variants:\n      - { name: control, upstream: old, weight: 100 }\n";
+        let e = one_error(&format!("{GOOD}{second}"));
+        assert_error(
+            &e,
+            "experiments[1].name",
+            (10, 11),
+            "duplicate experiment name \"e\"",
+            Some("experiment names must be unique"),
+        );
+    }
+
+    #[test]
+    fn a_route_listed_twice_says_so() {
+        let e = one_error(&GOOD.replace("routes: [/predict]", "routes: [/predict, /predict]"));
+        assert_error(
+            &e,
+            "experiments[0].routes[1]",
+            (6, 24),
+            "route \"/predict\" is listed twice",
+            Some("remove the duplicate"),
+        );
+    }
+
+    #[test]
+    fn a_route_of_two_experiments_is_an_error() {
+        let second = "  - name: f\n    routes: [/predict]\n    variants:\n      - { name: control, upstream: old, weight: 100 }\n";
+        let e = one_error(&format!("{GOOD}{second}"));
+        assert_error(
+            &e,
+            "experiments[1].routes[0]",
+            (11, 14),
+            "route \"/predict\" already belongs to experiment \"e\"",
+            Some("a route can serve one experiment only"),
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_located() {
+        let errs = check(&GOOD.replace("[/predict]", "[predict, /a*b]")).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "experiments[0].routes[0]",
+            (6, 14),
+            "route \"predict\" must start with '/'",
+            None,
+        );
+        assert_error(
+            &errs[1],
+            "experiments[0].routes[1]",
+            (6, 23),
+            "'*' is allowed only at the end",
+            Some("for a prefix"),
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = one_error(&GOOD.replace("9001 }", "9001, timeout: 5 seconds }"));
+        assert_error(
+            &e,
+            "upstreams.old.timeout",
+            (2, 47),
+            "\"5 seconds\" is not a duration",
+            Some("500ms, 2s or 1m"),
+        );
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_located() {
+        let e = one_error(&format!("listen: \"8080\"\n{GOOD}"));
+        assert_error(
+            &e,
+            "listen",
+            (1, 9),
+            "\"8080\" is not an address",
+            Some("host:port"),
+        );
+        let env = Env {
+            admin_token: Some("t".into()),
+            ..Env::default()
+        };
+        let errs = check_with(&format!("{GOOD}admin: {{ listen: nowhere }}\n"), &env).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_error(
+            &errs[0],
+            "admin.listen",
+            (10, 18),
+            "\"nowhere\" is not an address",
+            Some("host:port"),
+        );
+    }
+
+    #[test]
+    fn unknown_on_missing_unit_is_located() {
+        let e = one_error(&with_experiment_line("on_missing_unit: drop"));
+        assert_error(
+            &e,
+            "experiments[0].on_missing_unit",
+            (7, 22),
+            "unknown policy \"drop\"",
+            Some("expected control or reject"),
+        );
+    }
+
+    #[test]
+    fn coverage_out_of_range_is_located() {
+        for bad in ["1.5", "0", "0.00001"] {
+            let e = one_error(&with_experiment_line(&format!("coverage: {bad}")));
+            assert_error(
+                &e,
+                "experiments[0].coverage",
+                (7, 15),
+                &format!("coverage {bad} must be a share above 0 and at most 1"),
+                Some("coverage: 0.8"),
+            );
+        }
+    }
+
+    #[test]
+    fn override_naming_an_unknown_variant_is_located() {
+        let e = one_error(&with_experiment_line("overrides: { treatmnt: [alice] }"));
+        assert_error(
+            &e,
+            "experiments[0].overrides.treatmnt",
+            (7, 28),
+            "overrides name unknown variant \"treatmnt\"",
+            Some("did you mean \"treatment\"? variants: control, treatment"),
+        );
+    }
+
+    #[test]
+    fn admin_block_without_token_is_an_error() {
+        let yaml = format!("{GOOD}admin: {{ listen: 127.0.0.1:9901 }}\n");
+        let e = one_error(&yaml);
+        assert_error(
+            &e,
+            "admin",
+            (10, 8),
+            "the admin API needs a bearer token",
+            Some("COHORT_ADMIN_TOKEN"),
+        );
+        let env = Env {
+            admin_token: Some("t".into()),
+            ..Env::default()
+        };
+        assert!(check_with(&yaml, &env).is_ok());
+    }
+
+    #[test]
+    fn hashed_log_unit_without_key_is_an_error() {
+        let yaml = format!("access_log: {{ path: '-', log_unit: hashed }}\n{GOOD}");
+        let e = one_error(&yaml);
+        assert_error(
+            &e,
+            "access_log.log_unit",
+            (1, 36),
+            "log_unit: hashed needs a key",
+            Some("COHORT_LOG_UNIT_KEY"),
+        );
+        let env = Env {
+            log_unit_key: Some("k".into()),
+            ..Env::default()
+        };
+        assert!(check_with(&yaml, &env).is_ok());
+    }
+
+    #[test]
+    fn first_variant_disabled_is_an_error() {
+        let e = one_error(&GOOD.replacen("weight: 50 }", "weight: 50, disabled: true }", 1));
+        assert_error(
+            &e,
+            "experiments[0].variants[0].disabled",
+            (8, 63),
+            "it cannot be disabled",
+            Some("paused: true"),
+        );
+    }
+
+    #[test]
+    fn errors_are_sorted_and_each_reported_once() {
+        let at = |line, path: &str, message: &str| ConfigError {
+            path: path.into(),
+            position: Position { line, column: 1 },
+            message: message.into(),
+            hint: None,
+        };
+        let list = vec![
+            at(3, "b", "x"),
+            at(1, "a", "x"),
+            at(3, "b", "x"),
+            at(3, "b", "y"),
+        ];
+        let got: Vec<_> = sorted_unique(list)
+            .into_iter()
+            .map(|e| (e.position.line, e.message))
+            .collect();
+        assert_eq!(got, vec![(1, "x".into()), (3, "x".into()), (3, "y".into())]);
     }
 
     #[test]
@@ -852,13 +1289,6 @@ experiments:
             strip_locations("unknown field `x` at line 2"),
             "unknown field `x` at line 2"
         );
-    }
-
-    #[test]
-    fn a_route_listed_twice_says_so() {
-        let e = one_error(&GOOD.replace("routes: [/predict]", "routes: [/predict, /predict]"));
-        assert_eq!(e.path, "experiments[0].routes[1]");
-        assert!(e.message.contains("listed twice"), "{}", e.message);
     }
 
     #[test]
