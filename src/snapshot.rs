@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::assign::epoch::Epoch;
 use crate::assign::ledger::Ledger;
 use crate::assign::store::Store;
 use crate::assign::Assigner;
@@ -15,7 +16,7 @@ use crate::proxy::upstream::Upstream;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub version: String,
+    pub version: Arc<str>,
     exact: HashMap<String, usize>,
     /// Longest prefix first.
     prefixes: Vec<(String, usize)>,
@@ -26,16 +27,27 @@ pub struct Snapshot {
 }
 
 pub struct ExperimentRoute {
-    pub name: String,
+    pub name: Arc<str>,
     pub name_header: HeaderValue,
     pub unit_header: HeaderName,
     pub on_missing_unit: MissingUnitPolicy,
     pub assigner: Assigner,
     pub variants: Vec<VariantRoute>,
+    /// `x-cohort-epoch` values for epochs 0 ..= current, built once.
+    epoch_headers: Vec<HeaderValue>,
+}
+
+impl ExperimentRoute {
+    pub fn epoch_header(&self, e: Epoch) -> HeaderValue {
+        self.epoch_headers
+            .get(e.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from(e.0))
+    }
 }
 
 pub struct VariantRoute {
-    pub name: String,
+    pub name: Arc<str>,
     pub header: HeaderValue,
     pub upstream: Arc<Upstream>,
 }
@@ -83,7 +95,8 @@ impl Snapshot {
                 }
             }
             experiments.push(ExperimentRoute {
-                name: x.name.clone(),
+                epoch_headers: (0..=l.current().epoch.0).map(HeaderValue::from).collect(),
+                name: Arc::from(x.name.as_str()),
                 name_header: HeaderValue::from_str(&x.name).expect("validated name"),
                 unit_header: HeaderName::from_bytes(x.unit_header.as_bytes())
                     .expect("validated header"),
@@ -93,7 +106,7 @@ impl Snapshot {
                     .variants
                     .iter()
                     .map(|v| VariantRoute {
-                        name: v.name.clone(),
+                        name: Arc::from(v.name.as_str()),
                         header: HeaderValue::from_str(&v.name).expect("validated name"),
                         upstream: upstreams[&v.upstream].clone(),
                     })
@@ -101,7 +114,7 @@ impl Snapshot {
             });
         }
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        let version = config.version();
+        let version: Arc<str> = Arc::from(config.version());
         Snapshot {
             version,
             exact,

@@ -111,9 +111,19 @@ impl State {
     }
 
     /// A request id unique to this process: `<random prefix>-<sequence>`.
-    pub fn next_request_id(&self) -> String {
+    pub fn next_request_id(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.request_prefix)
+        let mut buf = [0u8; 32];
+        let p = self.request_prefix.as_bytes();
+        buf[..p.len()].copy_from_slice(p);
+        buf[p.len()] = b'-';
+        let mut end = p.len() + 1;
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in (0..digits).rev() {
+            buf[end] = b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize];
+            end += 1;
+        }
+        http::HeaderValue::from_bytes(&buf[..end]).expect("hex is a header value")
     }
 
     /// Re-reads the config file and applies it.
@@ -137,7 +147,7 @@ impl State {
     pub async fn apply(&self, config: Config, trigger: &str) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let cur = self.snapshot.load_full();
-        if config.version() == cur.version {
+        if *config.version() == *cur.version {
             return Ok(Reloaded::Unchanged);
         }
         let ledger = self.store.ledger();

@@ -137,7 +137,7 @@ async fn ready(state: &State) -> Resp {
     match state.store.sync().await {
         Ok(()) => reply(
             StatusCode::OK,
-            json!({ "status": "ready", "config_version": state.snapshot().version }),
+            json!({ "status": "ready", "config_version": &*state.snapshot().version }),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e),
     }
@@ -183,10 +183,10 @@ fn config_view(state: &State) -> Resp {
     let paused = snap
         .experiments
         .iter()
-        .map(|x| (x.name.clone(), x.assigner.paused()))
+        .map(|x| (x.name.to_string(), x.assigner.paused()))
         .collect();
     let view = ConfigView {
-        config_version: snap.version.clone(),
+        config_version: snap.version.to_string(),
         config: serde_json::to_value(&*snap.config).expect("config serializes"),
         admin_paused: ledger.admin_paused.iter().cloned().collect(),
         ledger: ledger.experiments,
@@ -263,7 +263,7 @@ async fn reload(state: &State) -> Resp {
     let resp = match &outcome {
         Ok(Reloaded::Unchanged) => reply(
             StatusCode::OK,
-            json!({ "status": "unchanged", "config_version": state.snapshot().version }),
+            json!({ "status": "unchanged", "config_version": &*state.snapshot().version }),
         ),
         Ok(Reloaded::Applied {
             plan,
@@ -289,7 +289,7 @@ async fn pause(state: &State, name: &str, paused: bool) -> Resp {
     match state.set_paused(name, paused).await {
         Ok(()) => {
             let snap = state.snapshot();
-            let x = snap.experiments.iter().find(|x| x.name == name);
+            let x = snap.experiments.iter().find(|x| &*x.name == name);
             reply(
                 StatusCode::OK,
                 json!({

@@ -13,9 +13,13 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use http::{HeaderValue, Method, Uri};
+use serde::ser::SerializeStruct;
 use serde::Serialize;
+
+use super::time;
 
 use crate::config::LogTarget;
 
@@ -26,18 +30,19 @@ const NAP: Duration = Duration::from_millis(20);
 const BUFFER: usize = 64 * 1024;
 
 /// One request, as the warehouse sees it. Field meanings are documented in
-/// README ("Access log").
-#[derive(Debug, Clone, Serialize)]
+/// README ("Access log"). The fields are cheap to fill on the request path
+/// (shared strings, header values, no formatting); the line is rendered
+/// once, when the response ends.
+#[derive(Debug, Clone)]
 pub struct AccessRecord {
-    pub ts: String,
-    pub schema: u32,
-    pub request_id: String,
-    pub method: String,
-    pub path: String,
+    pub at: SystemTime,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub path: Uri,
     pub status: u16,
-    pub experiment: Option<String>,
-    pub unit: Option<String>,
-    pub variant: Option<String>,
+    pub experiment: Option<Arc<str>>,
+    pub unit: Option<LoggedUnit>,
+    pub variant: Option<Arc<str>>,
     pub epoch: u32,
     pub current_epoch: u32,
     pub first_exposure: bool,
@@ -47,13 +52,96 @@ pub struct AccessRecord {
     pub paused: bool,
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub config_version: String,
+    pub config_version: Arc<str>,
     pub error: Option<&'static str>,
+}
+
+/// The unit as logged: the raw header value, or its keyed hash.
+#[derive(Debug, Clone)]
+pub enum LoggedUnit {
+    Raw(HeaderValue),
+    Hashed(String),
+}
+
+impl AccessRecord {
+    /// A record with only the request's own facts filled in.
+    pub fn new(
+        at: SystemTime,
+        request_id: HeaderValue,
+        method: Method,
+        path: Uri,
+        config_version: Arc<str>,
+    ) -> AccessRecord {
+        AccessRecord {
+            at,
+            request_id,
+            method,
+            path,
+            status: 0,
+            experiment: None,
+            unit: None,
+            variant: None,
+            epoch: 0,
+            current_epoch: 0,
+            first_exposure: false,
+            in_experiment: false,
+            forced: false,
+            paused: false,
+            reason: None,
+            bucket: None,
+            upstream: None,
+            upstream_ms: None,
+            total_ms: 0.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            config_version,
+            error: None,
+        }
+    }
+}
+
+fn lossy(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
+impl Serialize for AccessRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("AccessRecord", 24)?;
+        m.serialize_field("ts", &*time::cached_rfc3339_millis(self.at))?;
+        m.serialize_field("schema", &SCHEMA_VERSION)?;
+        m.serialize_field("request_id", &lossy(&self.request_id))?;
+        m.serialize_field("method", self.method.as_str())?;
+        m.serialize_field("path", self.path.path())?;
+        m.serialize_field("status", &self.status)?;
+        m.serialize_field("experiment", &self.experiment.as_deref())?;
+        let unit = self.unit.as_ref().map(|u| match u {
+            LoggedUnit::Raw(v) => lossy(v),
+            LoggedUnit::Hashed(h) => std::borrow::Cow::Borrowed(h.as_str()),
+        });
+        m.serialize_field("unit", &unit)?;
+        m.serialize_field("variant", &self.variant.as_deref())?;
+        m.serialize_field("epoch", &self.epoch)?;
+        m.serialize_field("current_epoch", &self.current_epoch)?;
+        m.serialize_field("first_exposure", &self.first_exposure)?;
+        m.serialize_field("in_experiment", &self.in_experiment)?;
+        m.serialize_field("forced", &self.forced)?;
+        m.serialize_field("paused", &self.paused)?;
+        m.serialize_field("reason", &self.reason)?;
+        m.serialize_field("bucket", &self.bucket)?;
+        m.serialize_field("upstream", &self.upstream.as_deref())?;
+        m.serialize_field("upstream_ms", &self.upstream_ms)?;
+        m.serialize_field("total_ms", &self.total_ms)?;
+        m.serialize_field("bytes_in", &self.bytes_in)?;
+        m.serialize_field("bytes_out", &self.bytes_out)?;
+        m.serialize_field("config_version", &*self.config_version)?;
+        m.serialize_field("error", &self.error)?;
+        m.end()
+    }
 }
 
 enum Msg {

@@ -72,7 +72,7 @@ pub struct PendingLog {
 pub struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
-    pending: Option<Box<PendingLog>>,
+    pending: Option<PendingLog>,
 }
 
 impl ResponseBody {
@@ -92,7 +92,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn with_log(mut self, pending: Box<PendingLog>) -> ResponseBody {
+    pub fn with_log(mut self, pending: PendingLog) -> ResponseBody {
         self.pending = Some(pending);
         self
     }
@@ -142,7 +142,7 @@ impl Drop for ResponseBody {
                 mut record,
                 started,
                 bytes_in,
-            } = *p;
+            } = p;
             record.bytes_out = self.bytes_out;
             record.bytes_in = bytes_in.load(Ordering::Relaxed);
             record.total_ms = ms(started.elapsed());

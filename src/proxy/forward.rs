@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,11 +20,11 @@ use sha2::Sha256;
 
 use super::body::{ms, PendingLog, ResponseBody, UpstreamBody};
 use super::upstream::Upstream;
+use crate::assign::epoch::Epoch;
 use crate::assign::{valid_unit, Reason, Served};
 use crate::config::{LogUnit, MissingUnitPolicy};
 use crate::error::ProxyError;
-use crate::observe::access_log::{AccessRecord, SCHEMA_VERSION};
-use crate::observe::time::now_rfc3339;
+use crate::observe::access_log::{AccessRecord, LoggedUnit};
 use crate::snapshot::{ExperimentRoute, Target};
 use crate::state::State;
 
@@ -34,25 +34,41 @@ pub const STAMP_EPOCH: HeaderName = HeaderName::from_static("x-cohort-epoch");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const STAMP_PREFIX: &str = "x-cohort-";
 const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// What the response (and the upstream request) is stamped with.
 struct Stamps {
     experiment: HeaderValue,
     variant: HeaderValue,
-    epoch: u32,
+    epoch: HeaderValue,
 }
 
 impl Stamps {
     fn apply(&self, h: &mut HeaderMap) {
         h.insert(STAMP_EXPERIMENT, self.experiment.clone());
         h.insert(STAMP_VARIANT, self.variant.clone());
-        h.insert(STAMP_EPOCH, HeaderValue::from(self.epoch));
+        h.insert(STAMP_EPOCH, self.epoch.clone());
+    }
+}
+
+/// Facts about the client connection, computed once per connection.
+pub struct Peer {
+    /// The client's IP, ready to append to `x-forwarded-for`.
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a header value"),
+        }
     }
 }
 
 pub async fn handle(
     state: Arc<State>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
@@ -61,48 +77,26 @@ pub async fn handle(
         .headers()
         .get(REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .cloned()
         .unwrap_or_else(|| state.next_request_id());
-    let mut rec = AccessRecord {
-        ts: now_rfc3339(),
-        schema: SCHEMA_VERSION,
+    let mut rec = AccessRecord::new(
+        SystemTime::now(),
         request_id,
-        method: req.method().as_str().to_owned(),
-        path: req.uri().path().to_owned(),
-        status: 0,
-        experiment: None,
-        unit: None,
-        variant: None,
-        epoch: 0,
-        current_epoch: 0,
-        first_exposure: false,
-        in_experiment: false,
-        forced: false,
-        paused: false,
-        reason: None,
-        bucket: None,
-        upstream: None,
-        upstream_ms: None,
-        total_ms: 0.0,
-        bytes_in: 0,
-        bytes_out: 0,
-        config_version: snap.version.clone(),
-        error: None,
-    };
+        req.method().clone(),
+        req.uri().clone(),
+        snap.version.clone(),
+    );
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let pending = |rec: AccessRecord| {
-        Box::new(PendingLog {
-            log: state.log.clone(),
-            record: rec,
-            started,
-            bytes_in: bytes_in.clone(),
-        })
+    let pending = |rec: AccessRecord| PendingLog {
+        log: state.log.clone(),
+        record: rec,
+        started,
+        bytes_in: bytes_in.clone(),
     };
 
     let (upstream, stamps) = match snap.route(req.uri().path()) {
         Target::NotFound => {
-            let e = ProxyError::NoRoute(rec.path.clone());
+            let e = ProxyError::NoRoute(req.uri().path().to_string());
             return Ok(error_response(e, None, rec, pending));
         }
         Target::Default(up) => (up.clone(), None),
@@ -123,7 +117,7 @@ pub async fn handle(
                     let stamps = Stamps {
                         experiment: x.name_header.clone(),
                         variant: v.header.clone(),
-                        epoch: served.epoch.0,
+                        epoch: x.epoch_header(served.epoch),
                     };
                     (v.upstream.clone(), Some(stamps))
                 }
@@ -131,22 +125,22 @@ pub async fn handle(
                     let stamps = Stamps {
                         experiment: x.name_header.clone(),
                         variant: NO_VARIANT,
-                        epoch: 0,
+                        epoch: x.epoch_header(Epoch::UNASSIGNED),
                     };
-                    rec.variant = Some("none".into());
+                    rec.variant = Some(Arc::from("none"));
                     return Ok(error_response(e, Some(&stamps), rec, pending));
                 }
             }
         }
     };
 
-    rec.upstream = Some(upstream.config.authority.clone());
+    rec.upstream = Some(upstream.address.clone());
     let upstream_req = match upstream_request(
         req,
         &upstream,
         stamps.as_ref(),
         &rec.request_id,
-        peer,
+        &peer,
         bytes_in.clone(),
     ) {
         Ok(r) => r,
@@ -188,9 +182,7 @@ pub async fn handle(
     if let Some(s) = &stamps {
         s.apply(&mut parts.headers);
     }
-    if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
-        parts.headers.insert(REQUEST_ID, v);
-    }
+    parts.headers.insert(REQUEST_ID, rec.request_id.clone());
     rec.status = parts.status.as_u16();
     let body = ResponseBody::upstream(body).with_log(pending(rec));
     Ok(Response::from_parts(parts, body))
@@ -206,8 +198,7 @@ async fn assign(
 ) -> Result<Served, ProxyError> {
     let unit = headers
         .get(&x.unit_header)
-        .map(|v| v.as_bytes())
-        .filter(|u| valid_unit(u));
+        .filter(|u| valid_unit(u.as_bytes()));
     let Some(unit) = unit else {
         rec.reason = Some("no_unit");
         return match x.on_missing_unit {
@@ -216,20 +207,23 @@ async fn assign(
         };
     };
     rec.unit = Some(logged_unit(log_unit, unit));
-    x.assigner.assign(&state.store, unit).await.map_err(|e| {
-        tracing::error!(experiment = %x.name, error = %e, "cannot store a new assignment");
-        ProxyError::Store(e.to_string())
-    })
+    x.assigner
+        .assign(&state.store, unit.as_bytes())
+        .await
+        .map_err(|e| {
+            tracing::error!(experiment = %x.name, error = %e, "cannot store a new assignment");
+            ProxyError::Store(e.to_string())
+        })
 }
 
-fn logged_unit(how: &LogUnit, unit: &[u8]) -> String {
+fn logged_unit(how: &LogUnit, unit: &HeaderValue) -> LoggedUnit {
     match how {
-        LogUnit::Raw => String::from_utf8_lossy(unit).into_owned(),
+        LogUnit::Raw => LoggedUnit::Raw(unit.clone()),
         LogUnit::Hashed { key, .. } => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(unit);
+            mac.update(unit.as_bytes());
             let tag = mac.finalize().into_bytes();
-            tag[..16].iter().map(|b| format!("{b:02x}")).collect()
+            LoggedUnit::Hashed(tag[..16].iter().map(|b| format!("{b:02x}")).collect())
         }
     }
 }
@@ -238,8 +232,8 @@ fn upstream_request(
     req: Request<Incoming>,
     upstream: &Upstream,
     stamps: Option<&Stamps>,
-    request_id: &str,
-    peer: SocketAddr,
+    request_id: &HeaderValue,
+    peer: &Peer,
     bytes_in: Arc<AtomicU64>,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -257,23 +251,23 @@ fn upstream_request(
     strip_hop_by_hop(h);
     strip_stamps(h);
     if let Some(host) = h.remove(header::HOST) {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+        h.insert(X_FORWARDED_HOST, host);
     }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
-    let forwarded = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let forwarded = match h.get(X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip.clone())
+        }
+        None => peer.ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        h.insert(xff, v);
-    }
+    h.insert(X_FORWARDED_FOR, forwarded);
     if let Some(s) = stamps {
         s.apply(h);
     }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(REQUEST_ID, v);
-    }
+    h.insert(REQUEST_ID, request_id.clone());
     Ok(Request::from_parts(
         parts,
         UpstreamBody::new(body, bytes_in),
@@ -284,12 +278,12 @@ fn error_response(
     e: ProxyError,
     stamps: Option<&Stamps>,
     mut rec: AccessRecord,
-    pending: impl FnOnce(AccessRecord) -> Box<PendingLog>,
+    pending: impl FnOnce(AccessRecord) -> PendingLog,
 ) -> Response<ResponseBody> {
     let status = e.status();
     rec.status = status.as_u16();
     rec.error = Some(e.cause());
-    let body = e.body(&rec.request_id);
+    let body = e.body(&String::from_utf8_lossy(rec.request_id.as_bytes()));
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -300,9 +294,7 @@ fn error_response(
     if let Some(s) = stamps {
         s.apply(h);
     }
-    if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
-        h.insert(REQUEST_ID, v);
-    }
+    h.insert(REQUEST_ID, rec.request_id.clone());
     resp.map(|b| b.with_log(pending(rec)))
 }
 
@@ -324,6 +316,11 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Connection-level headers are meaningful for one hop only (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these, and
+    // removing by name costs a hash per name.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -335,19 +332,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             }
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    let names: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    for n in names {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRAILER
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::PROXY_AUTHORIZATION
+        || n == header::PROXY_AUTHENTICATE
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
 }
 
 /// Client- or upstream-sent `x-cohort-*` headers are never trusted.

@@ -42,7 +42,8 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let svc = service_fn(move |req| forward::handle(state.clone(), peer, req));
+                let who = Arc::new(forward::Peer::new(peer));
+                let svc = service_fn(move |req| forward::handle(state.clone(), who.clone(), req));
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

@@ -20,6 +20,8 @@ pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub authority: Authority,
+    /// `host:port`, as the access log names it.
+    pub address: std::sync::Arc<str>,
     pub client: UpstreamClient,
 }
 
@@ -36,6 +38,7 @@ impl Upstream {
             .build(connector);
         Upstream {
             authority: config.authority.parse().expect("validated authority"),
+            address: std::sync::Arc::from(config.authority.as_str()),
             config: config.clone(),
             client,
         }
