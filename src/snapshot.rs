@@ -17,7 +17,9 @@ use crate::proxy::upstream::Upstream;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub version: Arc<str>,
-    exact: HashMap<String, usize>,
+    /// Exact routes. A config has a handful, and a scan of a short Vec is
+    /// cheaper than hashing the path with SipHash on every request.
+    exact: Vec<(String, usize)>,
     /// Longest prefix first.
     prefixes: Vec<(String, usize)>,
     pub experiments: Vec<ExperimentRoute>,
@@ -79,7 +81,7 @@ impl Snapshot {
                 reused.unwrap_or_else(|| Arc::new(Upstream::new(u))),
             );
         }
-        let mut exact = HashMap::new();
+        let mut exact = Vec::new();
         let mut prefixes = Vec::new();
         let mut experiments = Vec::new();
         for (i, x) in config.experiments.iter().enumerate() {
@@ -89,7 +91,7 @@ impl Snapshot {
             for r in &x.routes {
                 match r {
                     Route::Exact(p) => {
-                        exact.insert(p.clone(), i);
+                        exact.push((p.clone(), i));
                     }
                     Route::Prefix(p) => prefixes.push((p.clone(), i)),
                 }
@@ -131,7 +133,7 @@ impl Snapshot {
     }
 
     pub fn route(&self, path: &str) -> Target<'_> {
-        let idx = self.exact.get(path).copied().or_else(|| {
+        let idx = self.exact.iter().find(|(p, _)| p == path).map(|(_, i)| *i).or_else(|| {
             self.prefixes
                 .iter()
                 .find(|(p, _)| path.starts_with(p.as_str()))
