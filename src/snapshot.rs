@@ -133,12 +133,17 @@ impl Snapshot {
     }
 
     pub fn route(&self, path: &str) -> Target<'_> {
-        let idx = self.exact.iter().find(|(p, _)| p == path).map(|(_, i)| *i).or_else(|| {
-            self.prefixes
-                .iter()
-                .find(|(p, _)| path.starts_with(p.as_str()))
-                .map(|(_, i)| *i)
-        });
+        let idx = self
+            .exact
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, i)| *i)
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| path.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            });
         match (idx, &self.default_upstream) {
             (Some(i), _) => Target::Experiment(&self.experiments[i]),
             (None, Some(d)) => Target::Default(d),
