@@ -128,8 +128,12 @@ pub struct Table {
 
 impl Table {
     fn new() -> Table {
+        Table::with_capacity(0)
+    }
+
+    fn with_capacity(units: usize) -> Table {
         Table {
-            map: DashMap::with_hasher(BuildHasherDefault::default()),
+            map: DashMap::with_capacity_and_hasher(units, BuildHasherDefault::default()),
             units: (0..256).map(|_| AtomicU64::new(0)).collect(),
             admin_paused: AtomicBool::new(false),
         }
@@ -216,6 +220,19 @@ impl Shared {
             t.push(Arc::new(Table::new()));
         }
         t[usize::from(id)].clone()
+    }
+
+    /// Creates `id`'s table sized for `units`, unless it exists: replay
+    /// sizes each map once instead of growing it (and the garbage of every
+    /// smaller map it grew out of) record by record.
+    fn reserve(&self, id: ExperimentId, units: usize) {
+        let mut t = self.tables.lock().expect("tables lock");
+        while t.len() < usize::from(id) {
+            t.push(Arc::new(Table::new()));
+        }
+        if t.len() == usize::from(id) {
+            t.push(Arc::new(Table::with_capacity(units)));
+        }
     }
 
     fn apply_ledger(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
@@ -488,11 +505,30 @@ fn replay_journal(
             what: "not a cohort journal (bad magic)".into(),
         });
     }
+    // Pass 1 counts each experiment's assignments, so pass 2 fills maps
+    // that are already the right size.
+    let mut counts: std::collections::BTreeMap<ExperimentId, usize> = Default::default();
+    journal::replay(&mut reader, |rec| {
+        if let Record::Assign { experiment, .. } = rec {
+            *counts.entry(experiment).or_default() += 1;
+        }
+        Ok(())
+    })
+    .map_err(io_err)?;
+    for (id, n) in counts {
+        shared.reserve(id, n);
+    }
+    reader.seek(SeekFrom::Start(journal::MAGIC.len() as u64)).map_err(io_err)?;
+    // Tables of the experiments the ledger knows so far, without a lock per record.
+    let mut known: Vec<Option<Arc<Table>>> = Vec::new();
     journal::replay(reader, |rec| {
         match rec {
-            Record::Ledger(ev) => shared
-                .apply_ledger(&ev)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            Record::Ledger(ev) => {
+                shared
+                    .apply_ledger(&ev)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                known.clear();
+            }
             Record::Assign {
                 experiment,
                 key,
@@ -500,26 +536,20 @@ fn replay_journal(
                 epoch,
                 first_seen,
             } => {
-                let known = shared
-                    .ledger
-                    .lock()
-                    .expect("ledger lock")
-                    .by_id(experiment)
-                    .is_some();
-                if !known {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("assignment for unknown experiment id {experiment}"),
-                    ));
+                let i = usize::from(experiment);
+                if known.get(i).is_none_or(Option::is_none) {
+                    let exists = shared.ledger.lock().expect("ledger lock").by_id(experiment).is_some();
+                    if !exists {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("assignment for unknown experiment id {experiment}"),
+                        ));
+                    }
+                    known.resize(known.len().max(i + 1), None);
+                    known[i] = Some(shared.table(experiment));
                 }
-                shared.table(experiment).insert_first(
-                    key,
-                    Assignment {
-                        variant,
-                        epoch,
-                        first_seen,
-                    },
-                );
+                let table = known[i].as_ref().expect("filled above");
+                table.insert_first(key, Assignment { variant, epoch, first_seen });
             }
         }
         Ok(())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Restart-to-ready time and resident memory of the real proxy process with
+# N units stored (seeded through the real assignment path first).
+#   benches/restart.sh 1000000
+#   benches/restart.sh 10000000
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+n=${1:-1000000}
+cargo build --release --manifest-path "$root/Cargo.toml" >&2
+seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+dir=$(mktemp -d)
+trap 'kill $(cat $dir/pid 2>/dev/null) 2>/dev/null; rm -rf "$dir"' EXIT
+cat > "$dir/cohort.yaml" <<YAML
+listen: 127.0.0.1:0
+store: { path: ./data }
+access_log: { path: ./access.jsonl }
+upstreams:
+  old: { url: http://127.0.0.1:9 }
+  new: { url: http://127.0.0.1:9 }
+experiments:
+  - name: bench
+    routes: [/predict]
+    salt: bench
+    variants:
+      - { name: old, upstream: old, weight: 50 }
+      - { name: new, upstream: new, weight: 50 }
+YAML
+"$seed" "$dir/cohort.yaml" "$n"
+echo "journal: $(du -h "$dir/data/journal.cohort" | cut -f1)"
+sync
+start=$(date +%s.%N)
+"$root/target/release/cohort" --config "$dir/cohort.yaml" 2> "$dir/err" &
+echo $! > "$dir/pid"
+until grep -q "listening on" "$dir/err"; do sleep 0.01; done
+end=$(date +%s.%N)
+rss=$(awk '/VmRSS/ {print $2}' /proc/$(cat "$dir/pid")/status)
+echo "units: $n"
+echo "restart to ready: $(echo "$end - $start" | bc) s"
+echo "proxy RSS: $((rss / 1024)) MiB = $(echo "$rss * 1024 / $n" | bc) bytes/unit (whole process)"
