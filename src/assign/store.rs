@@ -518,7 +518,9 @@ fn replay_journal(
     for (id, n) in counts {
         shared.reserve(id, n);
     }
-    reader.seek(SeekFrom::Start(journal::MAGIC.len() as u64)).map_err(io_err)?;
+    reader
+        .seek(SeekFrom::Start(journal::MAGIC.len() as u64))
+        .map_err(io_err)?;
     // Tables of the experiments the ledger knows so far, without a lock per record.
     let mut known: Vec<Option<Arc<Table>>> = Vec::new();
     journal::replay(reader, |rec| {
@@ -538,7 +540,12 @@ fn replay_journal(
             } => {
                 let i = usize::from(experiment);
                 if known.get(i).is_none_or(Option::is_none) {
-                    let exists = shared.ledger.lock().expect("ledger lock").by_id(experiment).is_some();
+                    let exists = shared
+                        .ledger
+                        .lock()
+                        .expect("ledger lock")
+                        .by_id(experiment)
+                        .is_some();
                     if !exists {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -549,7 +556,14 @@ fn replay_journal(
                     known[i] = Some(shared.table(experiment));
                 }
                 let table = known[i].as_ref().expect("filled above");
-                table.insert_first(key, Assignment { variant, epoch, first_seen });
+                table.insert_first(
+                    key,
+                    Assignment {
+                        variant,
+                        epoch,
+                        first_seen,
+                    },
+                );
             }
         }
         Ok(())

@@ -149,3 +149,39 @@ async fn hashed_units_are_logged_as_a_keyed_hmac() {
     let raw = std::fs::read_to_string(dir.log_path()).unwrap();
     assert!(!raw.contains("alice@example.com") && !raw.contains("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_log_after_logrotate_moved_it() {
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let dir = TestDir::new();
+    let cohort = Cohort::start(
+        &dir,
+        &config(&[("old", &old), ("new", &new)], &ranker("50", "50")),
+    );
+    let client = TestClient::new();
+    post_all(&client, cohort.addr, &users("before", 20), 4).await;
+    // logrotate: move the file away, then tell the proxy.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let rotated = dir.path().join("logs/access.jsonl.1");
+    std::fs::rename(dir.log_path(), &rotated).unwrap();
+    cohort.signal("USR1");
+    cohort.wait_for_log(
+        "reopening the access log",
+        std::time::Duration::from_secs(5),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    post_all(&client, cohort.addr, &users("after", 30), 4).await;
+    assert!(cohort.terminate().success());
+    let count = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(
+        count(&rotated) + count(&dir.log_path()),
+        50,
+        "no line lost across the rotation"
+    );
+    let fresh = std::fs::read_to_string(dir.log_path()).unwrap();
+    assert!(
+        fresh.lines().all(|l| l.contains("\"after-")),
+        "new lines go to the new file"
+    );
+    assert_eq!(fresh.lines().count(), 30);
+}
