@@ -71,9 +71,13 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Where the demo keeps its assignments.
+        /// Where the demo keeps its assignments (embedded config only).
         #[arg(long, default_value = "./cohort-demo-data")]
         data: PathBuf,
+        /// Run on this config file instead of the embedded one, hot-reloaded
+        /// as you edit it; demo backends answer on its upstreams' addresses.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -116,10 +120,25 @@ fn main() -> ExitCode {
             let unit = experiment.as_deref().zip(unit.as_deref());
             emit(cohort::commands::history_command(&store, unit))
         }
-        Some(Command::Demo { listen, data }) => {
+        Some(Command::Demo {
+            listen,
+            data,
+            config: None,
+        }) => {
             let cfg = cohort::demo::demo_config(data);
             run(cfg, None, Some(listen), true)
         }
+        Some(Command::Demo {
+            listen,
+            config: Some(path),
+            ..
+        }) => match cohort::config::load_file(&path) {
+            Ok(cfg) => run(cfg, Some(path), Some(listen), true),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
         None => {
             let Some(path) = cli.config else {
                 eprintln!("cohort: give --config PATH, or try `cohort demo` (see --help)");
