@@ -492,6 +492,15 @@ fn replay_journal(
     path: &Path,
     shared: &Shared,
 ) -> Result<(u64, Tail), StoreError> {
+    replay_journal_with(file, path, shared, PARALLEL_REPLAY_FROM)
+}
+
+fn replay_journal_with(
+    file: &mut File,
+    path: &Path,
+    shared: &Shared,
+    parallel_from: usize,
+) -> Result<(u64, Tail), StoreError> {
     let io_err = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -515,21 +524,91 @@ fn replay_journal(
         Ok(())
     })
     .map_err(io_err)?;
+    let total: usize = counts.values().sum();
     for (id, n) in counts {
         shared.reserve(id, n);
     }
     reader
         .seek(SeekFrom::Start(journal::MAGIC.len() as u64))
         .map_err(io_err)?;
-    // Tables of the experiments the ledger knows so far, without a lock per record.
-    let mut known: Vec<Option<Arc<Table>>> = Vec::new();
-    journal::replay(reader, |rec| {
+    // Pass 2 fills the maps on every core: this thread decodes, and each
+    // key goes to the worker that owns its partition, so the records of one
+    // key are inserted in journal order and the first still wins. A ledger
+    // event waits until every insert before it is done.
+    // Below a few million records one thread replays in well under a
+    // second, without the worker threads' allocator heaps staying resident.
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let workers = if total < parallel_from { 0 } else { cores };
+    std::thread::scope(|scope| {
+        let mut lanes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::sync_channel::<Lane>(2);
+            scope.spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Lane::Insert(table, batch) => {
+                            for (key, a) in batch {
+                                table.insert_first(key, a);
+                            }
+                        }
+                        Lane::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+            lanes.push(tx);
+        }
+        let mut replayer = Replayer {
+            shared,
+            lanes,
+            pending: (0..workers).map(|_| Vec::new()).collect(),
+            known: Vec::new(),
+        };
+        let result = journal::replay(reader, |rec| replayer.record(rec));
+        replayer.barrier();
+        result
+    })
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        },
+        _ => io_err(e),
+    })
+}
+
+/// Work for one replay worker.
+enum Lane {
+    Insert(Arc<Table>, Vec<(UnitKey, Assignment)>),
+    Barrier(mpsc::Sender<()>),
+}
+
+const REPLAY_BATCH: usize = 4096;
+/// Journals with fewer assignments are replayed on one thread.
+const PARALLEL_REPLAY_FROM: usize = 2_000_000;
+
+/// Pass 2 of replay: dispatches assignments to the workers by key.
+struct Replayer<'a> {
+    shared: &'a Shared,
+    lanes: Vec<mpsc::SyncSender<Lane>>,
+    /// Per worker: (experiment, buffered inserts).
+    pending: Vec<Vec<(ExperimentId, UnitKey, Assignment)>>,
+    /// Tables of the experiments the ledger knows so far.
+    known: Vec<Option<Arc<Table>>>,
+}
+
+impl Replayer<'_> {
+    fn record(&mut self, rec: Record) -> io::Result<()> {
         match rec {
             Record::Ledger(ev) => {
-                shared
+                self.barrier();
+                self.shared
                     .apply_ledger(&ev)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                known.clear();
+                self.known.clear();
             }
             Record::Assign {
                 experiment,
@@ -539,8 +618,9 @@ fn replay_journal(
                 first_seen,
             } => {
                 let i = usize::from(experiment);
-                if known.get(i).is_none_or(Option::is_none) {
-                    let exists = shared
+                if self.known.get(i).is_none_or(Option::is_none) {
+                    let exists = self
+                        .shared
                         .ledger
                         .lock()
                         .expect("ledger lock")
@@ -552,29 +632,62 @@ fn replay_journal(
                             format!("assignment for unknown experiment id {experiment}"),
                         ));
                     }
-                    known.resize(known.len().max(i + 1), None);
-                    known[i] = Some(shared.table(experiment));
+                    self.known.resize(self.known.len().max(i + 1), None);
+                    self.known[i] = Some(self.shared.table(experiment));
                 }
-                let table = known[i].as_ref().expect("filled above");
-                table.insert_first(
-                    key,
-                    Assignment {
-                        variant,
-                        epoch,
-                        first_seen,
-                    },
-                );
+                let a = Assignment {
+                    variant,
+                    epoch,
+                    first_seen,
+                };
+                if self.lanes.is_empty() {
+                    self.known[i]
+                        .as_ref()
+                        .expect("filled above")
+                        .insert_first(key, a);
+                    return Ok(());
+                }
+                let lane = (key.0[1] % self.lanes.len() as u64) as usize;
+                self.pending[lane].push((experiment, key, a));
+                if self.pending[lane].len() >= REPLAY_BATCH {
+                    self.flush(lane);
+                }
             }
         }
         Ok(())
-    })
-    .map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => StoreError::Corrupt {
-            path: path.to_path_buf(),
-            what: e.to_string(),
-        },
-        _ => io_err(e),
-    })
+    }
+
+    fn flush(&mut self, lane: usize) {
+        let batch = std::mem::take(&mut self.pending[lane]);
+        // A batch is almost always one experiment; split it where it is not.
+        let mut start = 0;
+        while start < batch.len() {
+            let id = batch[start].0;
+            let end = batch[start..]
+                .iter()
+                .position(|r| r.0 != id)
+                .map_or(batch.len(), |n| start + n);
+            let table = self.known[usize::from(id)]
+                .clone()
+                .expect("checked when buffered");
+            let part = batch[start..end].iter().map(|r| (r.1, r.2)).collect();
+            let _ = self.lanes[lane].send(Lane::Insert(table, part));
+            start = end;
+        }
+    }
+
+    /// Returns once every buffered insert is in its map.
+    fn barrier(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.flush(lane);
+        }
+        let (tx, rx) = mpsc::channel();
+        for l in &self.lanes {
+            let _ = l.send(Lane::Barrier(tx.clone()));
+        }
+        drop(tx);
+        while rx.recv().is_ok() {}
+    }
 }
 
 /// The group-commit loop: drain the queue, one write and one fdatasync for
@@ -833,5 +946,51 @@ mod tests {
             first_seen: 1_796_000_000,
         };
         assert_eq!(Assignment::unpack(b.pack()), b);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_replay_equals_sequential_replay_and_the_first_record_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 20_000).await;
+        {
+            // Duplicates of stored keys with another variant, and a reset
+            // followed by fresh units: the order of records matters.
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..100 {
+                let k = unit_key("e", format!("u{i}").as_bytes());
+                assert!(
+                    !store
+                        .assign(0, k, ((i + 1) % 2) as u8, Epoch(1))
+                        .await
+                        .unwrap()
+                        .created
+                );
+            }
+        }
+        let load = |parallel_from| {
+            let path = dir.path().join(JOURNAL_FILE);
+            let shared = Shared {
+                path: path.clone(),
+                ledger: Mutex::new(Ledger::default()),
+                tables: Mutex::new(Vec::new()),
+            };
+            let mut f = File::open(&path).unwrap();
+            replay_journal_with(&mut f, &path, &shared, parallel_from).unwrap();
+            shared
+        };
+        let (seq, par) = (load(usize::MAX), load(0));
+        let (a, b) = (seq.table(0), par.table(0));
+        assert_eq!(a.len(), 20_000);
+        assert_eq!(b.len(), 20_000);
+        assert_eq!((a.units(0), a.units(1)), (b.units(0), b.units(1)));
+        for i in 0..20_000 {
+            let k = unit_key("e", format!("u{i}").as_bytes());
+            assert_eq!(a.get(&k), b.get(&k), "u{i}");
+            assert_eq!(
+                b.get(&k).unwrap().variant,
+                (i % 2) as u8,
+                "the first record of u{i} wins"
+            );
+        }
     }
 }
