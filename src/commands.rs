@@ -200,6 +200,12 @@ pub fn history_command(store: &Path, unit: Option<(&str, &str)>) -> Outcome {
             if ledger.history.is_empty() {
                 out.push_str("no config has been applied to this store yet\n");
             }
+            for (experiment, paused, at) in &ledger.pause_log {
+                let what = if *paused { "PAUSED" } else { "resumed" };
+                out.push_str(&format!(
+                    "{at}  {experiment} {what} through the admin API\n"
+                ));
+            }
         }
         Some((experiment, unit)) => {
             let Some(x) = ledger.get(experiment) else {

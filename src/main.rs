@@ -69,8 +69,9 @@ enum Command {
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        /// Where the proxy listens (default: the config's `listen`, 127.0.0.1:8080 embedded).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// Where the demo keeps its assignments (embedded config only).
         #[arg(long, default_value = "./cohort-demo-data")]
         data: PathBuf,
@@ -126,14 +127,14 @@ fn main() -> ExitCode {
             config: None,
         }) => {
             let cfg = cohort::demo::demo_config(data);
-            run(cfg, None, Some(listen), true)
+            run(cfg, None, listen, true)
         }
         Some(Command::Demo {
             listen,
             config: Some(path),
             ..
         }) => match cohort::config::load_file(&path) {
-            Ok(cfg) => run(cfg, Some(path), Some(listen), true),
+            Ok(cfg) => run(cfg, Some(path), listen, true),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(1)
@@ -170,6 +171,10 @@ fn plan(
     token_file: Option<PathBuf>,
 ) -> ExitCode {
     use cohort::commands::PlanAgainst;
+    if let Err(e) = cohort::config::load_file(&new) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
     let source = match (against, store) {
         (Some(f), _) => PlanAgainst::File(f),
         (None, Some(s)) => PlanAgainst::Store(s),
@@ -180,7 +185,7 @@ fn plan(
                 .and_then(cohort::commands::admin_of);
             let token = match token_file {
                 Some(f) => match std::fs::read_to_string(&f) {
-                    Ok(t) => Some(t.trim().to_string()),
+                    Ok(t) => Some(t.trim_end().to_string()),
                     Err(e) => {
                         eprintln!("cannot read {}: {e}", f.display());
                         return ExitCode::from(1);

@@ -244,6 +244,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.runtime.worker_threads != new.runtime.worker_threads {
         v.push("runtime.worker_threads");
     }
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+        v.push("admin.listen");
+    }
     if old.runtime.shutdown_timeout != new.runtime.shutdown_timeout {
         v.push("runtime.shutdown_timeout");
     }

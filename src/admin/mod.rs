@@ -3,7 +3,7 @@
 //! the kill switch. Every call but the health checks needs the bearer
 //! token; the token is compared in constant time and never logged.
 //!
-//! [`client`] is the other side, used by `cohort plan` and `cohort history`.
+//! [`client`] is the other side, used by `cohort plan`.
 
 pub mod client;
 
@@ -80,8 +80,10 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim_start());
     same_token(given.as_bytes(), admin.token.as_bytes())
 }
 
@@ -162,6 +164,7 @@ impl ConfigView {
             experiments: self.ledger.clone(),
             admin_paused: self.admin_paused.iter().cloned().collect(),
             history: Vec::new(),
+            pause_log: Vec::new(),
         }
     }
 }

@@ -23,8 +23,10 @@ pub const MAGIC: &[u8; 8] = b"COHORTJ1";
 const KIND_ASSIGN: u8 = 1;
 const KIND_LEDGER: u8 = 2;
 const ASSIGN_LEN: usize = 28;
-/// A ledger event is small JSON; anything larger is corruption.
-const MAX_RECORD: usize = 1 << 20;
+/// A ledger event is JSON, the applied config included (overrides lists can
+/// make it large); anything larger is corruption. The writer refuses to
+/// journal a bigger record, so replay never meets one it wrote.
+pub const MAX_RECORD: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -76,6 +78,9 @@ pub enum Tail {
     Torn {
         offset: u64,
         reason: &'static str,
+        /// Whether the file ends inside this record: the signature of a
+        /// write cut short, whatever its size.
+        runs_to_end: bool,
     },
 }
 
@@ -98,6 +103,7 @@ pub fn replay(
                     Tail::Torn {
                         offset,
                         reason: "short header",
+                        runs_to_end: true,
                     },
                 ))
             }
@@ -110,6 +116,7 @@ pub fn replay(
                 Tail::Torn {
                     offset,
                     reason: "bad length",
+                    runs_to_end: false,
                 },
             ));
         }
@@ -120,6 +127,7 @@ pub fn replay(
                 Tail::Torn {
                     offset,
                     reason: "short record",
+                    runs_to_end: true,
                 },
             ));
         }
@@ -129,6 +137,7 @@ pub fn replay(
                 Tail::Torn {
                     offset,
                     reason: "checksum mismatch",
+                    runs_to_end: false,
                 },
             ));
         }
@@ -138,6 +147,7 @@ pub fn replay(
                 Tail::Torn {
                     offset,
                     reason: "undecodable record",
+                    runs_to_end: false,
                 },
             ));
         };

@@ -100,6 +100,9 @@ pub struct Ledger {
     pub admin_paused: std::collections::BTreeSet<String>,
     #[serde(default)]
     pub history: Vec<AppliedConfig>,
+    /// Every admin pause and resume: (experiment, paused, at).
+    #[serde(default)]
+    pub pause_log: Vec<(String, bool, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +111,10 @@ pub enum LedgerError {
     TooManyVariants(String),
     #[error("experiment {0:?} has reached the largest epoch the store can hold")]
     EpochOverflow(String),
+    #[error(
+        "a ledger record of {0} bytes is over the journal's 64 MiB limit (huge overrides lists?)"
+    )]
+    TooLarge(usize),
     #[error("more than 65536 experiments")]
     TooManyExperiments,
     #[error("epoch {got} for {experiment:?} does not follow {want}")]
@@ -140,8 +147,12 @@ impl Ledger {
                 self.start_epoch(experiment, record).map(Some)
             }
             LedgerEvent::Pause {
-                experiment, paused, ..
+                experiment,
+                paused,
+                at,
             } => {
+                self.pause_log
+                    .push((experiment.clone(), *paused, at.clone()));
                 if *paused {
                     self.admin_paused.insert(experiment.clone());
                 } else {

@@ -458,11 +458,16 @@ fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
         return Ok(file);
     }
     let (good, tail) = replay_journal(&mut file, path, shared)?;
-    if let Tail::Torn { offset, reason } = tail {
+    if let Tail::Torn {
+        offset,
+        reason,
+        runs_to_end,
+    } = tail
+    {
         // A crash can only cut the last batch written; a bad record further
         // from the end than one batch is damage, not a torn write, and
         // truncating there would drop acknowledged assignments.
-        if size - good > TORN_TAIL_LIMIT {
+        if !runs_to_end && size - good > TORN_TAIL_LIMIT {
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
                 what: format!(
@@ -733,12 +738,12 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                 Cmd::Ledger { event, .. } => {
                     let l = scratch
                         .get_or_insert_with(|| shared.ledger.lock().expect("ledger lock").clone());
-                    match l.apply(event) {
-                        Ok(_) => {
-                            journal::encode(&Record::Ledger(event.clone()), &mut buf);
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
+                    let mut rec = Vec::new();
+                    journal::encode(&Record::Ledger(event.clone()), &mut rec);
+                    if rec.len() - 8 > journal::MAX_RECORD {
+                        Err(LedgerError::TooLarge(rec.len()))
+                    } else {
+                        l.apply(event).map(|_| buf.extend_from_slice(&rec))
                     }
                 }
                 Cmd::Sync { .. } => Ok(()),
@@ -992,5 +997,41 @@ mod tests {
                 "the first record of u{i} wins"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_history_record_survives_restart_and_a_torn_one_is_cut() {
+        use crate::assign::ledger::AppliedConfig;
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 10).await;
+        let big = serde_json::json!({ "overrides": (0..250_000).map(|i| format!("qa-user-{i}")).collect::<Vec<_>>() });
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let ev = LedgerEvent::Applied(AppliedConfig {
+                config_version: "v2".into(),
+                applied_at: "t".into(),
+                trigger: "test".into(),
+                summary: "s".into(),
+                config: big,
+            });
+            store.append_ledger(vec![ev]).await.unwrap();
+        }
+        let path = dir.path().join(JOURNAL_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            len > 3 << 20,
+            "the record is over the old 1 MiB limit: {len}"
+        );
+        assert_eq!(Store::open(dir.path()).unwrap().ledger().history.len(), 1);
+        // Cut it in the middle, as a crash during that write would.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - (1 << 20))
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.ledger().history.is_empty());
+        assert_eq!(store.table(0).len(), 10);
     }
 }
