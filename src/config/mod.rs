@@ -43,6 +43,10 @@ pub struct Config {
     /// The file this came from (`<embedded>` for the demo).
     #[serde(skip)]
     pub source: PathBuf,
+    /// Other files the config reads (overrides, token, log-unit key): a
+    /// change to any of them reloads, like a change to the config itself.
+    #[serde(skip)]
+    pub watched: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]

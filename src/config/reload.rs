@@ -20,14 +20,14 @@ const POLL: Duration = Duration::from_millis(250);
 /// SIGHUP (`hup`, registered by the caller before start-up finished).
 /// Without a file (the embedded demo config), SIGHUP is logged and ignored.
 pub async fn watch(state: Arc<State>, path: Option<PathBuf>, mut hup: Signal) {
-    let mut last = path.as_deref().and_then(fingerprint);
+    let mut last = path.as_deref().and_then(|p| fingerprint(p, &state));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let trigger = tokio::select! {
             _ = tick.tick() => {
                 let Some(p) = path.as_deref() else { continue };
-                let now = fingerprint(p);
+                let now = fingerprint(p, &state);
                 if now == last {
                     continue;
                 }
@@ -35,7 +35,7 @@ pub async fn watch(state: Arc<State>, path: Option<PathBuf>, mut hup: Signal) {
                 "file changed"
             }
             Some(()) = hup.recv() => {
-                last = path.as_deref().and_then(fingerprint);
+                last = path.as_deref().and_then(|p| fingerprint(p, &state));
                 "SIGHUP"
             }
         };
@@ -63,6 +63,14 @@ pub fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+/// The content of the config file and of every file the applied config
+/// reads (a missing file hashes as empty).
+fn fingerprint(path: &Path, state: &State) -> Option<[u8; 32]> {
+    let mut h = Sha256::new();
+    h.update(std::fs::read(path).ok()?);
+    for f in &state.snapshot().config.watched {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    Some(h.finalize().into())
 }

@@ -242,7 +242,26 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         runtime: runtime?,
         positions: Arc::default(),
         source: file.to_path_buf(),
+        watched: watched_files(&raw, base),
     })
+}
+
+fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
+    let token = raw.admin.as_ref().and_then(|a| a.token_file.as_deref());
+    let key = raw
+        .access_log
+        .as_ref()
+        .and_then(|a| a.log_unit_key_file.as_deref());
+    let overrides = raw
+        .experiments
+        .iter()
+        .filter_map(|x| x.overrides_file.as_deref());
+    token
+        .into_iter()
+        .chain(key)
+        .chain(overrides)
+        .map(|f| resolve(base, f))
+        .collect()
 }
 
 /// `None` on error; `Some(None)` when there is no admin block.

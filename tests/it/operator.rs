@@ -480,10 +480,20 @@ async fn overrides_force_qa_units_without_storing_them() {
             .variant(),
         "control"
     );
+    // Editing only the overrides file reloads too.
+    std::fs::write(dir.path().join("qa.yaml"), "treatment: [qa-2, qa-3]\n").unwrap();
+    wait_reloads(&cohort, 3);
+    assert_eq!(
+        client
+            .post(cohort.addr, "/predict", Some("qa-3"))
+            .await
+            .variant(),
+        "treatment"
+    );
 
     // Removing the override returns each unit to its real cohort.
     dir.write_config(&base);
-    wait_reloads(&cohort, 3);
+    wait_reloads(&cohort, 4);
     let r = client.post(cohort.addr, "/predict", Some("qa-2")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
     assert_eq!(
@@ -496,7 +506,7 @@ async fn overrides_force_qa_units_without_storing_them() {
     assert!(cohort.terminate().success());
     let log = dir.access_log();
     let forced: Vec<_> = log.iter().filter(|l| l["forced"] == true).collect();
-    assert_eq!(forced.len(), 3);
+    assert_eq!(forced.len(), 4);
     assert!(forced
         .iter()
         .all(|l| l["reason"] == "forced" && l["first_exposure"] == false));
