@@ -12,6 +12,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::Signal;
 
+use crate::assign::plan::Decision;
 use crate::state::{ReloadError, Reloaded, State};
 
 const POLL: Duration = Duration::from_millis(250);
@@ -57,6 +58,12 @@ pub fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
             tracing::info!(trigger, config_version = %plan.config_version, "config reloaded\n{plan}");
             if !restart_needed.is_empty() {
                 tracing::warn!(fields = ?restart_needed, "these settings changed but take effect only after a restart");
+            }
+            for x in &plan.experiments {
+                if matches!(x.decision, Decision::NewEpoch { reset: true, .. }) {
+                    let dropped: u64 = x.units.iter().map(|(_, n)| n).sum();
+                    tracing::warn!(experiment = %x.name, dropped, epoch = x.epoch_after.0, "EXPERIMENT RESET: every stored assignment was dropped; units are assigned afresh in the new epoch");
+                }
             }
         }
         Err(e) => tracing::error!(trigger, "{e}"),

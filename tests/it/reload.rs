@@ -339,6 +339,11 @@ async fn explicit_reset_starts_a_new_epoch_and_reassigns_everyone() {
     ));
     wait_reloads(&cohort, 2);
     cohort.wait_for_log("RESET: all", RELOAD_WAIT);
+    let loud = cohort.wait_for_log("EXPERIMENT RESET", RELOAD_WAIT);
+    assert!(
+        loud.contains("WARN") && loud.contains("dropped=1"),
+        "{loud}"
+    );
     let r = client.post(cohort.addr, "/predict", Some("gina")).await;
     assert_eq!((r.variant(), r.epoch()), ("treatment", 3));
 
