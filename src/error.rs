@@ -21,6 +21,8 @@ pub enum ProxyError {
     // Ours.
     #[error("the assignment store cannot record new units: {0}")]
     Store(String),
+    #[error("a config reload did not finish in time to assign this unit")]
+    StaleSnapshot,
 }
 
 impl ProxyError {
@@ -32,7 +34,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Store(_) | ProxyError::StaleSnapshot => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -45,6 +47,7 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => "upstream_reset",
             ProxyError::UpstreamTimeout(..) => "upstream_timeout",
             ProxyError::Store(_) => "store_unavailable",
+            ProxyError::StaleSnapshot => "reload_in_progress",
         }
     }
 

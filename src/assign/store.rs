@@ -63,6 +63,11 @@ pub enum StoreError {
     Closed,
     #[error("journal write failed: {0}")]
     Write(String),
+    /// The assignment was made under an epoch the experiment has left (a
+    /// reload landed while the request was in flight); assign again under
+    /// the current snapshot.
+    #[error("experiment {experiment} moved on to epoch {current} while this request was assigned under {got}")]
+    Stale { experiment: ExperimentId, got: u32, current: u32 },
 }
 
 /// A unit's stored assignment.
@@ -198,8 +203,9 @@ enum Cmd {
         assignment: Assignment,
         reply: oneshot::Sender<Result<Assigned, StoreError>>,
     },
+    /// All of one config apply's events: journaled together or not at all.
     Ledger {
-        event: LedgerEvent,
+        events: Vec<LedgerEvent>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Sync {
@@ -316,15 +322,15 @@ impl Store {
     }
 
     /// Journals `events` durably, then applies them, in order.
+    /// Journals `events` durably and atomically (one write, one fsync, all
+    /// or none), then applies them in order.
     pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {
-        for event in events {
-            let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Cmd::Ledger { event, reply })
-                .map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)??;
+        if events.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Ledger { events, reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records `variant` at `epoch` for a new unit and returns once it is on
@@ -710,46 +716,8 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                 Err(_) => break,
             }
         }
-        // Ledger events are checked before they are written, so a bad one
-        // cannot poison the journal.
         buf.clear();
-        let mut ledger_ok = Vec::with_capacity(batch.len());
-        let mut scratch: Option<Ledger> = None;
-        for c in &batch {
-            let ok = match c {
-                Cmd::Assign {
-                    experiment,
-                    key,
-                    assignment,
-                    ..
-                } => {
-                    journal::encode(
-                        &Record::Assign {
-                            experiment: *experiment,
-                            key: *key,
-                            variant: assignment.variant,
-                            epoch: assignment.epoch,
-                            first_seen: assignment.first_seen,
-                        },
-                        &mut buf,
-                    );
-                    Ok(())
-                }
-                Cmd::Ledger { event, .. } => {
-                    let l = scratch
-                        .get_or_insert_with(|| shared.ledger.lock().expect("ledger lock").clone());
-                    let mut rec = Vec::new();
-                    journal::encode(&Record::Ledger(event.clone()), &mut rec);
-                    if rec.len() - 8 > journal::MAX_RECORD {
-                        Err(LedgerError::TooLarge(rec.len()))
-                    } else {
-                        l.apply(event).map(|_| buf.extend_from_slice(&rec))
-                    }
-                }
-                Cmd::Sync { .. } => Ok(()),
-            };
-            ledger_ok.push(ok);
-        }
+        let verdicts = encode_batch(&batch, &shared, &mut buf);
         let written = match &broken {
             Some(why) => Err(why.clone()),
             None => write_batch(&mut file, &buf, &mut good_len).map_err(|e| {
@@ -763,39 +731,91 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                 why
             }),
         };
-        for (c, ok) in batch.drain(..).zip(ledger_ok) {
+        for (c, verdict) in batch.drain(..).zip(verdicts) {
+            let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
             match c {
-                Cmd::Assign {
-                    experiment,
-                    key,
-                    assignment,
-                    reply,
-                } => {
-                    let r = written.clone().map_err(StoreError::Write).map(|_| {
-                        let (assignment, created) =
-                            shared.table(experiment).insert_first(key, assignment);
-                        Assigned {
-                            assignment,
-                            created,
-                        }
+                Cmd::Assign { experiment, key, assignment, reply } => {
+                    let r = ok.map(|()| {
+                        let (assignment, created) = shared.table(experiment).insert_first(key, assignment);
+                        Assigned { assignment, created }
                     });
                     let _ = reply.send(r);
                 }
-                Cmd::Ledger { event, reply } => {
-                    let r = match (ok, &written) {
-                        (Err(e), _) => Err(StoreError::Ledger(e)),
-                        (Ok(()), Err(w)) => Err(StoreError::Write(w.clone())),
-                        (Ok(()), Ok(())) => shared.apply_ledger(&event).map_err(StoreError::Ledger),
-                    };
+                Cmd::Ledger { events, reply } => {
+                    let r = ok.and_then(|()| {
+                        events.iter().try_for_each(|ev| shared.apply_ledger(ev)).map_err(StoreError::Ledger)
+                    });
                     let _ = reply.send(r);
                 }
                 Cmd::Sync { reply } => {
-                    let _ = reply.send(written.clone().map_err(StoreError::Write));
+                    let _ = reply.send(ok);
                 }
             }
         }
     }
     let _ = file.sync_data();
+}
+
+/// Encodes the batch's records into `buf`, in order, and says for each
+/// command whether it goes in. Ledger events are checked against the ledger
+/// first, so a bad one cannot poison the journal; an assignment under an
+/// epoch its experiment has left is refused as stale, so no unit is stored
+/// under a rule that is no longer applied (in particular across a reset).
+fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result<(), StoreError>> {
+    // Current epochs, read once; the ledger itself is copied only for a
+    // batch that carries ledger events (its history can be large).
+    let base: Vec<Epoch> = shared.ledger.lock().expect("ledger lock").experiments.iter().map(|x| x.current().epoch).collect();
+    let mut scratch: Option<Ledger> = None;
+    let mut verdicts = Vec::with_capacity(batch.len());
+    for c in batch {
+        let v = match c {
+            Cmd::Assign { experiment, key, assignment, .. } => {
+                let current = match &scratch {
+                    Some(l) => l.by_id(*experiment).map(|x| x.current().epoch),
+                    None => base.get(usize::from(*experiment)).copied(),
+                }
+                .unwrap_or(Epoch::UNASSIGNED);
+                if assignment.epoch < current {
+                    Err(StoreError::Stale { experiment: *experiment, got: assignment.epoch.0, current: current.0 })
+                } else {
+                    journal::encode(
+                        &Record::Assign {
+                            experiment: *experiment,
+                            key: *key,
+                            variant: assignment.variant,
+                            epoch: assignment.epoch,
+                            first_seen: assignment.first_seen,
+                        },
+                        buf,
+                    );
+                    Ok(())
+                }
+            }
+            Cmd::Ledger { events, .. } => {
+                let mut trial = scratch.clone().unwrap_or_else(|| shared.ledger.lock().expect("ledger lock").clone());
+                let mut records = Vec::new();
+                let check = events.iter().try_for_each(|ev| {
+                    let start = records.len();
+                    journal::encode(&Record::Ledger(ev.clone()), &mut records);
+                    if records.len() - start - 8 > journal::MAX_RECORD {
+                        return Err(LedgerError::TooLarge(records.len() - start));
+                    }
+                    trial.apply(ev).map(|_| ())
+                });
+                match check {
+                    Ok(()) => {
+                        scratch = Some(trial);
+                        buf.extend_from_slice(&records);
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError::Ledger(e)),
+                }
+            }
+            Cmd::Sync { .. } => Ok(()),
+        };
+        verdicts.push(v);
+    }
+    verdicts
 }
 
 fn write_batch(file: &mut File, buf: &[u8], good_len: &mut u64) -> io::Result<()> {

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use super::body::{ms, PendingLog, ResponseBody, UpstreamBody};
 use super::upstream::Upstream;
 use crate::assign::epoch::Epoch;
+use crate::assign::store::StoreError;
 use crate::assign::{valid_unit, Reason, Served};
 use crate::config::{LogUnit, MissingUnitPolicy};
 use crate::error::ProxyError;
@@ -34,6 +35,8 @@ pub const STAMP_EPOCH: HeaderName = HeaderName::from_static("x-cohort-epoch");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const STAMP_PREFIX: &str = "x-cohort-";
 const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
+/// How often a new unit is re-assigned when a reload overtook it (1 ms apart).
+const STALE_RETRIES: u32 = 100;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -100,10 +103,34 @@ pub async fn handle(
             return Ok(error_response(e, None, rec, pending));
         }
         Target::Default(up) => (up.clone(), None),
-        Target::Experiment(x) => {
-            rec.experiment = Some(x.name.clone());
-            rec.current_epoch = x.assigner.epoch.0;
-            match assign(&state, x, &snap.log_unit, req.headers(), &mut rec).await {
+        Target::Experiment(first) => {
+            // A reload can land between reading the snapshot and storing a
+            // new unit; the store then refuses the stale epoch, and the unit
+            // is assigned again under the snapshot that replaced it.
+            let name = first.name.clone();
+            let mut cur = snap.clone();
+            let mut idx = snap.experiments.iter().position(|e| e.name == name).expect("routed here");
+            let mut tries = 0;
+            let outcome = loop {
+                let x = &cur.experiments[idx];
+                rec.experiment = Some(x.name.clone());
+                rec.current_epoch = x.assigner.epoch.0;
+                rec.config_version = cur.version.clone();
+                match assign(&state, x, &cur.log_unit, req.headers(), &mut rec).await {
+                    Err(ProxyError::StaleSnapshot) if tries < STALE_RETRIES => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        let fresh = state.snapshot();
+                        match fresh.experiments.iter().position(|e| e.name == name) {
+                            Some(j) => (cur, idx) = (fresh, j),
+                            None => break Err(ProxyError::Store(format!("experiment {name} was removed by a reload"))),
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            let x = &cur.experiments[idx];
+            match outcome {
                 Ok(served) => {
                     let v = &x.variants[served.variant];
                     rec.variant = Some(v.name.clone());
@@ -207,13 +234,13 @@ async fn assign(
         };
     };
     rec.unit = Some(logged_unit(log_unit, unit));
-    x.assigner
-        .assign(&state.store, unit.as_bytes())
-        .await
-        .map_err(|e| {
+    x.assigner.assign(&state.store, unit.as_bytes()).await.map_err(|e| match e {
+        StoreError::Stale { .. } => ProxyError::StaleSnapshot,
+        e => {
             tracing::error!(experiment = %x.name, error = %e, "cannot store a new assignment");
             ProxyError::Store(e.to_string())
-        })
+        }
+    })
 }
 
 fn logged_unit(how: &LogUnit, unit: &HeaderValue) -> LoggedUnit {
