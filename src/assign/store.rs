@@ -67,7 +67,11 @@ pub enum StoreError {
     /// reload landed while the request was in flight); assign again under
     /// the current snapshot.
     #[error("experiment {experiment} moved on to epoch {current} while this request was assigned under {got}")]
-    Stale { experiment: ExperimentId, got: u32, current: u32 },
+    Stale {
+        experiment: ExperimentId,
+        got: u32,
+        current: u32,
+    },
 }
 
 /// A unit's stored assignment.
@@ -329,7 +333,9 @@ impl Store {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Ledger { events, reply }).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Cmd::Ledger { events, reply })
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -734,16 +740,28 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
         for (c, verdict) in batch.drain(..).zip(verdicts) {
             let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
             match c {
-                Cmd::Assign { experiment, key, assignment, reply } => {
+                Cmd::Assign {
+                    experiment,
+                    key,
+                    assignment,
+                    reply,
+                } => {
                     let r = ok.map(|()| {
-                        let (assignment, created) = shared.table(experiment).insert_first(key, assignment);
-                        Assigned { assignment, created }
+                        let (assignment, created) =
+                            shared.table(experiment).insert_first(key, assignment);
+                        Assigned {
+                            assignment,
+                            created,
+                        }
                     });
                     let _ = reply.send(r);
                 }
                 Cmd::Ledger { events, reply } => {
                     let r = ok.and_then(|()| {
-                        events.iter().try_for_each(|ev| shared.apply_ledger(ev)).map_err(StoreError::Ledger)
+                        events
+                            .iter()
+                            .try_for_each(|ev| shared.apply_ledger(ev))
+                            .map_err(StoreError::Ledger)
                     });
                     let _ = reply.send(r);
                 }
@@ -764,19 +782,35 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
 fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result<(), StoreError>> {
     // Current epochs, read once; the ledger itself is copied only for a
     // batch that carries ledger events (its history can be large).
-    let base: Vec<Epoch> = shared.ledger.lock().expect("ledger lock").experiments.iter().map(|x| x.current().epoch).collect();
+    let base: Vec<Epoch> = shared
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .experiments
+        .iter()
+        .map(|x| x.current().epoch)
+        .collect();
     let mut scratch: Option<Ledger> = None;
     let mut verdicts = Vec::with_capacity(batch.len());
     for c in batch {
         let v = match c {
-            Cmd::Assign { experiment, key, assignment, .. } => {
+            Cmd::Assign {
+                experiment,
+                key,
+                assignment,
+                ..
+            } => {
                 let current = match &scratch {
                     Some(l) => l.by_id(*experiment).map(|x| x.current().epoch),
                     None => base.get(usize::from(*experiment)).copied(),
                 }
                 .unwrap_or(Epoch::UNASSIGNED);
                 if assignment.epoch < current {
-                    Err(StoreError::Stale { experiment: *experiment, got: assignment.epoch.0, current: current.0 })
+                    Err(StoreError::Stale {
+                        experiment: *experiment,
+                        got: assignment.epoch.0,
+                        current: current.0,
+                    })
                 } else {
                     journal::encode(
                         &Record::Assign {
@@ -792,7 +826,9 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
                 }
             }
             Cmd::Ledger { events, .. } => {
-                let mut trial = scratch.clone().unwrap_or_else(|| shared.ledger.lock().expect("ledger lock").clone());
+                let mut trial = scratch
+                    .clone()
+                    .unwrap_or_else(|| shared.ledger.lock().expect("ledger lock").clone());
                 let mut records = Vec::new();
                 let check = events.iter().try_for_each(|ev| {
                     let start = records.len();

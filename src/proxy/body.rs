@@ -72,6 +72,8 @@ pub struct PendingLog {
 pub struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
+    /// The upstream's body failed mid-stream: the client got a cut response.
+    upstream_failed: bool,
     pending: Option<PendingLog>,
 }
 
@@ -80,6 +82,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             bytes_out: 0,
+            upstream_failed: false,
             pending: None,
         }
     }
@@ -88,6 +91,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full(Some(bytes.into())),
             bytes_out: 0,
+            upstream_failed: false,
             pending: None,
         }
     }
@@ -111,10 +115,14 @@ impl Body for ResponseBody {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                this.bytes_out += d.len() as u64;
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes_out += d.len() as u64;
+                }
             }
+            Poll::Ready(Some(Err(_))) => this.upstream_failed = true,
+            _ => {}
         }
         r
     }
@@ -134,19 +142,56 @@ impl Body for ResponseBody {
     }
 }
 
+impl PendingLog {
+    /// Completes the record with the final sizes and duration and logs it.
+    fn finish(self, bytes_out: u64) {
+        let PendingLog {
+            log,
+            mut record,
+            started,
+            bytes_in,
+        } = self;
+        record.bytes_out = bytes_out;
+        record.bytes_in = bytes_in.load(Ordering::Relaxed);
+        record.total_ms = ms(started.elapsed());
+        log.record(&record);
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            let PendingLog {
-                log,
-                mut record,
-                started,
-                bytes_in,
-            } = p;
-            record.bytes_out = self.bytes_out;
-            record.bytes_in = bytes_in.load(Ordering::Relaxed);
-            record.total_ms = ms(started.elapsed());
-            log.record(&record);
+        if let Some(mut p) = self.pending.take() {
+            if self.upstream_failed {
+                p.record.error = Some("upstream_body");
+            }
+            p.finish(self.bytes_out);
+        }
+    }
+}
+
+/// Logs a request whose handler was dropped before it produced a response
+/// (the client went away while the upstream was answering): status 499,
+/// error `client_gone`. Without it a unit's first exposure could vanish
+/// from the log while its assignment is stored.
+pub struct CancelLog(Option<PendingLog>);
+
+impl CancelLog {
+    pub fn new(p: PendingLog) -> CancelLog {
+        CancelLog(Some(p))
+    }
+
+    /// The handler produced a response; that response logs the request.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelLog {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.0.take() {
+            p.record.status = 499;
+            p.record.error = Some("client_gone");
+            p.finish(0);
         }
     }
 }

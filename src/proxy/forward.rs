@@ -18,7 +18,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use sha2::Sha256;
 
-use super::body::{ms, PendingLog, ResponseBody, UpstreamBody};
+use super::body::{ms, CancelLog, PendingLog, ResponseBody, UpstreamBody};
 use super::upstream::Upstream;
 use crate::assign::epoch::Epoch;
 use crate::assign::store::StoreError;
@@ -109,7 +109,11 @@ pub async fn handle(
             // is assigned again under the snapshot that replaced it.
             let name = first.name.clone();
             let mut cur = snap.clone();
-            let mut idx = snap.experiments.iter().position(|e| e.name == name).expect("routed here");
+            let mut idx = snap
+                .experiments
+                .iter()
+                .position(|e| e.name == name)
+                .expect("routed here");
             let mut tries = 0;
             let outcome = loop {
                 let x = &cur.experiments[idx];
@@ -123,7 +127,11 @@ pub async fn handle(
                         let fresh = state.snapshot();
                         match fresh.experiments.iter().position(|e| e.name == name) {
                             Some(j) => (cur, idx) = (fresh, j),
-                            None => break Err(ProxyError::Store(format!("experiment {name} was removed by a reload"))),
+                            None => {
+                                break Err(ProxyError::Store(format!(
+                                    "experiment {name} was removed by a reload"
+                                )))
+                            }
                         }
                     }
                     other => break other,
@@ -174,11 +182,13 @@ pub async fn handle(
         Err(e) => return Ok(error_response(e, stamps.as_ref(), rec, pending)),
     };
     let sent = Instant::now();
+    let cancelled = CancelLog::new(pending(rec.clone()));
     let result = tokio::time::timeout(
         upstream.config.timeout,
         upstream.client.request(upstream_req),
     )
     .await;
+    cancelled.disarm();
     rec.upstream_ms = Some(ms(sent.elapsed()));
     let resp = match result {
         Ok(Ok(resp)) => resp,
@@ -234,13 +244,16 @@ async fn assign(
         };
     };
     rec.unit = Some(logged_unit(log_unit, unit));
-    x.assigner.assign(&state.store, unit.as_bytes()).await.map_err(|e| match e {
-        StoreError::Stale { .. } => ProxyError::StaleSnapshot,
-        e => {
-            tracing::error!(experiment = %x.name, error = %e, "cannot store a new assignment");
-            ProxyError::Store(e.to_string())
-        }
-    })
+    x.assigner
+        .assign(&state.store, unit.as_bytes())
+        .await
+        .map_err(|e| match e {
+            StoreError::Stale { .. } => ProxyError::StaleSnapshot,
+            e => {
+                tracing::error!(experiment = %x.name, error = %e, "cannot store a new assignment");
+                ProxyError::Store(e.to_string())
+            }
+        })
 }
 
 fn logged_unit(how: &LogUnit, unit: &HeaderValue) -> LoggedUnit {

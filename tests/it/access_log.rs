@@ -185,3 +185,39 @@ async fn sigusr1_reopens_the_log_after_logrotate_moved_it() {
     );
     assert_eq!(fresh.lines().count(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_still_leaves_its_first_exposure_in_the_log() {
+    use tokio::io::AsyncWriteExt;
+    let old = Backend::spawn("old").await;
+    let slow = Backend::spawn_with("slow", std::time::Duration::from_millis(800)).await;
+    let dir = TestDir::new();
+    let cohort = Cohort::start(
+        &dir,
+        &config(&[("old", &old), ("new", &slow)], &ranker("0", "100")),
+    );
+    let mut tcp = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: quitter\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(tcp);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = TestClient::new()
+        .post(cohort.addr, "/predict", Some("quitter"))
+        .await;
+    assert_eq!((r.variant(), r.epoch()), ("treatment", 1));
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    let lines: Vec<_> = log.iter().filter(|l| l["unit"] == "quitter").collect();
+    assert_eq!(lines.len(), 2, "{log:?}");
+    assert_eq!(lines[0]["status"], 499);
+    assert_eq!(lines[0]["error"], "client_gone");
+    assert_eq!(
+        lines[0]["first_exposure"], true,
+        "the exposure is in the log"
+    );
+    assert_eq!(lines[1]["first_exposure"], false);
+}

@@ -383,13 +383,17 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
     let failures = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
     for w in 0..16 {
-        let (client, stop, failures, pool) = (client.clone(), stop.clone(), failures.clone(), pool.clone());
+        let (client, stop, failures, pool) =
+            (client.clone(), stop.clone(), failures.clone(), pool.clone());
         load.push(tokio::spawn(async move {
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
                 let u = &pool[i % pool.len()];
                 i += 16;
-                match client.try_send(addr, "POST", "/predict", &[("x-user-id", Some(u))], "{}").await {
+                match client
+                    .try_send(addr, "POST", "/predict", &[("x-user-id", Some(u))], "{}")
+                    .await
+                {
                     Ok(r) if r.status == 200 => {}
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -399,7 +403,10 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    dir.write_config(&config(&ups, &ranker("50", "50").replace("    salt:", "    reset: 1\n    salt:")));
+    dir.write_config(&config(
+        &ups,
+        &ranker("50", "50").replace("    salt:", "    reset: 1\n    salt:"),
+    ));
     wait_reloads(&cohort, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -409,8 +416,18 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     // Everyone stored now holds an epoch-2 assignment, and keeps it after a restart.
     let after = post_all(&client, addr, &pool, 32).await;
-    let stale: Vec<&str> = pool.iter().zip(&after).filter(|(_, r)| r.epoch() != 2).map(|(u, _)| u.as_str()).collect();
-    assert!(stale.is_empty(), "{} units kept a pre-reset assignment: {:?}", stale.len(), &stale[..stale.len().min(5)]);
+    let stale: Vec<&str> = pool
+        .iter()
+        .zip(&after)
+        .filter(|(_, r)| r.epoch() != 2)
+        .map(|(u, _)| u.as_str())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} units kept a pre-reset assignment: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
     cohort.kill9();
     let cohort = Cohort::start_existing(&dir).unwrap_or_else(|(s, l)| panic!("{s:?}\n{l}"));
     let again = post_all(&client, cohort.addr, &pool, 32).await;
