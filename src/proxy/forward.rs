@@ -39,6 +39,7 @@ const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
 const STALE_RETRIES: u32 = 100;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the response (and the upstream request) is stamped with.
 struct Stamps {
@@ -288,11 +289,27 @@ fn upstream_request(
     parts.version = http::Version::HTTP_11;
 
     let h = &mut parts.headers;
+    // hyper sends a GET or HEAD body only with an explicit length or
+    // encoding; a chunked one must stay chunked rather than vanish.
+    let chunked = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     strip_hop_by_hop(h);
+    if chunked && !http_body::Body::is_end_stream(&body) {
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     strip_stamps(h);
+    // The client's own x-forwarded-host is never passed on: it would claim
+    // a host this proxy did not see.
+    h.remove(X_FORWARDED_HOST);
     if let Some(host) = h.remove(header::HOST) {
         h.insert(X_FORWARDED_HOST, host);
     }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     let forwarded = match h.get(X_FORWARDED_FOR) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + peer.ip.len());
@@ -361,16 +378,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(conn) = h
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
-        for name in conn.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                h.remove(n);
-            }
-        }
+    // Every Connection header counts, and each may list several names.
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
     }
     let names: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
     for n in names {

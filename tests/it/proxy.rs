@@ -211,3 +211,33 @@ async fn unrouted_paths_get_404_or_the_default_upstream() {
     assert_eq!(r.json()["model"], "new");
     assert!(r.headers.get("x-cohort-variant").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_forwarded_headers_are_rewritten_not_passed_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let dir = TestDir::new();
+    let cohort = Cohort::start(
+        &dir,
+        &config(&[("old", &old), ("new", &new)], &ranker("100", "0")),
+    );
+    let mut tcp = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    let req = "GET /predict HTTP/1.1\r\nhost: front.example\r\nx-user-id: hop\r\nconnection: keep-alive\r\nconnection: x-secret\r\nx-secret: 1\r\nx-forwarded-host: evil.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("\"echo_bytes\":5"),
+        "a chunked GET body reaches the upstream: {head}"
+    );
+    let seen = old.last_headers();
+    assert!(
+        seen.get("x-secret").is_none(),
+        "listed in a second Connection header"
+    );
+    assert_eq!(seen["x-forwarded-host"], "front.example");
+    assert_eq!(seen.get_all("x-forwarded-host").iter().count(), 1);
+    assert_eq!(seen["x-forwarded-proto"], "http");
+}
