@@ -88,6 +88,9 @@ pub async fn run(
         ),
         None => None,
     };
+    let loaded = config_path
+        .as_deref()
+        .and_then(|p| config::reload::fingerprint(p, &config.watched));
     let state = State::start(config, config_path.clone(), listen_override).await?;
 
     if let Some(l) = admin_listener {
@@ -95,7 +98,12 @@ pub async fn run(
         tracing::info!(addr = %addr, "admin API on http://{addr}");
         tokio::spawn(admin::serve(l, state.clone()));
     }
-    tokio::spawn(config::reload::watch(state.clone(), config_path, hup));
+    tokio::spawn(config::reload::watch(
+        state.clone(),
+        config_path,
+        loaded,
+        hup,
+    ));
     let log = state.log.clone();
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {

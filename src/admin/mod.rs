@@ -29,16 +29,39 @@ use crate::observe::time::rfc3339_millis;
 use crate::state::{PauseError, ReloadError, Reloaded, State};
 
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    let mut http = http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            // Each call runs as its own task: a client hanging up must not
+            // cancel a reload halfway between journaling and swapping.
+            service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    tokio::spawn(handle(state, req)).await.unwrap_or_else(|_| {
+                        Ok(error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "the admin call failed",
+                        ))
+                    })
+                }
+            }),
+        );
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = conn.await;
         });
     }
 }
@@ -101,11 +124,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         (Method::GET, ["readyz"]) => ready(&state).await,
         _ if !authorized(&state, &req) => {
             tracing::warn!(%method, path, "admin call without a valid bearer token");
-            error(
+            let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid `Authorization: Bearer <token>` header is required",
-            )
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            r
         }
         (Method::GET, ["admin", "config"]) => config_view(&state),
         (Method::GET, ["admin", "history"]) => history(&state),

@@ -281,7 +281,16 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            // The new directory's entry must be durable too, or a crash
+            // could lose the whole store with the assignments in it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err)?;
+            }
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
