@@ -121,13 +121,18 @@ pub fn replay(
             ));
         }
         payload.resize(len, 0);
-        if read_full(&mut r, &mut payload)? != len {
+        let got = read_full(&mut r, &mut payload)?;
+        if got != len {
+            // The file ends inside this record. Only a ledger record can be
+            // long; an assignment claiming more than its 28 bytes is a
+            // damaged length field, and must not excuse truncating far back.
+            let plausible = got == 0 || payload[0] == KIND_LEDGER || len == ASSIGN_LEN;
             return Ok((
                 offset,
                 Tail::Torn {
                     offset,
                     reason: "short record",
-                    runs_to_end: true,
+                    runs_to_end: plausible,
                 },
             ));
         }

@@ -978,7 +978,20 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 36);
         // Flip a byte in the middle: that is damage, not a torn write.
-        let mut bytes = std::fs::read(&path).unwrap();
+        let pristine = std::fs::read(&path).unwrap();
+        // A damaged length field running past the end of the file is damage
+        // too, not a torn tail: acknowledged records follow it.
+        let mut damaged = pristine.clone();
+        let ledger_len = u32::from_le_bytes(damaged[8..12].try_into().unwrap()) as usize;
+        let at = 8 + 8 + ledger_len + 36 * 1000;
+        assert_eq!(damaged[at + 8], 1, "an assignment record starts here");
+        damaged[at..at + 4].copy_from_slice(&(60u32 << 20).to_le_bytes());
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut bytes = pristine;
         bytes[200] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(

@@ -61,7 +61,7 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub enum LogUnit {
     Raw,
     /// HMAC-SHA-256 of the unit under `key`; the key itself is never logged
@@ -147,13 +147,32 @@ pub enum Route {
 }
 
 /// The admin API's own listener. Never started without a token.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     #[serde(skip)]
     pub token: String,
     /// Part of the config version, so a rotated token is a change.
     pub token_digest: String,
+}
+
+// Secrets stay out of Debug output, so no log line can carry them.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LogUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogUnit::Raw => f.write_str("Raw"),
+            LogUnit::Hashed { .. } => f.write_str("Hashed { key: <redacted> }"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
