@@ -4,42 +4,18 @@
 # Prints one line per size: req/s, p99, proxy CPU µs per request.
 #   benches/body-size.sh
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-harness=${BENCH_HARNESS:-$root/../shared/bench}
+. "$(dirname "$0")/lib.sh"
 users=${BENCH_USERS:-1000000}
-cargo build --release --manifest-path "$root/Cargo.toml" >&2
-seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+build_release
 dir=$(mktemp -d)
-mkdir -p "$dir/logs" "$dir/tmp"
 cleanup() {
   [ -f "$dir/cohort.pid" ] && kill "$(cat "$dir/cohort.pid")" 2>/dev/null || true
   [ -f "$dir/backends.pid" ] && kill "$(cat "$dir/backends.pid")" 2>/dev/null || true
   sleep 0.3; rm -rf "$dir"
 }
 trap cleanup EXIT
-cp "$harness/conf/backends.conf" "$dir/"
-taskset -c 1 chrt -b 0 nginx -p "$dir/" -c "$dir/backends.conf" -e "$dir/logs/err.log" &
-sleep 0.3
-cat > "$dir/cohort.yaml" <<YAML
-listen: 127.0.0.1:8090
-store: { path: ./data }
-access_log: { path: ./access.jsonl }
-runtime: { worker_threads: 1 }
-upstreams:
-  old: { url: http://127.0.0.1:9001 }
-  new: { url: http://127.0.0.1:9002 }
-experiments:
-  - name: bench
-    routes: [/predict]
-    salt: bench
-    variants:
-      - { name: old, upstream: old, weight: 50 }
-      - { name: new, upstream: new, weight: 50 }
-YAML
+start_backends "$dir"
+bench_config "$dir/cohort.yaml" 8090
 "$seed" "$dir/cohort.yaml" "$users" >&2
 (cd "$dir" && exec taskset -c 1 "$root/target/release/cohort" --config cohort.yaml 2> cohort.err) &
 echo $! > "$dir/cohort.pid"

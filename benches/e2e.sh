@@ -12,16 +12,10 @@
 #
 # BENCH_HARNESS points at the harness (default ../shared/bench).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-harness=${BENCH_HARNESS:-$root/../shared/bench}
+. "$(dirname "$0")/lib.sh"
 [ -x "$harness/run.sh" ] || { echo "no harness at $harness (set BENCH_HARNESS)" >&2; exit 1; }
 mode=${1:-returning}
-cargo build --release --manifest-path "$root/Cargo.toml" >&2
-seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+build_release
 case "$mode" in
   returning) export SEED_USERS=${BENCH_USERS:-1000000} PROXY_START_TIMEOUT=${PROXY_START_TIMEOUT:-90} ;;
   new) export SEED_USERS=0 BENCH_USERS=1000000000 ;;

@@ -6,27 +6,18 @@
 # Needs nginx (backends) and wrk; uses the shared harness's wrk script.
 #   benches/reload-under-load.sh [seconds per phase]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-harness=${BENCH_HARNESS:-$root/../shared/bench}
+. "$(dirname "$0")/lib.sh"
 secs=${1:-10}
 users=${BENCH_USERS:-1000000}
-cargo build --release --manifest-path "$root/Cargo.toml" >&2
-seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+build_release
 dir=$(mktemp -d)
-mkdir -p "$dir/logs" "$dir/tmp"
 cleanup() {
   [ -f "$dir/cohort.pid" ] && kill "$(cat "$dir/cohort.pid")" 2>/dev/null || true
   [ -f "$dir/backends.pid" ] && kill "$(cat "$dir/backends.pid")" 2>/dev/null || true
   sleep 0.3; rm -rf "$dir"
 }
 trap cleanup EXIT
-cp "$harness/conf/backends.conf" "$dir/"
-taskset -c 1 nginx -p "$dir/" -c "$dir/backends.conf" -e "$dir/logs/err.log" &
-sleep 0.3
+start_backends "$dir"
 conf() { # $1 = old weight, $2 = new weight, $3 = old upstream port
 cat <<YAML
 listen: 127.0.0.1:8090

@@ -4,14 +4,9 @@
 #   benches/restart.sh 1000000
 #   benches/restart.sh 10000000
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 n=${1:-1000000}
-cargo build --release --manifest-path "$root/Cargo.toml" >&2
-seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+build_release
 dir=$(mktemp -d)
 trap 'kill $(cat $dir/pid 2>/dev/null) 2>/dev/null; rm -rf "$dir"' EXIT
 cat > "$dir/cohort.yaml" <<YAML

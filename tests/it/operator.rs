@@ -10,18 +10,6 @@ use crate::util::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn wait_reloads(c: &Cohort, n: usize) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while c.count_log("config reloaded") < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reload {n} not applied:\n{}",
-            c.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The public coverage contract, recomputed independently.
 fn coverage_bucket(salt: &str, unit: &str) -> u32 {
     bucket(&format!("coverage:{salt}"), unit)
@@ -407,7 +395,7 @@ async fn an_admin_pause_survives_a_restart_until_resumed_and_is_not_an_epoch() {
 
     // paused: true in the file is the same switch, and no new epoch.
     dir.write_config(&yaml.replace("    salt:", "    paused: true\n    salt:"));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     cohort.wait_for_log("paused: false -> true", WAIT);
     let r = client.post(cohort.addr, "/predict", Some("u1")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
@@ -419,7 +407,7 @@ async fn an_admin_pause_survives_a_restart_until_resumed_and_is_not_an_epoch() {
         0
     );
     dir.write_config(&yaml);
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
     assert_eq!(
         client
             .post(cohort.addr, "/predict", Some("u2"))
@@ -449,7 +437,7 @@ async fn overrides_force_qa_units_without_storing_them() {
         "    overrides: { treatment: [qa-1, stored-qa] }\n    salt:",
     );
     dir.write_config(&inline);
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     let r = client.post(cohort.addr, "/predict", Some("qa-1")).await;
     assert_eq!(
         (r.variant(), r.epoch(), r.json()["model"].as_str()),
@@ -465,7 +453,7 @@ async fn overrides_force_qa_units_without_storing_them() {
     );
     std::fs::write(dir.path().join("qa.yaml"), "treatment: [qa-2]\n").unwrap();
     dir.write_config(&base.replace("    salt:", "    overrides_file: qa.yaml\n    salt:"));
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
     assert_eq!(
         client
             .post(cohort.addr, "/predict", Some("qa-2"))
@@ -482,7 +470,7 @@ async fn overrides_force_qa_units_without_storing_them() {
     );
     // Editing only the overrides file reloads too.
     std::fs::write(dir.path().join("qa.yaml"), "treatment: [qa-2, qa-3]\n").unwrap();
-    wait_reloads(&cohort, 3);
+    cohort.wait_reloads(3);
     assert_eq!(
         client
             .post(cohort.addr, "/predict", Some("qa-3"))
@@ -493,7 +481,7 @@ async fn overrides_force_qa_units_without_storing_them() {
 
     // Removing the override returns each unit to its real cohort.
     dir.write_config(&base);
-    wait_reloads(&cohort, 4);
+    cohort.wait_reloads(4);
     let r = client.post(cohort.addr, "/predict", Some("qa-2")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
     assert_eq!(
@@ -549,7 +537,7 @@ async fn coverage_holds_units_out_and_changing_it_moves_no_stored_unit() {
 
     // Full coverage: a new epoch; covered units keep theirs, the rest join now.
     dir.write_config(&config(&ups, &ranker("0", "100")));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     cohort.wait_for_log("coverage changed (50% -> 100%)", WAIT);
     let again = post_all(&client, cohort.addr, &units, 16).await;
     for ((u, a), b) in units.iter().zip(&first).zip(&again) {
@@ -586,7 +574,7 @@ async fn a_disabled_variant_serves_control_and_keeps_its_units() {
         "upstream: new, weight: 50 }",
         "upstream: new, weight: 50, disabled: true }",
     ));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     cohort.wait_for_log("epoch 1 continues", WAIT);
     let during = post_all(&client, cohort.addr, &units, 16).await;
     let fresh = post_all(&client, cohort.addr, &users("dis-new", 300), 16).await;
@@ -596,7 +584,7 @@ async fn a_disabled_variant_serves_control_and_keeps_its_units() {
         .all(|(d, f)| d.variant() == "control" && d.epoch() == f.epoch()));
     assert!(fresh.iter().all(|r| r.variant() == "control"));
     dir.write_config(&on);
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
     let after = post_all(&client, cohort.addr, &units, 16).await;
     for (a, f) in after.iter().zip(&first) {
         assert_eq!((a.variant(), a.epoch()), (f.variant(), f.epoch()));
@@ -751,9 +739,9 @@ async fn history_records_every_applied_config_and_what_a_unit_saw() {
     let client = TestClient::new();
     let r = client.post(cohort.addr, "/predict", Some("hank")).await;
     dir.write_config(&config(&ups, &ranker("20", "80")));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     dir.write_config(&config(&ups, &ranker("20", "80")).replace("upstream: new", "upstream: old"));
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
 
     // Readable while the proxy runs.
     let store = dir.path().join("data").display().to_string();

@@ -9,19 +9,6 @@ use crate::util::*;
 
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits for the `n`th "config reloaded" line.
-fn wait_reloads(c: &Cohort, n: usize) {
-    let deadline = std::time::Instant::now() + RELOAD_WAIT;
-    while c.count_log("config reloaded") < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reload {n} not applied:\n{}",
-            c.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
@@ -87,10 +74,10 @@ async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
     let ramp = |c: &str, t: &str| config(&ups, &ranker(c, t));
     tokio::time::sleep(Duration::from_millis(700)).await;
     dir.write_config(&ramp("20", "80"));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     tokio::time::sleep(Duration::from_millis(700)).await;
     dir.write_config(&ramp("90", "10"));
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
@@ -239,7 +226,7 @@ async fn invalid_reloads_are_rejected_with_line_and_column_and_old_config_serves
     assert_eq!(cohort.count_log("config reloaded"), 0);
     // Fixing the file applies it.
     dir.write_config(&config(&ups, &ranker("40", "60")));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     let r = client.post(cohort.addr, "/predict", Some("dave")).await;
     assert_eq!(r.epoch(), 2);
 }
@@ -268,7 +255,7 @@ async fn removing_a_variant_that_holds_units_is_rejected_and_weight_zero_closes_
 
     // The fix the message suggests: weight 0 keeps the variant for its units.
     dir.write_config(&config(&ups, &ranker("100", "0")));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     let again = post_all(&client, cohort.addr, &units, 16).await;
     for (a, b) in first.iter().zip(&again) {
         assert_eq!((a.variant(), a.epoch()), (b.variant(), b.epoch()));
@@ -302,7 +289,7 @@ async fn routing_only_changes_keep_the_epoch_and_comment_edits_are_no_change() {
     cohort.wait_for_log("config unchanged", RELOAD_WAIT);
 
     dir.write_config(&cfg.replace(&new.url(), &newer.url()));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     cohort.wait_for_log("epoch 1 continues", RELOAD_WAIT);
     let r = client.post(cohort.addr, "/predict", Some("erin")).await;
     assert_eq!((r.variant(), r.epoch()), ("treatment", 1));
@@ -328,7 +315,7 @@ async fn explicit_reset_starts_a_new_epoch_and_reassigns_everyone() {
 
     // A weight change alone keeps gina in control...
     dir.write_config(&config(&ups, &ranker("0", "100")));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     let r = client.post(cohort.addr, "/predict", Some("gina")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
 
@@ -337,7 +324,7 @@ async fn explicit_reset_starts_a_new_epoch_and_reassigns_everyone() {
         &ups,
         &ranker("0", "100").replace("    salt:", "    reset: 1\n    salt:"),
     ));
-    wait_reloads(&cohort, 2);
+    cohort.wait_reloads(2);
     cohort.wait_for_log("RESET: all", RELOAD_WAIT);
     let loud = cohort.wait_for_log("EXPERIMENT RESET", RELOAD_WAIT);
     assert!(
@@ -407,7 +394,7 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
         &ups,
         &ranker("50", "50").replace("    salt:", "    reset: 1\n    salt:"),
     ));
-    wait_reloads(&cohort, 1);
+    cohort.wait_reloads(1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {

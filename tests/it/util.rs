@@ -344,6 +344,19 @@ impl Cohort {
         }
     }
 
+    /// Waits (up to 5 s) until `n` reloads have been applied.
+    pub fn wait_reloads(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.count_log("config reloaded") < n {
+            assert!(
+                Instant::now() < deadline,
+                "reload {n} not applied:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Number of stderr lines containing `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.stderr

@@ -1,0 +1,43 @@
+# Shared by the bench scripts: source it, don't run it.
+# Sets: root, harness, seed (path of the built benches/seed.rs binary).
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+harness=${BENCH_HARNESS:-$root/../shared/bench}
+
+# Builds the release binary and the seed tool; sets $seed.
+build_release() {
+  cargo build --release --manifest-path "$root/Cargo.toml" >&2
+  seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+}
+
+# Starts the harness's nginx model backends (127.0.0.1:9001, :9002) on core 1
+# with their files in $1; they stop when $1/backends.pid's process is killed.
+start_backends() {
+  mkdir -p "$1/logs" "$1/tmp"
+  cp "$harness/conf/backends.conf" "$1/"
+  taskset -c 1 chrt -b 0 nginx -p "$1/" -c "$1/backends.conf" -e "$1/logs/err.log" &
+  sleep 0.3
+}
+
+# Writes a one-experiment bench config on port $2 to $1 (50/50 old/new).
+bench_config() {
+  cat > "$1" <<YAML
+listen: 127.0.0.1:${2:-8090}
+store: { path: ./data }
+access_log: { path: ./access.jsonl }
+runtime: { worker_threads: 1 }
+upstreams:
+  old: { url: http://127.0.0.1:9001 }
+  new: { url: http://127.0.0.1:9002 }
+experiments:
+  - name: bench
+    routes: [/predict]
+    salt: bench
+    variants:
+      - { name: old, upstream: old, weight: 50 }
+      - { name: new, upstream: new, weight: 50 }
+YAML
+}
