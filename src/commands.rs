@@ -96,7 +96,7 @@ pub async fn plan_command(new_path: &Path, against: PlanAgainst) -> Outcome {
             for ev in &first.events {
                 ledger.apply(ev).expect("planned events apply");
             }
-            let old_json = serde_json::to_value(&old).expect("config serializes");
+            let old_json = crate::assign::plan::canonical(&old);
             let version = old.version();
             plan(
                 &ledger,

@@ -224,7 +224,7 @@ fn with_history(plan: &Plan, snap: &Snapshot, trigger: &str) -> Vec<LedgerEvent>
         applied_at: now_rfc3339(),
         trigger: trigger.to_string(),
         summary: plan.to_string(),
-        config: serde_json::to_value(&*snap.config).expect("config serializes"),
+        config: crate::assign::plan::canonical(&snap.config),
     }));
     events
 }

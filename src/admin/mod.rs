@@ -218,7 +218,7 @@ fn config_view(state: &State) -> Resp {
         .collect();
     let view = ConfigView {
         config_version: snap.version.to_string(),
-        config: serde_json::to_value(&*snap.config).expect("config serializes"),
+        config: crate::assign::plan::canonical(&snap.config),
         admin_paused: ledger.admin_paused.iter().cloned().collect(),
         ledger: ledger.experiments,
         units,

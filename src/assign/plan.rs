@@ -11,6 +11,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::buckets::{BucketTable, Weight};
 use super::epoch::{diff, Epoch, Rule, RuleChange};
@@ -102,7 +103,7 @@ pub fn plan(
     now: &str,
 ) -> Result<Plan, Vec<ConfigError>> {
     let version = new.version();
-    let new_json = serde_json::to_value(new).expect("config serializes");
+    let new_json = canonical(new);
     let mut errors = Vec::new();
     let mut experiments = Vec::new();
     let mut events = Vec::new();
@@ -322,6 +323,23 @@ fn find_experiment<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|x| x["name"] == name)
 }
 
+/// The canonical JSON of a config as the ledger records it and plans
+/// compare it: the config itself, with each experiment's overrides (which
+/// can list many thousands of units) summarized by count and digest.
+pub fn canonical(config: &Config) -> Value {
+    let mut v = serde_json::to_value(config).expect("config serializes");
+    if let Some(xs) = v["experiments"].as_array_mut() {
+        for x in xs {
+            let o = &x["overrides"];
+            let count = o.as_object().map_or(0, |m| m.len());
+            let digest = Sha256::digest(o.to_string().as_bytes());
+            let digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            x["overrides"] = serde_json::json!({ "count": count, "digest": digest });
+        }
+    }
+    v
+}
+
 /// Routing fields that differ between two experiments' canonical JSON.
 fn routing_diff(old: &Value, new: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -331,7 +349,7 @@ fn routing_diff(old: &Value, new: &Value) -> Vec<String> {
         }
     }
     if old["overrides"] != new["overrides"] {
-        let n = |v: &Value| v.as_object().map_or(0, |o| o.len());
+        let n = |v: &Value| v["count"].as_u64().unwrap_or(0);
         out.push(format!(
             "overrides: {} -> {} forced units",
             n(&old["overrides"]),
@@ -627,7 +645,7 @@ mod tests {
     fn routing_changes_are_named_and_keep_the_epoch() {
         let old = cfg(AB, "");
         let l = applied(&old);
-        let old_json = serde_json::to_value(&old).unwrap();
+        let old_json = canonical(&old);
         let prev = || {
             Some(Previous {
                 version: "x",
