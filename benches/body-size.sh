@@ -7,13 +7,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 users=${BENCH_USERS:-1000000}
 build_release
-dir=$(mktemp -d)
-cleanup() {
-  [ -f "$dir/cohort.pid" ] && kill "$(cat "$dir/cohort.pid")" 2>/dev/null || true
-  [ -f "$dir/backends.pid" ] && kill "$(cat "$dir/backends.pid")" 2>/dev/null || true
-  sleep 0.3; rm -rf "$dir"
-}
-trap cleanup EXIT
+new_run_dir
 start_backends "$dir"
 bench_config "$dir/cohort.yaml" 8090
 "$seed" "$dir/cohort.yaml" "$users" >&2

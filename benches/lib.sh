@@ -41,3 +41,10 @@ experiments:
       - { name: new, upstream: new, weight: 50 }
 YAML
 }
+
+# Makes a scratch dir ($dir) that is removed on exit, stopping the cohort
+# ($dir/cohort.pid) and backends ($dir/backends.pid) started in it.
+new_run_dir() {
+  dir=$(mktemp -d)
+  trap 'for p in "$dir"/cohort.pid "$dir"/backends.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.3; rm -rf "$dir"' EXIT
+}

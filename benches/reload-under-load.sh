@@ -10,13 +10,7 @@ set -euo pipefail
 secs=${1:-10}
 users=${BENCH_USERS:-1000000}
 build_release
-dir=$(mktemp -d)
-cleanup() {
-  [ -f "$dir/cohort.pid" ] && kill "$(cat "$dir/cohort.pid")" 2>/dev/null || true
-  [ -f "$dir/backends.pid" ] && kill "$(cat "$dir/backends.pid")" 2>/dev/null || true
-  sleep 0.3; rm -rf "$dir"
-}
-trap cleanup EXIT
+new_run_dir
 start_backends "$dir"
 conf() { # $1 = old weight, $2 = new weight, $3 = old upstream port
 cat <<YAML
