@@ -1,9 +1,10 @@
 //! Rules and epochs, as pure values.
 //!
 //! An experiment's **rule** is everything that decides which variant a *new*
-//! unit gets: the salt, the unit header and the ordered list of (variant,
-//! weight). Any difference between two rules starts a new epoch; routing
-//! (upstreams, timeouts, routes) never does. [`diff`] says which parts of the
+//! unit gets: the salt, the unit header, the coverage and the ordered list of
+//! (variant, weight). Any difference between two rules starts a new epoch;
+//! routing (upstreams, timeouts, routes, pause, overrides, disabled) never
+//! does. [`diff`] says which parts of the
 //! rule changed so that the reload log and `plan` can explain the new epoch.
 
 use serde::{Deserialize, Serialize};

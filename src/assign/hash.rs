@@ -3,8 +3,10 @@
 //! Two hashes are public contract, recomputed by analysts in the warehouse:
 //! - the **variant bucket**: the first 8 bytes of SHA-256(`salt` + ":" + unit),
 //!   read as a big-endian u64, mod 10000;
-//! - the **coverage bucket** (same construction with the prefix `"coverage:"`),
-//!   reserved for holdouts.
+//! - the **coverage bucket** (same construction with the prefix `"coverage:"`):
+//!   a unit is in the experiment when it is below `coverage` x 10000. It is
+//!   independent of the variant bucket, so a coverage change never moves a
+//!   covered unit between variants.
 //!
 //! The third, [`unit_key`], is private to the store: a 128-bit digest of
 //! (experiment, unit) that keys the assignment map, so the map never holds the
@@ -110,6 +112,26 @@ mod tests {
         ("", "x", 9184),
         ("ranker-v2", "ünïcode", 6603),
     ];
+
+    /// Golden coverage vectors (python3: `hashlib.sha256(("coverage:" + salt
+    /// + ":" + unit).encode())`, first 8 bytes big-endian, mod 10000).
+    #[test]
+    fn coverage_contract_is_stable() {
+        let golden: &[(&str, &str, u32)] = &[
+            ("ranker-v2", "alice", 5449),
+            ("ranker-v2", "bob", 8654),
+            ("ranker-v2", "user-1", 4641),
+            ("s2", "alice", 1661),
+            ("ranker-v2", "ünïcode", 1649),
+        ];
+        for (salt, unit, want) in golden {
+            assert_eq!(
+                coverage_bucket(salt, unit.as_bytes()).0,
+                *want,
+                "salt={salt} unit={unit}"
+            );
+        }
+    }
 
     #[test]
     fn coverage_is_independent_of_variant_bucket() {

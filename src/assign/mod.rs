@@ -1,9 +1,15 @@
 //! Assignment: which variant serves a unit, and under which epoch.
 //!
-//! Serving order (DESIGN.md): an invalid unit is unassigned (first variant,
-//! epoch 0, never stored); a stored assignment is served whatever the
-//! weights are now; otherwise the unit is bucketed by the current rule and
-//! the result is made durable before the response goes out.
+//! Serving order (DESIGN.md), first match wins:
+//! 1. an invalid unit is unassigned (first variant, epoch 0, never stored);
+//! 2. an override forces its variant (not stored);
+//! 3. a paused experiment serves the first variant (nothing stored);
+//! 4. a stored assignment is served whatever the weights are now (the first
+//!    variant if its own is disabled);
+//! 5. a unit outside `coverage` gets the first variant, epoch 0, not stored;
+//! 6. otherwise the unit is bucketed by the current rule (the first variant,
+//!    not stored, if that variant is disabled) and the assignment is made
+//!    durable before the response goes out.
 
 pub mod buckets;
 pub mod epoch;

@@ -1,9 +1,12 @@
 //! Configuration: YAML text -> [`raw`] serde structs -> validated [`Config`].
 //!
-//! Two stages so that every problem in a file is reported at once, each with
-//! the file, line, column and YAML path of the offending value. Loading does
-//! no network I/O and touches the disk only to read the file (and the log-unit
-//! key file it names), so `cohort check` and a reload share exactly this code.
+//! Unknown keys are found first, over the YAML itself (`schema`, with a
+//! did-you-mean), then serde reads the rest and `validate` collects every
+//! semantic problem, so all of a file's errors are reported at once, each
+//! with the file, line, column and YAML path of the offending value. Loading
+//! does no network I/O and reads only the file and the files it names
+//! (overrides, admin token, log-unit key), so `cohort check`, `cohort plan`
+//! and a reload share exactly this code.
 
 pub mod positions;
 pub mod raw;

@@ -1,6 +1,6 @@
 //! Serde structs that mirror the YAML file one to one. No logic lives here:
 //! defaults that need reasoning and every cross-field check are in
-//! [`super::validate`]. `deny_unknown_fields` everywhere, because a typo in a
+//! `validate`. `deny_unknown_fields` everywhere, because a typo in a
 //! hand-edited file must be an error, not a silently ignored key.
 
 use std::collections::BTreeMap;
