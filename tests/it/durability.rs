@@ -1,7 +1,6 @@
 //! Durability: kill -9 at any moment loses no stamped assignment; SIGTERM
 //! loses no log line; the ledger judges a restart like a reload.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,42 +17,21 @@ async fn kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped
     // New units arrive as fast as 16 clients can send them; every stamped
     // answer is recorded. The process is killed in the middle of it.
     let stamped: Arc<Mutex<Vec<(String, String, u32)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for w in 0..16 {
-        let (stamped, stop) = (stamped.clone(), stop.clone());
-        load.push(tokio::spawn(async move {
-            let client = TestClient::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let unit = format!("k{w}-{i}");
-                i += 1;
-                if let Ok(r) = client
-                    .try_send(
-                        addr,
-                        "POST",
-                        "/predict",
-                        &[("x-user-id", Some(&unit))],
-                        "{}",
-                    )
-                    .await
-                {
-                    if r.status == 200 {
-                        stamped
-                            .lock()
-                            .unwrap()
-                            .push((unit, r.variant().to_string(), r.epoch()));
-                    }
-                }
-            }
-        }));
-    }
+    let record = stamped.clone();
+    let load = Load::spawn(
+        addr,
+        16,
+        |w, i| format!("k{w}-{i}"),
+        move |unit, r| {
+            record
+                .lock()
+                .unwrap()
+                .push((unit, r.variant().to_string(), r.epoch()))
+        },
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cohort.kill9();
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
+    load.stop().await;
     let stamped = std::mem::take(&mut *stamped.lock().unwrap());
     assert!(
         stamped.len() > 200,

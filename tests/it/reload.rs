@@ -1,7 +1,7 @@
 //! Hot reload: ramps under load, rejected edits, the decision table.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,56 +20,27 @@ async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
 
     // Every unit's first answer, and every answer since.
     let first: Arc<Mutex<HashMap<String, (String, u32)>>> = Arc::default();
-    let failures = Arc::new(AtomicUsize::new(0));
     let moved = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for w in 0..8 {
-        let (client, first, failures, moved, requests, stop) = (
-            client.clone(),
-            first.clone(),
-            failures.clone(),
-            moved.clone(),
-            requests.clone(),
-            stop.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                // Half returning units from a shared pool, half brand new.
-                let unit = if i.is_multiple_of(2) {
-                    format!("pool-{}", i % 300)
-                } else {
-                    format!("w{w}-new-{i}")
-                };
-                i += 1;
-                match client
-                    .try_send(
-                        addr,
-                        "POST",
-                        "/predict",
-                        &[("x-user-id", Some(&unit))],
-                        "{}",
-                    )
-                    .await
-                {
-                    Ok(r) if r.status == 200 => {
-                        let got = (r.variant().to_string(), r.epoch());
-                        let mut f = first.lock().unwrap();
-                        let want = f.entry(unit).or_insert_with(|| got.clone());
-                        if *want != got {
-                            moved.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                requests.fetch_add(1, Ordering::Relaxed);
+    let (seen, moves) = (first.clone(), moved.clone());
+    let load = Load::spawn(
+        addr,
+        8,
+        // Half returning units from a shared pool, half brand new.
+        |w, i| {
+            if i.is_multiple_of(2) {
+                format!("pool-{}", i % 300)
+            } else {
+                format!("w{w}-new-{i}")
             }
-        }));
-    }
+        },
+        move |unit, r| {
+            let got = (r.variant().to_string(), r.epoch());
+            let mut f = seen.lock().unwrap();
+            if *f.entry(unit).or_insert_with(|| got.clone()) != got {
+                moves.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    );
 
     let ramp = |c: &str, t: &str| config(&ups, &ranker(c, t));
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -79,17 +50,10 @@ async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
     dir.write_config(&ramp("90", "10"));
     cohort.wait_reloads(2);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let total = requests.load(Ordering::Relaxed);
+    let load = load.stop().await;
+    let total = load.sent();
     assert!(total > 500, "too little load to mean anything: {total}");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "failed requests during reloads"
-    );
+    assert_eq!(load.failed(), 0, "failed requests during reloads");
     assert_eq!(
         moved.load(Ordering::Relaxed),
         0,
@@ -366,29 +330,13 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
     post_all(&client, addr, &pool[..1000], 16).await;
 
     // First requests for units the reset will race with, from 16 clients.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for w in 0..16 {
-        let (client, stop, failures, pool) =
-            (client.clone(), stop.clone(), failures.clone(), pool.clone());
-        load.push(tokio::spawn(async move {
-            let mut i = w;
-            while !stop.load(Ordering::Relaxed) {
-                let u = &pool[i % pool.len()];
-                i += 16;
-                match client
-                    .try_send(addr, "POST", "/predict", &[("x-user-id", Some(u))], "{}")
-                    .await
-                {
-                    Ok(r) if r.status == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let names = pool.clone();
+    let load = Load::spawn(
+        addr,
+        16,
+        move |w, i| names[(w + 16 * i) % names.len()].clone(),
+        |_, _| {},
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     dir.write_config(&config(
         &ups,
@@ -396,11 +344,7 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
     ));
     cohort.wait_reloads(1);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(load.stop().await.failed(), 0);
     // Everyone stored now holds an epoch-2 assignment, and keeps it after a restart.
     let after = post_all(&client, addr, &pool, 32).await;
     let stale: Vec<&str> = pool

@@ -512,3 +512,81 @@ pub async fn admin_call(
         )
         .await
 }
+
+/// Closed-loop load until stopped: `clients` tasks, each sending
+/// `POST /predict` for `unit(task, i)` (its i-th request) and handing every
+/// outcome to `answer`. Counts requests and failures (non-200 or no answer).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Load {
+    pub fn spawn(
+        addr: SocketAddr,
+        clients: usize,
+        unit: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+        answer: impl Fn(String, &Resp) + Send + Sync + 'static,
+    ) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let (unit, answer) = (Arc::new(unit), Arc::new(answer));
+        let tasks = (0..clients)
+            .map(|w| {
+                let (stop, requests, failures, unit, answer) = (
+                    stop.clone(),
+                    requests.clone(),
+                    failures.clone(),
+                    unit.clone(),
+                    answer.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = TestClient::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let u = unit(w, i);
+                        i += 1;
+                        match client
+                            .try_send(addr, "POST", "/predict", &[("x-user-id", Some(&u))], "{}")
+                            .await
+                        {
+                            Ok(r) if r.status == 200 => answer(u, &r),
+                            _ => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            requests,
+            failures,
+        }
+    }
+
+    /// Stops the clients and waits for their last requests.
+    pub async fn stop(self) -> Load {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut me = self;
+        for t in std::mem::take(&mut me.tasks) {
+            t.await.unwrap();
+        }
+        me
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
