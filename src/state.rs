@@ -106,10 +106,6 @@ impl State {
         self.snapshot.load_full()
     }
 
-    pub fn config_path(&self) -> Option<&PathBuf> {
-        self.config_path.as_ref()
-    }
-
     /// A request id unique to this process: `<random prefix>-<sequence>`.
     pub fn next_request_id(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);

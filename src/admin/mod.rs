@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::assign::hash::unit_key;
 use crate::assign::ledger::{ExperimentLedger, Ledger};
+use crate::assign::plan::units_by_variant;
 use crate::config::ConfigError;
 use crate::observe::time::rfc3339_millis;
 use crate::state::{PauseError, ReloadError, Reloaded, State};
@@ -202,13 +203,7 @@ fn config_view(state: &State) -> Resp {
     let ledger = state.store.ledger();
     let mut units = BTreeMap::new();
     for l in &ledger.experiments {
-        let t = state.store.table(l.id);
-        let per: BTreeMap<String, u64> = l
-            .variants
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.clone(), t.units(i as u8)))
-            .collect();
+        let per = units_by_variant(l, &state.store).into_iter().collect();
         units.insert(l.name.clone(), per);
     }
     let paused = snap

@@ -25,10 +25,6 @@ impl Weight {
         }
         Some(Weight(bp as u32))
     }
-
-    pub fn as_percent(self) -> f64 {
-        f64::from(self.0) / 100.0
-    }
 }
 
 impl std::fmt::Display for Weight {

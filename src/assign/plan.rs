@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::buckets::{BucketTable, Weight};
 use super::epoch::{diff, Epoch, Rule, RuleChange};
 use super::hash::{Bucket, BUCKETS};
-use super::ledger::{EpochRecord, ExperimentId, Ledger, LedgerEvent, VariantId};
+use super::ledger::{EpochRecord, ExperimentId, ExperimentLedger, Ledger, LedgerEvent, VariantId};
 use crate::config::{Config, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,6 +89,15 @@ pub trait UnitCounts {
     fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
 }
 
+/// Stored units of each variant name `l` has ever had, in dictionary order.
+pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
+    l.variants
+        .iter()
+        .enumerate()
+        .map(|(vid, n)| (n.clone(), counts.units(l.id, vid as VariantId)))
+        .collect()
+}
+
 /// The previously applied config, as canonical JSON with its version.
 pub struct Previous<'a> {
     pub version: &'a str,
@@ -118,14 +127,8 @@ pub fn plan(
             .map(|v| (v.name.clone(), v.weight))
             .collect();
         let prior = ledger.get(&x.name);
-        let units: Vec<(String, u64)> = prior
-            .map(|l| {
-                l.variants
-                    .iter()
-                    .enumerate()
-                    .map(|(vid, n)| (n.clone(), counts.units(l.id, vid as VariantId)))
-                    .collect()
-            })
+        let units = prior
+            .map(|l| units_by_variant(l, counts))
             .unwrap_or_default();
         let mut warnings = Vec::new();
         let mut share = None;

@@ -225,17 +225,18 @@ struct Shared {
 
 impl Shared {
     fn table(&self, id: ExperimentId) -> Arc<Table> {
-        let mut t = self.tables.lock().expect("tables lock");
-        while t.len() <= usize::from(id) {
-            t.push(Arc::new(Table::new()));
-        }
-        t[usize::from(id)].clone()
+        self.table_sized(id, 0)
     }
 
     /// Creates `id`'s table sized for `units`, unless it exists: replay
     /// sizes each map once instead of growing it (and the garbage of every
     /// smaller map it grew out of) record by record.
     fn reserve(&self, id: ExperimentId, units: usize) {
+        self.table_sized(id, units);
+    }
+
+    /// `id`'s table, created (sized for `units`) if it does not exist yet.
+    fn table_sized(&self, id: ExperimentId, units: usize) -> Arc<Table> {
         let mut t = self.tables.lock().expect("tables lock");
         while t.len() < usize::from(id) {
             t.push(Arc::new(Table::new()));
@@ -243,6 +244,7 @@ impl Shared {
         if t.len() == usize::from(id) {
             t.push(Arc::new(Table::with_capacity(units)));
         }
+        t[usize::from(id)].clone()
     }
 
     fn apply_ledger(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
@@ -321,10 +323,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.shared.path
-    }
-
     /// A copy of the epoch ledger.
     pub fn ledger(&self) -> Ledger {
         self.shared.ledger.lock().expect("ledger lock").clone()
@@ -334,7 +332,6 @@ impl Store {
         self.shared.table(id)
     }
 
-    /// Journals `events` durably, then applies them, in order.
     /// Journals `events` durably and atomically (one write, one fsync, all
     /// or none), then applies them in order.
     pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {

@@ -238,7 +238,7 @@ async fn assign(
         .get(&x.unit_header)
         .filter(|u| valid_unit(u.as_bytes()));
     let Some(unit) = unit else {
-        rec.reason = Some("no_unit");
+        rec.reason = Some(Reason::NoUnit.as_str());
         return match x.on_missing_unit {
             MissingUnitPolicy::Control => Ok(x.assigner.unassigned()),
             MissingUnitPolicy::Reject => Err(ProxyError::MissingUnit(x.unit_header.to_string())),
