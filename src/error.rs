@@ -16,6 +16,8 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("upstream {0} closed or reset the connection")]
     UpstreamReset(String),
+    #[error("upstream {0} sent a response the proxy cannot relay: {1}")]
+    UpstreamInvalid(String, String),
     #[error("upstream {0} did not answer within {1} ms")]
     UpstreamTimeout(String, u128),
     // Ours.
@@ -30,9 +32,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::MissingUnit(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamInvalid(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store(_) | ProxyError::StaleSnapshot => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -45,6 +47,7 @@ impl ProxyError {
             ProxyError::MissingUnit(_) => "missing_unit",
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamReset(_) => "upstream_reset",
+            ProxyError::UpstreamInvalid(..) => "upstream_invalid",
             ProxyError::UpstreamTimeout(..) => "upstream_timeout",
             ProxyError::Store(_) => "store_unavailable",
             ProxyError::StaleSnapshot => "reload_in_progress",

@@ -181,6 +181,9 @@ impl std::fmt::Debug for LogUnit {
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
+    /// Serve plain HTTP/1.1 requests on the lean path (`proxy::lean`);
+    /// `false` sends every connection through hyper.
+    pub http1_fast_path: bool,
     #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
 }

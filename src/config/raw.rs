@@ -83,5 +83,6 @@ pub struct RawVariant {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub worker_threads: Option<usize>,
+    pub http1_fast_path: Option<bool>,
     pub shutdown_timeout: Option<String>,
 }

@@ -83,7 +83,11 @@ const VARIANT: Shape = Fields(&[
 ]);
 
 /// `RawRuntime`.
-const RUNTIME: Shape = Fields(&[("worker_threads", Leaf), ("shutdown_timeout", Leaf)]);
+const RUNTIME: Shape = Fields(&[
+    ("worker_threads", Leaf),
+    ("http1_fast_path", Leaf),
+    ("shutdown_timeout", Leaf),
+]);
 
 /// `RawAdmin`.
 const ADMIN: Shape = Fields(&[("listen", Leaf), ("token_file", Leaf)]);
@@ -267,7 +271,7 @@ experiments:
     coverage: 0.5
     overrides: { control: [alice] }
     overrides_file: o.yaml
-runtime: { worker_threads: 2, shutdown_timeout: 1s }
+runtime: { worker_threads: 2, http1_fast_path: true, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
 ";
 

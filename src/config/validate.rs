@@ -807,6 +807,7 @@ fn runtime(raw: &RawConfig, e: &mut Errors) -> Option<RuntimeConfig> {
     )?;
     Some(RuntimeConfig {
         worker_threads,
+        http1_fast_path: r.and_then(|r| r.http1_fast_path).unwrap_or(true),
         shutdown_timeout,
     })
 }

@@ -26,7 +26,7 @@ use crate::assign::{valid_unit, Reason, Served};
 use crate::config::{LogUnit, MissingUnitPolicy};
 use crate::error::ProxyError;
 use crate::observe::access_log::{AccessRecord, LoggedUnit};
-use crate::snapshot::{ExperimentRoute, Target};
+use crate::snapshot::{ExperimentRoute, Snapshot, Target};
 use crate::state::State;
 
 pub const STAMP_EXPERIMENT: HeaderName = HeaderName::from_static("x-cohort-experiment");
@@ -42,10 +42,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the response (and the upstream request) is stamped with.
-struct Stamps {
-    experiment: HeaderValue,
-    variant: HeaderValue,
-    epoch: HeaderValue,
+pub struct Stamps {
+    pub experiment: HeaderValue,
+    pub variant: HeaderValue,
+    pub epoch: HeaderValue,
 }
 
 impl Stamps {
@@ -77,15 +77,9 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snap = state.snapshot();
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .cloned()
-        .unwrap_or_else(|| state.next_request_id());
     let mut rec = AccessRecord::new(
         SystemTime::now(),
-        request_id,
+        request_id(&state, req.headers()),
         req.method().clone(),
         req.uri().clone(),
         snap.version.clone(),
@@ -98,79 +92,13 @@ pub async fn handle(
         bytes_in: bytes_in.clone(),
     };
 
-    let (upstream, stamps) = match snap.route(req.uri().path()) {
-        Target::NotFound => {
-            let e = ProxyError::NoRoute(req.uri().path().to_string());
-            return Ok(error_response(e, None, rec, pending));
-        }
-        Target::Default(up) => (up.clone(), None),
-        Target::Experiment(first) => {
-            // A reload can land between reading the snapshot and storing a
-            // new unit; the store then refuses the stale epoch, and the unit
-            // is assigned again under the snapshot that replaced it.
-            let name = first.name.clone();
-            let mut cur = snap.clone();
-            let mut idx = snap
-                .experiments
-                .iter()
-                .position(|e| e.name == name)
-                .expect("routed here");
-            let mut tries = 0;
-            let outcome = loop {
-                let x = &cur.experiments[idx];
-                rec.experiment = Some(x.name.clone());
-                rec.current_epoch = x.assigner.epoch.0;
-                rec.config_version = cur.version.clone();
-                match assign(&state, x, &cur.log_unit, req.headers(), &mut rec).await {
-                    Err(ProxyError::StaleSnapshot) if tries < STALE_RETRIES => {
-                        tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                        let fresh = state.snapshot();
-                        match fresh.experiments.iter().position(|e| e.name == name) {
-                            Some(j) => (cur, idx) = (fresh, j),
-                            None => {
-                                break Err(ProxyError::Store(format!(
-                                    "experiment {name} was removed by a reload"
-                                )))
-                            }
-                        }
-                    }
-                    other => break other,
-                }
-            };
-            let x = &cur.experiments[idx];
-            match outcome {
-                Ok(served) => {
-                    let v = &x.variants[served.variant];
-                    rec.variant = Some(v.name.clone());
-                    rec.epoch = served.epoch.0;
-                    rec.reason = Some(served.reason.as_str());
-                    rec.first_exposure = served.first_exposure;
-                    rec.in_experiment = served.in_experiment;
-                    rec.forced = served.reason == Reason::Forced;
-                    rec.paused = served.reason == Reason::Paused;
-                    rec.bucket = served.bucket.map(|b| b.0);
-                    let stamps = Stamps {
-                        experiment: x.name_header.clone(),
-                        variant: v.header.clone(),
-                        epoch: x.epoch_header(served.epoch),
-                    };
-                    (v.upstream.clone(), Some(stamps))
-                }
-                Err(e) => {
-                    let stamps = Stamps {
-                        experiment: x.name_header.clone(),
-                        variant: NO_VARIANT,
-                        epoch: x.epoch_header(Epoch::UNASSIGNED),
-                    };
-                    rec.variant = Some(Arc::from("none"));
-                    return Ok(error_response(e, Some(&stamps), rec, pending));
-                }
+    let Routed { upstream, stamps } =
+        match route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await {
+            Ok(r) => r,
+            Err(Refused { error, stamps }) => {
+                return Ok(error_response(error, stamps.as_ref(), rec, pending))
             }
-        }
-    };
-
-    rec.upstream = Some(upstream.address.clone());
+        };
     let upstream_req = match upstream_request(
         req,
         &upstream,
@@ -226,17 +154,144 @@ pub async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Request headers as either data path holds them: hyper's `HeaderMap`, or
+/// the lean HTTP/1 path's parsed head.
+pub trait HeaderLookup {
+    fn header(&self, name: &HeaderName) -> Option<&[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+/// The client's `x-request-id` when it is usable, else a fresh one.
+pub fn request_id(state: &State, headers: &impl HeaderLookup) -> HeaderValue {
+    headers
+        .header(&REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+        .unwrap_or_else(|| state.next_request_id())
+}
+
+/// Where a request goes: the upstream, and the stamps on an experiment route.
+pub struct Routed {
+    pub upstream: Arc<Upstream>,
+    pub stamps: Option<Stamps>,
+}
+
+/// A request the proxy answers itself, still stamped on an experiment route.
+pub struct Refused {
+    pub error: ProxyError,
+    pub stamps: Option<Stamps>,
+}
+
+/// Routes a request by path and assigns its unit, filling in `rec`. Both
+/// data paths call this, so routing and assignment have one definition.
+pub async fn route_request(
+    state: &State,
+    snap: Arc<Snapshot>,
+    path: &str,
+    headers: &impl HeaderLookup,
+    rec: &mut AccessRecord,
+) -> Result<Routed, Refused> {
+    let routed = match snap.route(path) {
+        Target::NotFound => {
+            return Err(Refused {
+                error: ProxyError::NoRoute(path.to_string()),
+                stamps: None,
+            })
+        }
+        Target::Default(up) => Routed {
+            upstream: up.clone(),
+            stamps: None,
+        },
+        Target::Experiment(first) => {
+            // A reload can land between reading the snapshot and storing a
+            // new unit; the store then refuses the stale epoch, and the unit
+            // is assigned again under the snapshot that replaced it.
+            let name = first.name.clone();
+            let mut idx = snap
+                .experiments
+                .iter()
+                .position(|e| e.name == name)
+                .expect("routed here");
+            let mut cur = snap;
+            let mut tries = 0;
+            let outcome = loop {
+                let x = &cur.experiments[idx];
+                rec.experiment = Some(x.name.clone());
+                rec.current_epoch = x.assigner.epoch.0;
+                rec.config_version = cur.version.clone();
+                match assign(state, x, &cur.log_unit, headers, rec).await {
+                    Err(ProxyError::StaleSnapshot) if tries < STALE_RETRIES => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        let fresh = state.snapshot();
+                        match fresh.experiments.iter().position(|e| e.name == name) {
+                            Some(j) => (cur, idx) = (fresh, j),
+                            None => {
+                                break Err(ProxyError::Store(format!(
+                                    "experiment {name} was removed by a reload"
+                                )))
+                            }
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            let x = &cur.experiments[idx];
+            match outcome {
+                Ok(served) => {
+                    let v = &x.variants[served.variant];
+                    rec.variant = Some(v.name.clone());
+                    rec.epoch = served.epoch.0;
+                    rec.reason = Some(served.reason.as_str());
+                    rec.first_exposure = served.first_exposure;
+                    rec.in_experiment = served.in_experiment;
+                    rec.forced = served.reason == Reason::Forced;
+                    rec.paused = served.reason == Reason::Paused;
+                    rec.bucket = served.bucket.map(|b| b.0);
+                    Routed {
+                        upstream: v.upstream.clone(),
+                        stamps: Some(Stamps {
+                            experiment: x.name_header.clone(),
+                            variant: v.header.clone(),
+                            epoch: x.epoch_header(served.epoch),
+                        }),
+                    }
+                }
+                Err(error) => {
+                    rec.variant = Some(Arc::from("none"));
+                    return Err(Refused {
+                        error,
+                        stamps: Some(Stamps {
+                            experiment: x.name_header.clone(),
+                            variant: NO_VARIANT,
+                            epoch: x.epoch_header(Epoch::UNASSIGNED),
+                        }),
+                    });
+                }
+            }
+        }
+    };
+    rec.upstream = Some(routed.upstream.address.clone());
+    Ok(routed)
+}
+
 /// Assigns the request's unit, or says why it cannot be served.
 async fn assign(
     state: &State,
     x: &ExperimentRoute,
     log_unit: &LogUnit,
-    headers: &HeaderMap,
+    headers: &impl HeaderLookup,
     rec: &mut AccessRecord,
 ) -> Result<Served, ProxyError> {
     let unit = headers
-        .get(&x.unit_header)
-        .filter(|u| valid_unit(u.as_bytes()));
+        .header(&x.unit_header)
+        .filter(|u| valid_unit(u))
+        .and_then(|u| HeaderValue::from_bytes(u).ok());
     let Some(unit) = unit else {
         rec.reason = Some(Reason::NoUnit.as_str());
         return match x.on_missing_unit {
@@ -244,7 +299,7 @@ async fn assign(
             MissingUnitPolicy::Reject => Err(ProxyError::MissingUnit(x.unit_header.to_string())),
         };
     };
-    rec.unit = Some(logged_unit(log_unit, unit));
+    rec.unit = Some(logged_unit(log_unit, &unit));
     x.assigner
         .assign(&state.store, unit.as_bytes())
         .await

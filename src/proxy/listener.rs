@@ -1,32 +1,40 @@
-//! The accept loop: one hyper HTTP/1.1 connection task per client, each
-//! watched for graceful shutdown (finish in-flight requests, then close).
+//! The accept loop: one task per client connection, on the lean path
+//! ([`super::lean`]) or hyper's, each told when shutdown starts (finish the
+//! request in flight, then close).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use super::forward;
+use super::{forward, lean};
 use crate::state::State;
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
-/// in-flight requests. Returns the number of connections cut at the deadline.
+/// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
+/// requests. Returns the number of connections cut at the deadline.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    lean: bool,
 ) -> usize {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: the count of receivers is the
+    // count of open connections, and `closed()` says they are all gone.
+    let (stop, _) = watch::channel(false);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(lean::HEADER_TIMEOUT)
         .keep_alive(true);
+    let http = Arc::new(http);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -41,30 +49,58 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let who = Arc::new(forward::Peer::new(peer));
-                let svc = service_fn(move |req| forward::handle(state.clone(), who.clone(), req));
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let (state, rx, http) = (state.clone(), stop.subscribe(), http.clone());
+                if lean {
+                    tokio::spawn(lean::serve(stream, peer, state, rx, http));
+                } else {
+                    tokio::spawn(async move { serve_hyper(stream, peer, state, rx, &http).await });
+                }
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    let open = graceful.count();
+    let open = stop.receiver_count();
     tracing::info!(open_connections = open, "draining connections");
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    let _ = stop.send(true);
+    match tokio::time::timeout(grace, stop.closed()).await {
         Ok(()) => 0,
         Err(_) => {
             tracing::warn!(
                 ?grace,
                 "shutdown deadline reached with requests still in flight"
             );
-            open
+            stop.receiver_count()
         }
+    }
+}
+
+/// Serves a connection with hyper until it closes, or until shutdown
+/// starts and its request in flight is answered.
+pub async fn serve_hyper<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    http: &http1::Builder,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let who = Arc::new(forward::Peer::new(peer));
+    let svc = service_fn(move |req| forward::handle(state.clone(), who.clone(), req));
+    let conn = http.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -2,5 +2,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod h1;
+pub mod lean;
 pub mod listener;
 pub mod upstream;
