@@ -127,6 +127,8 @@ pub async fn handle(
                 ProxyError::UpstreamTimeout(name, upstream.config.connect_timeout.as_millis())
             } else if e.is_connect() {
                 ProxyError::UpstreamConnect(name)
+            } else if let Some(why) = parse_failure(&e) {
+                ProxyError::UpstreamInvalid(name, why)
             } else {
                 ProxyError::UpstreamReset(name)
             };
@@ -424,6 +426,21 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// What hyper could not parse in the upstream's response, if that is why
+/// the request failed.
+fn parse_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_too_large() {
+                return Some(h.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Connection-level headers are meaningful for one hop only (RFC 9110 §7.6.1).

@@ -90,7 +90,9 @@ pub async fn serve_hyper<I>(
     let svc = service_fn(move |req| forward::handle(state.clone(), who.clone(), req));
     let conn = http.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let stopping = async move {
+    // Borrowed, not moved: the receiver must live until the connection
+    // ends, since the drain waits for every receiver to go.
+    let stopping = async {
         let _ = stop.wait_for(|stopping| *stopping).await;
     };
     let result = tokio::select! {

@@ -239,12 +239,31 @@ impl TestDir {
 
 /// The standard test config: `listen` on port 0, store and log in the dir.
 /// `experiments` is YAML for the `experiments:` list, indented by 2.
+///
+/// With `COHORT_TEST_DATA_PATH=hyper` in the environment every test runs
+/// with `runtime.http1_fast_path: false`: `.ci/run` runs the suite both
+/// ways, so each behaviour is proven on both data paths.
 pub fn config(upstreams: &[(&str, &Backend)], experiments: &str) -> String {
-    let mut y = String::from("listen: 127.0.0.1:0\nstore: { path: ./data }\naccess_log: { path: ./logs/access.jsonl }\nruntime: { worker_threads: 2, shutdown_timeout: 5s }\nupstreams:\n");
-    for (name, b) in upstreams {
+    let urls: Vec<(&str, String)> = upstreams.iter().map(|(n, b)| (*n, b.url())).collect();
+    config_urls(&urls, experiments)
+}
+
+/// [`config`] with upstreams given by URL.
+pub fn config_urls(upstreams: &[(&str, String)], experiments: &str) -> String {
+    config_on_path(upstreams, experiments, lean_path_wanted())
+}
+
+/// Whether the tests run on the lean path (the default) or hyper's.
+pub fn lean_path_wanted() -> bool {
+    std::env::var("COHORT_TEST_DATA_PATH").as_deref() != Ok("hyper")
+}
+
+/// [`config`] on a given data path: `lean` sets `runtime.http1_fast_path`.
+pub fn config_on_path(upstreams: &[(&str, String)], experiments: &str, lean: bool) -> String {
+    let mut y = format!("listen: 127.0.0.1:0\nstore: {{ path: ./data }}\naccess_log: {{ path: ./logs/access.jsonl }}\nruntime: {{ worker_threads: 2, shutdown_timeout: 5s, http1_fast_path: {lean} }}\nupstreams:\n");
+    for (name, url) in upstreams {
         y.push_str(&format!(
-            "  {name}: {{ url: {}, timeout: 2s, connect_timeout: 1s }}\n",
-            b.url()
+            "  {name}: {{ url: {url}, timeout: 2s, connect_timeout: 1s }}\n"
         ));
     }
     y.push_str("experiments:\n");
@@ -589,4 +608,141 @@ impl Load {
     pub fn sent(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// A backend on a raw socket that answers each request head with the raw
+/// bytes `script` returns for its request line and its index on the
+/// connection, for framings and faults a well-behaved server never produces. It reads `content-length` bodies
+/// and closes the connection when the answer is followed by `None`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`RawBackend`] does with one request.
+pub struct Answer {
+    pub bytes: Vec<u8>,
+    /// Close the connection after writing, after this long.
+    pub close_after: Option<Duration>,
+}
+
+impl RawBackend {
+    pub async fn spawn(script: fn(&str, usize) -> Answer) -> RawBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut nth = 0;
+                    loop {
+                        let Some(end) = find(&buf, b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + 4 + len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        buf.drain(..end + 4 + len);
+                        let answer = script(&line, nth);
+                        nth += 1;
+                        if s.write_all(&answer.bytes).await.is_err() {
+                            return;
+                        }
+                        if let Some(after) = answer.close_after {
+                            tokio::time::sleep(after).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes `raw` on a new connection to `addr` and reads until the peer
+/// closes or `expect` responses (by status line) have fully arrived.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], expect: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while complete_responses(&got) < expect && Instant::now() < deadline {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// How many whole responses `raw` holds (content-length or chunked bodies).
+pub fn complete_responses(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = raw;
+    while let Some(end) = find(rest, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+        let body = &rest[end + 4..];
+        let used = if let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let len: usize = len.trim().parse().unwrap();
+            if body.len() < len {
+                return n;
+            }
+            len
+        } else if head.contains("transfer-encoding: chunked") {
+            match find(body, b"0\r\n\r\n") {
+                Some(i) => i + 5,
+                None => return n,
+            }
+        } else {
+            0
+        };
+        n += 1;
+        rest = &body[used..];
+    }
+    n
 }
