@@ -46,6 +46,28 @@ pub fn cached_rfc3339_millis(t: SystemTime) -> String {
     })
 }
 
+/// The IMF-fixdate of now (`Tue, 01 Dec 2026 11:49:43 GMT`, always 29
+/// bytes) for a `date` header, formatted once per second per thread.
+pub fn cached_http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    LAST.with(|last| {
+        let (at, date) = last.get();
+        if at == secs {
+            return date;
+        }
+        let mut fresh = [0u8; 29];
+        let text = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        fresh.copy_from_slice(&text.as_bytes()[..29]);
+        last.set((secs, fresh));
+        fresh
+    })
+}
+
 pub fn now_rfc3339() -> String {
     rfc3339_millis(SystemTime::now())
 }
@@ -84,6 +106,15 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(cached_rfc3339_millis(t), rfc3339_millis(t), "{ms}");
         }
+    }
+
+    #[test]
+    fn the_http_date_is_now_in_imf_fixdate() {
+        let date = cached_http_date();
+        let parsed = httpdate::parse_http_date(std::str::from_utf8(&date).unwrap()).unwrap();
+        let skew = SystemTime::now().duration_since(parsed).unwrap();
+        assert!(skew < Duration::from_secs(2), "{skew:?}");
+        assert!(date.ends_with(b" GMT"));
     }
 
     #[test]

@@ -83,16 +83,17 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parsed {
     let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if eq(name, b"content-length") {
+        let kind = classify(name);
+        if kind == Name::ContentLength {
             match parse_length(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => return Parsed::Hand("bad content-length"),
             }
-        } else if eq(name, b"transfer-encoding") {
+        } else if kind == Name::TransferEncoding {
             return Parsed::Hand("transfer-encoding");
-        } else if eq(name, b"expect") || eq(name, b"upgrade") {
+        } else if kind == Name::Expect || kind == Name::Upgrade {
             return Parsed::Hand("expect or upgrade");
-        } else if eq(name, b"connection") {
+        } else if kind == Name::Connection {
             // Only the plain tokens: a header named in Connection would
             // have to be dropped, which hyper's path does.
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -102,7 +103,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parsed {
                     return Parsed::Hand("connection options");
                 }
             }
-        } else if eq(name, b"host") {
+        } else if kind == Name::Host {
             hosts += 1;
         }
         head.fields.push(Field {
@@ -175,24 +176,59 @@ impl HeaderLookup for Request<'_> {
     }
 }
 
-/// Headers that concern one hop only (RFC 9110 §7.6.1), never forwarded.
-fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    ];
-    NAMES.iter().any(|n| eq(name, n))
+/// The header names the proxy treats specially.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    Host,
+    Date,
+    /// Other headers that concern one hop only (RFC 9110 §7.6.1).
+    HopByHop,
+    /// `x-cohort-*`: only the proxy sets these.
+    Stamp,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
+    XRequestId,
+    Other,
 }
 
-fn is_stamp(name: &[u8]) -> bool {
-    name.len() >= 9 && eq(&name[..9], b"x-cohort-")
+/// Classifies a header name with one comparison in the usual case: the
+/// length picks the candidates (this runs for every header of every
+/// request and response).
+fn classify(name: &[u8]) -> Name {
+    let is = |n: &[u8]| eq(name, n);
+    match name.len() {
+        2 if is(b"te") => Name::HopByHop,
+        4 if is(b"host") => Name::Host,
+        4 if is(b"date") => Name::Date,
+        6 if is(b"expect") => Name::Expect,
+        7 if is(b"upgrade") => Name::Upgrade,
+        7 if is(b"trailer") => Name::HopByHop,
+        10 if is(b"connection") => Name::Connection,
+        10 if is(b"keep-alive") => Name::HopByHop,
+        12 if is(b"x-request-id") => Name::XRequestId,
+        14 if is(b"content-length") => Name::ContentLength,
+        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+        16 if is(b"x-forwarded-host") => Name::XForwardedHost,
+        16 if is(b"proxy-connection") => Name::HopByHop,
+        17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
+        17 if is(b"transfer-encoding") => Name::TransferEncoding,
+        18 | 19 if is(b"proxy-authenticate") || is(b"proxy-authorization") => Name::HopByHop,
+        n if n > 9 && eq(&name[..9], b"x-cohort-") => Name::Stamp,
+        _ => Name::Other,
+    }
+}
+
+fn hop_by_hop(name: Name) -> bool {
+    matches!(
+        name,
+        Name::HopByHop | Name::Connection | Name::TransferEncoding | Name::Upgrade
+    )
 }
 
 /// What the proxy adds to a request on its way upstream.
@@ -216,19 +252,13 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, hop: &Hop<'_>) 
     let mut forwarded_for: Option<&[u8]> = None;
     let mut has_length = false;
     for (name, value) in req.fields() {
-        if eq(name, b"host") {
-            header(out, b"x-forwarded-host", value);
-        } else if eq(name, b"x-forwarded-for") {
-            forwarded_for = forwarded_for.or(Some(value));
-        } else if eq(name, b"content-length") {
-            has_length = true;
-        } else if !(hop_by_hop(name)
-            || is_stamp(name)
-            || eq(name, b"x-forwarded-host")
-            || eq(name, b"x-forwarded-proto")
-            || eq(name, b"x-request-id"))
-        {
-            header(out, name, value);
+        match classify(name) {
+            Name::Host => header(out, b"x-forwarded-host", value),
+            Name::XForwardedFor => forwarded_for = forwarded_for.or(Some(value)),
+            Name::ContentLength => has_length = true,
+            Name::Stamp | Name::XForwardedHost | Name::XForwardedProto | Name::XRequestId => {}
+            kind if hop_by_hop(kind) => {}
+            _ => header(out, name, value),
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -288,6 +318,8 @@ pub struct ResponseHead {
     pub framing: Option<Framing>,
     /// The upstream will close the connection after this response.
     pub close: bool,
+    /// Its Connection header names other headers (to be dropped).
+    pub lists_headers: bool,
 }
 
 /// A response head the upstream sent that the proxy cannot pass on.
@@ -328,23 +360,27 @@ pub fn parse_response(
     head.reason = offsets(buf, resp.reason.unwrap_or("").as_bytes());
     head.head_len = head_len;
     head.close = resp.version != Some(1);
+    head.lists_headers = false;
     let mut length: Option<u64> = None;
     let mut chunked = None;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if eq(name, b"content-length") {
+        let kind = classify(name);
+        if kind == Name::ContentLength {
             match parse_length(h.value).map(|n| n as u64) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => return Err(BadResponse::Length),
             }
-        } else if eq(name, b"transfer-encoding") {
+        } else if kind == Name::TransferEncoding {
             // Chunked only when it is the last coding applied.
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if eq(name, b"connection") {
+        } else if kind == Name::Connection {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     head.close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    head.lists_headers = true;
                 }
             }
         }
@@ -382,30 +418,42 @@ pub fn write_client_head(
     resp: &ResponseHead,
     stamps_: Option<&Stamps>,
     request_id: &[u8],
+    date: &[u8],
     close: bool,
 ) {
     let framing = resp.framing.unwrap_or(Framing::Empty);
+    let mut dated = false;
     status_line(out, resp.status, &bytes[resp.reason.clone()]);
     // Names the upstream listed in Connection concern its hop only.
-    let listed: Vec<&[u8]> = resp
-        .fields
-        .iter()
-        .filter(|f| eq(&bytes[f.name.clone()], b"connection"))
-        .flat_map(|f| bytes[f.value.clone()].split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect();
+    let listed: Vec<&[u8]> = match resp.lists_headers {
+        false => Vec::new(),
+        true => resp
+            .fields
+            .iter()
+            .filter(|f| classify(&bytes[f.name.clone()]) == Name::Connection)
+            .flat_map(|f| bytes[f.value.clone()].split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect(),
+    };
     for f in &resp.fields {
         let (name, value) = (&bytes[f.name.clone()], &bytes[f.value.clone()]);
-        // A HEAD or 304 answer keeps the length of the body it stands for.
-        let framing_header = eq(name, b"content-length") && framing != Framing::Empty;
-        if !(framing_header
-            || hop_by_hop(name)
-            || is_stamp(name)
-            || eq(name, b"x-request-id")
-            || listed.iter().any(|l| eq(l, name)))
-        {
+        let keep = match classify(name) {
+            // A HEAD or 304 answer keeps the length of the body it stands for.
+            Name::ContentLength => framing == Framing::Empty,
+            Name::Stamp | Name::XRequestId => false,
+            Name::Date => {
+                dated = true;
+                true
+            }
+            kind => !hop_by_hop(kind),
+        };
+        if keep && !listed.iter().any(|l| eq(l, name)) {
             header(out, name, value);
         }
+    }
+    // A response needs a date (RFC 9110 §6.6.1); hyper's path adds one too.
+    if !dated {
+        header(out, b"date", date);
     }
     if let Some(s) = stamps_ {
         stamps(out, s);
@@ -642,6 +690,26 @@ mod tests {
         assert_eq!((p, h.body_len), (Parsed::Lean, 2));
     }
 
+    #[test]
+    fn header_names_are_classified_whatever_their_case() {
+        for (name, kind) in [
+            ("TE", Name::HopByHop),
+            ("Host", Name::Host),
+            ("DATE", Name::Date),
+            ("Transfer-Encoding", Name::TransferEncoding),
+            ("Proxy-Authorization", Name::HopByHop),
+            ("proxy-authenticate", Name::HopByHop),
+            ("Proxy-Connection", Name::HopByHop),
+            ("X-Cohort-Epoch", Name::Stamp),
+            ("x-cohort-", Name::Other),
+            ("X-Forwarded-Proto", Name::XForwardedProto),
+            ("content-lengthy", Name::Other),
+            ("x-user-id", Name::Other),
+        ] {
+            assert_eq!(classify(name.as_bytes()), kind, "{name}");
+        }
+    }
+
     fn stamps() -> Stamps {
         Stamps {
             experiment: HeaderValue::from_static("ranker"),
@@ -760,10 +828,18 @@ mod tests {
         let head = response(raw, false).unwrap();
         let s = stamps();
         let mut out = Vec::new();
-        write_client_head(&mut out, raw.as_bytes(), &head, Some(&s), b"rid", false);
+        write_client_head(
+            &mut out,
+            raw.as_bytes(),
+            &head,
+            Some(&s),
+            b"rid",
+            b"D",
+            false,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-cohort-experiment: ranker\r\n\
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: D\r\nx-cohort-experiment: ranker\r\n\
              x-cohort-variant: new\r\nx-cohort-epoch: 2\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n"
                 .replace("content-type", "Content-Type")
         );
@@ -776,12 +852,20 @@ mod tests {
             &response(raw, true).unwrap(),
             None,
             b"r",
+            b"D",
             true,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nx-request-id: r\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\ndate: D\r\nx-request-id: r\r\nconnection: close\r\n\r\n"
         );
+        // The upstream's own date is kept, not doubled.
+        let raw =
+            "HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\ncontent-length: 0\r\n\r\n";
+        let mut out = Vec::new();
+        let head = response(raw, false).unwrap();
+        write_client_head(&mut out, raw.as_bytes(), &head, None, b"r", b"D", false);
+        assert_eq!(String::from_utf8(out).unwrap().matches("ate: ").count(), 1);
         let raw = "HTTP/1.1 599 Odd\r\n\r\n";
         let mut out = Vec::new();
         write_client_head(
@@ -790,11 +874,12 @@ mod tests {
             &response(raw, false).unwrap(),
             None,
             b"r",
+            b"D",
             false,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 599 Odd\r\nx-request-id: r\r\ntransfer-encoding: chunked\r\n\r\n"
+            "HTTP/1.1 599 Odd\r\ndate: D\r\nx-request-id: r\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 

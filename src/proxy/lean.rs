@@ -40,7 +40,8 @@ use crate::state::State;
 /// How long a client may take to send a request head, idle time included
 /// (hyper's `header_read_timeout` on the other path).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const READ_CHUNK: usize = 16 * 1024;
+/// Read-buffer growth per read (hyper's default buffer size too).
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves one client connection until it closes, handing it to hyper at
 /// the first request the lean path does not take.
@@ -143,7 +144,8 @@ impl Connection {
             if idle && *stop.borrow() {
                 return Next::Closed;
             }
-            self.buf.reserve(READ_CHUNK);
+            let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
+            self.buf.reserve(missing.max(READ_CHUNK));
             tokio::select! {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => match read {
@@ -303,6 +305,7 @@ impl Connection {
             resp,
             stamps,
             rec.request_id.as_bytes(),
+            &crate::observe::time::cached_http_date(),
             close,
         );
         let mut reusable = !resp.close;
@@ -380,14 +383,14 @@ impl Connection {
         rec.error = Some(error.cause());
         let body = error.body(&String::from_utf8_lossy(rec.request_id.as_bytes()));
         self.out.clear();
-        let date = httpdate::fmt_http_date(SystemTime::now());
+        let date = crate::observe::time::cached_http_date();
         h1::write_own_response(
             &mut self.out,
             status,
             body.as_bytes(),
             stamps,
             rec.request_id.as_bytes(),
-            date.as_bytes(),
+            &date,
             close,
         );
         let written = self.client.write_all(&self.out).await.is_ok();
