@@ -11,7 +11,7 @@
 //! requests model clients send. On the first request that is not, before
 //! a byte of it is consumed, the connection goes to hyper
 //! ([`super::listener::serve_hyper`]), which serves the rest of it. Routing,
-//! assignment and the access record are [`forward::route_request`]'s, the
+//! assignment and the access record are [`super::forward::route_request`]'s, the
 //! same as on the hyper path; the integration tests run both.
 
 use std::io;
