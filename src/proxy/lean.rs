@@ -208,10 +208,10 @@ impl Connection {
             peer_ip: self.peer.ip.as_bytes(),
         };
         h1::write_upstream_head(&mut self.out, &req, &hop);
-        self.out.extend_from_slice(req.body());
 
+        let body = bytes.slice(self.head.head_len..);
         let sent = std::time::Instant::now();
-        let outcome = self.exchange(&upstream, is_head, idempotent).await;
+        let outcome = self.exchange(&upstream, &body, is_head, idempotent).await;
         rec.upstream_ms = Some(ms(sent.elapsed()));
         let name = || upstream.config.name.clone();
         let error = match outcome {
@@ -246,13 +246,20 @@ impl Connection {
             .await
     }
 
-    /// Sends `self.out` upstream and reads the response head, within the
-    /// upstream's timeout, watching the client for a hang-up meanwhile.
-    async fn exchange(&mut self, upstream: &Upstream, is_head: bool, idempotent: bool) -> Exchange {
+    /// Sends the head in `self.out` and `body` upstream and reads the
+    /// response head, within the upstream's timeout, watching the client
+    /// for a hang-up meanwhile.
+    async fn exchange(
+        &mut self,
+        upstream: &Upstream,
+        body: &[u8],
+        is_head: bool,
+        idempotent: bool,
+    ) -> Exchange {
         let at = Instant::now() + upstream.config.timeout;
         let round_trip = round_trip(
             upstream,
-            &self.out,
+            (&self.out, body),
             is_head,
             idempotent,
             &mut self.upstream_buf,
@@ -415,7 +422,7 @@ const BAD_REQUEST: &[u8] =
 /// upstream most likely closed it while it sat idle.
 async fn round_trip(
     upstream: &Upstream,
-    request: &[u8],
+    request: (&[u8], &[u8]),
     is_head: bool,
     idempotent: bool,
     buf: &mut BytesMut,
@@ -438,14 +445,13 @@ async fn round_trip(
 
 async fn try_round_trip(
     conn: &mut Checkout,
-    request: &[u8],
+    (request_head, body): (&[u8], &[u8]),
     is_head: bool,
     buf: &mut BytesMut,
     head: &mut ResponseHead,
 ) -> Result<(), Failure> {
     buf.clear();
-    conn.stream
-        .write_all(request)
+    write_both(&mut conn.stream, request_head, body)
         .await
         .map_err(|_| Failure::Io {
             responded: false,
@@ -471,6 +477,23 @@ async fn try_round_trip(
             return Ok(());
         }
     }
+}
+
+/// Writes `a` then `b` with as few syscalls as the socket allows, without
+/// copying a request body behind its head.
+async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = stream
+            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
 }
 
 /// Copies a response body from the upstream's bytes to the client's,
