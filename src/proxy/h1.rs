@@ -74,6 +74,11 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parsed {
     if method == "CONNECT" || !target.starts_with('/') {
         return Parsed::Hand("not an origin-form target");
     }
+    // `http::Uri` drops a fragment, which hyper's path then neither routes
+    // on nor forwards; the lean path leaves such targets to it.
+    if target.contains('#') {
+        return Parsed::Hand("fragment in target");
+    }
     head.fields.clear();
     head.method = offsets(buf, method.as_bytes());
     head.target = offsets(buf, target.as_bytes());
@@ -121,9 +126,15 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parsed {
     Parsed::Lean
 }
 
+/// Where `part`, a slice httparse returned, lies in `buf`. httparse hands
+/// back a static `""` rather than a slice of `buf` for some empty parts
+/// (a missing or non-ASCII reason phrase), so those map to an empty range.
 fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if !part.is_empty() && end <= buf.len() => start..end,
+        _ => 0..0,
+    }
 }
 
 fn eq(a: &[u8], b: &[u8]) -> bool {
@@ -352,6 +363,9 @@ pub fn parse_response(
         Err(_) => return Err(BadResponse::Malformed),
     };
     let status = resp.code.ok_or(BadResponse::Malformed)?;
+    if status < 100 {
+        return Err(BadResponse::Malformed);
+    }
     if status == 101 {
         return Err(BadResponse::Switch);
     }
@@ -526,6 +540,8 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 pub struct ChunkedScan {
     state: Chunk,
     data: u64,
+    /// Where, in the bytes of the last `feed`, the trailer section began.
+    trailers_at: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -534,6 +550,8 @@ enum Chunk {
     #[default]
     Size,
     SizeDigits(u64, u8),
+    /// Whitespace after the size, before `;` or the line end.
+    SizeSpace(u64),
     /// A chunk extension, up to the line end.
     Extension(u64),
     SizeLf(u64),
@@ -557,6 +575,7 @@ impl ChunkedScan {
     /// Consumes `data`; returns how many of its bytes belong to the body
     /// once the body has ended, else `None` (all of `data` belongs to it).
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.trailers_at = None;
         let mut i = 0;
         while i < data.len() {
             if let Chunk::Data(left) = self.state {
@@ -580,11 +599,19 @@ impl ChunkedScan {
                     }
                     Chunk::SizeDigits(n * 16 + hex(b).unwrap_or(0), d + 1)
                 }
-                (Chunk::SizeDigits(n, _), b';' | b' ' | b'\t') => Chunk::Extension(n),
-                (Chunk::SizeDigits(n, _), b'\r') => Chunk::SizeLf(n),
+                (Chunk::SizeDigits(n, _) | Chunk::SizeSpace(n), b' ' | b'\t') => {
+                    Chunk::SizeSpace(n)
+                }
+                (Chunk::SizeDigits(n, _) | Chunk::SizeSpace(n), b';') => Chunk::Extension(n),
+                (Chunk::SizeDigits(n, _) | Chunk::SizeSpace(n), b'\r') => Chunk::SizeLf(n),
                 (Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
-                (Chunk::Extension(n), b) if b != b'\n' => Chunk::Extension(n),
-                (Chunk::SizeLf(0), b'\n') => Chunk::TrailerStart,
+                (Chunk::Extension(n), b) if b == b'\t' || b >= b' ' && b != 0x7f => {
+                    Chunk::Extension(n)
+                }
+                (Chunk::SizeLf(0), b'\n') => {
+                    self.trailers_at = Some(i);
+                    Chunk::TrailerStart
+                }
                 (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
                 (Chunk::DataCr, b'\r') => Chunk::DataLf,
                 (Chunk::DataLf, b'\n') => Chunk::Size,
@@ -608,6 +635,24 @@ impl ChunkedScan {
     /// Payload bytes seen so far, framing excluded.
     pub fn data_bytes(&self) -> u64 {
         self.data
+    }
+
+    /// How many of the `fed` bytes of the last `feed` came before the
+    /// trailer section: all if it has not begun, none if it had already.
+    pub fn before_trailers(&self, fed: usize, was_in_trailers: bool) -> usize {
+        match (was_in_trailers, self.trailers_at) {
+            (true, _) => 0,
+            (false, Some(at)) => at,
+            (false, None) => fed,
+        }
+    }
+
+    /// Whether the last chunk has been read (trailers, if any, follow).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf | Chunk::EndLf | Chunk::Done
+        )
     }
 }
 
@@ -675,6 +720,7 @@ mod tests {
                 "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                 "several hosts",
             ),
+            ("GET /predict#x HTTP/1.1\r\n\r\n", "fragment in target"),
             (
                 "POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
                 "large body",
@@ -815,6 +861,19 @@ mod tests {
             f("HTTP/1.1 2x0 OK\r\n\r\n", false),
             Err(BadResponse::Malformed)
         );
+        assert_eq!(
+            f("HTTP/1.1 099 Odd\r\n\r\n", false),
+            Err(BadResponse::Malformed)
+        );
+        // No reason phrase, or one httparse will not hand back as text.
+        let h = response("HTTP/1.1 200\r\ncontent-length: 0\r\n\r\n", false).unwrap();
+        assert_eq!((h.status, h.reason.clone()), (200, 0..0));
+        let h = response(
+            "HTTP/1.1 200 \u{c7}a va\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(h.reason, 0..0);
         let mut head = ResponseHead::default();
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\n", false, &mut head),
@@ -886,7 +945,7 @@ mod tests {
     #[test]
     fn a_chunked_body_ends_where_its_last_chunk_and_trailers_end() {
         let body =
-            b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+            b"5\r\nhello\r\n1A ;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\nNEXT";
         let end = body.len() - 4;
         let mut whole = ChunkedScan::default();
         assert_eq!(whole.feed(body), Ok(Some(end)));
@@ -897,11 +956,18 @@ mod tests {
             assert_eq!(s.feed(&body[..cut]), Ok(None), "cut {cut}");
             assert_eq!(s.feed(&body[cut..]), Ok(Some(end - cut)), "cut {cut}");
         }
+        // The trailer section starts right after the last chunk's line.
+        let mut s = ChunkedScan::default();
+        assert_eq!(s.feed(&body[..end]), Ok(Some(end)));
+        let last = end - "x-t: 1\r\n\r\n".len();
+        assert_eq!(s.before_trailers(end, false), last);
         for bad in [
             &b"x\r\n"[..],
             b"5\r\nhelloXX",
             b"0\r\n\n",
             b"fffffffffffffffff\r\n",
+            b"5 5\r\nhello\r\n",
+            b"5;a\x01\r\nhello\r\n",
         ] {
             assert_eq!(ChunkedScan::default().feed(bad), Err(BadChunk), "{bad:?}");
         }

@@ -37,9 +37,14 @@ use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
-/// How long a client may take to send a request head, idle time included
+/// How long a client may take to send a request head from its first byte
 /// (hyper's `header_read_timeout` on the other path).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a keep-alive connection may sit idle between requests
+/// (NGINX's `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a buffered request body may take to arrive after its head.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Read-buffer growth per read (hyper's default buffer size too).
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -127,12 +132,21 @@ enum Failure {
 
 impl Connection {
     async fn next_request(&mut self, stop: &mut watch::Receiver<bool>) -> Next {
-        let since = Instant::now();
+        let now = Instant::now();
+        // Idle until a byte arrives, then the head's deadline, then the body's.
+        let mut deadline = if self.buf.is_empty() {
+            now + IDLE_TIMEOUT
+        } else {
+            now + HEADER_TIMEOUT
+        };
         let mut need = None;
         loop {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head) {
-                    Parsed::Lean => need = Some(self.head.head_len + self.head.body_len),
+                    Parsed::Lean => {
+                        need = Some(self.head.head_len + self.head.body_len);
+                        deadline = Instant::now() + BODY_TIMEOUT;
+                    }
                     Parsed::Partial => {}
                     Parsed::Hand(why) => return Next::Hand(why),
                 }
@@ -150,10 +164,21 @@ impl Connection {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => match read {
                     Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) if idle => deadline = Instant::now() + HEADER_TIMEOUT,
                     Ok(_) => {}
                 },
-                _ = stop.changed(), if idle => {}
-                () = self.header_timer.until(since + HEADER_TIMEOUT) => return Next::Closed,
+                changed = stop.changed(), if idle => {
+                    if changed.is_err() {
+                        return Next::Closed;
+                    }
+                }
+                () = self.header_timer.until(deadline) => {
+                    if !idle {
+                        // Part of a request came and the rest did not.
+                        let _ = self.client.write_all(REQUEST_TIMEOUT).await;
+                    }
+                    return Next::Closed;
+                }
             }
         }
     }
@@ -414,6 +439,8 @@ impl Connection {
 
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Connects (or reuses a pooled connection), writes `request` and reads
 /// the response head into `head`, skipping 1xx answers. A reused
@@ -551,10 +578,18 @@ impl BodyRelay {
                 )
             }
             Framing::Chunked => {
+                // Chunks pass as they are; trailers are dropped (an
+                // upstream could otherwise send an `x-cohort-*` one), as
+                // hyper's path drops them.
                 let before = self.chunked.data_bytes();
+                let was_in_trailers = self.chunked.in_trailers();
                 let end = self.chunked.feed(data)?;
                 let raw = end.unwrap_or(data.len());
-                out.extend_from_slice(&data[..raw]);
+                let kept = self.chunked.before_trailers(raw, was_in_trailers);
+                out.extend_from_slice(&data[..kept]);
+                if end.is_some() {
+                    out.extend_from_slice(b"\r\n");
+                }
                 let used = Used {
                     raw,
                     data: self.chunked.data_bytes() - before,

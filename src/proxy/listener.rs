@@ -95,7 +95,10 @@ pub async fn serve_hyper<I>(
     let stopping = async {
         let _ = stop.wait_for(|stopping| *stopping).await;
     };
+    // Biased: a connection handed over from the lean path already holds a
+    // request, which hyper must read before a shutdown can find it idle.
     let result = tokio::select! {
+        biased;
         r = conn.as_mut() => r,
         () = stopping => {
             conn.as_mut().graceful_shutdown();

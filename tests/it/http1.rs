@@ -26,7 +26,8 @@ fn closing(raw: &str) -> Answer {
 /// Answers by path with each framing RFC 9112 allows, and some faults.
 fn framings(request_line: &str, _: usize) -> Answer {
     match request_line.split(' ').nth(1).unwrap_or("") {
-        "/r/chunked" => keep("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"),
+        "/r/chunked" => keep("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-cohort-variant: spoofed\r\n\r\n"),
+        "/r/noreason" => keep("HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok"),
         "/r/close" => closing("HTTP/1.1 200 OK\r\nx-kind: close\r\n\r\nuntil the end"),
         "/r/continue" => keep("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
         "/r/nocontent" => keep("HTTP/1.1 204 No Content\r\nx-kind: none\r\n\r\n"),
@@ -82,6 +83,29 @@ async fn every_upstream_framing_reaches_the_client_intact_and_stamped() {
     assert_eq!(r.variant(), "control", "the upstream cannot spoof a stamp");
     let r = get("/r/plain", "GET").await.unwrap();
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "plain"));
+    let r = get("/r/noreason", "GET").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    // A fragment is not part of the path: still routed, still stamped.
+    let raw = raw_exchange(
+        cohort.addr,
+        b"GET /predict#frag HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n",
+        1,
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw:?}");
+    assert!(
+        raw.contains("x-cohort-variant: control") && raw.ends_with("plain"),
+        "{raw:?}"
+    );
+    // Trailers are not passed on: an upstream cannot smuggle a stamp in one.
+    let raw = raw_exchange(
+        cohort.addr,
+        b"GET /r/chunked HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n",
+        1,
+    )
+    .await;
+    assert!(raw.ends_with("\r\n0\r\n\r\n"), "{raw:?}");
+    assert!(!raw.contains("spoofed"), "{raw:?}");
 
     let r = get("/r/garbage", "GET").await.unwrap();
     assert_eq!(r.status, 502, "{r:?}");
@@ -109,7 +133,7 @@ async fn every_upstream_framing_reaches_the_client_intact_and_stamped() {
     assert_eq!(line("/r/garbage")["status"], 502);
     assert_eq!(line("/r/cut")["error"], "upstream_body");
     assert_eq!(line("/r/cut")["status"], 200);
-    assert_eq!(log.len(), 9, "one line per request: {log:?}");
+    assert_eq!(log.len(), 12, "one line per request: {log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
