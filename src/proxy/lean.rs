@@ -326,7 +326,7 @@ impl Connection {
         started: std::time::Instant,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let close = self.head.close || *stop.borrow();
+        let close = self.closing(stop);
         let resp = &self.response;
         let framing = resp.framing.unwrap_or(Framing::Empty);
         rec.status = resp.status;
@@ -409,7 +409,7 @@ impl Connection {
         started: std::time::Instant,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let close = self.head.close || *stop.borrow();
+        let close = self.closing(stop);
         let status = error.status();
         rec.status = status.as_u16();
         rec.error = Some(error.cause());
@@ -428,6 +428,12 @@ impl Connection {
         let written = self.client.write_all(&self.out).await.is_ok();
         self.log(rec, started, if written { body.len() as u64 } else { 0 });
         written && !close
+    }
+
+    /// Whether this response is the connection's last: the client asked,
+    /// or shutdown has begun.
+    fn closing(&self, stop: &watch::Receiver<bool>) -> bool {
+        self.head.close || *stop.borrow()
     }
 
     fn log(&self, mut rec: AccessRecord, started: std::time::Instant, bytes_out: u64) {
