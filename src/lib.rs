@@ -66,6 +66,7 @@ pub async fn run(
     let listen = config.listen;
     let grace = config.runtime.shutdown_timeout;
     let lean = config.runtime.http1_fast_path;
+    let timeouts = proxy::lean::ClientTimeouts::of(&config.runtime);
     // Every handler is in place before anyone can learn we are up: a SIGHUP
     // that arrived before its handler would kill the process.
     let sig = |kind| signal(kind).map_err(RunError::Signals);
@@ -119,7 +120,7 @@ pub async fn run(
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    proxy::listener::serve(listener, state.clone(), shutdown, grace, lean).await;
+    proxy::listener::serve(listener, state.clone(), shutdown, grace, lean, timeouts).await;
     shutdown_flush(&state).await;
     Ok(())
 }

@@ -243,6 +243,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.runtime.http1_fast_path != new.runtime.http1_fast_path {
         v.push("runtime.http1_fast_path");
     }
+    if old.runtime.client_idle_timeout != new.runtime.client_idle_timeout
+        || old.runtime.client_header_timeout != new.runtime.client_header_timeout
+        || old.runtime.client_body_timeout != new.runtime.client_body_timeout
+    {
+        v.push("runtime.client_*_timeout");
+    }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         v.push("admin.listen");
     }

@@ -184,6 +184,15 @@ pub struct RuntimeConfig {
     /// Serve plain HTTP/1.1 requests on the lean path (`proxy::lean`);
     /// `false` sends every connection through hyper.
     pub http1_fast_path: bool,
+    /// Lean path: how long a keep-alive connection may idle between requests.
+    #[serde(with = "millis")]
+    pub client_idle_timeout: Duration,
+    /// Both paths: how long a request head may take from its first byte.
+    #[serde(with = "millis")]
+    pub client_header_timeout: Duration,
+    /// Lean path: how long a buffered request body may take after its head.
+    #[serde(with = "millis")]
+    pub client_body_timeout: Duration,
     #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
 }

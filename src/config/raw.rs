@@ -84,5 +84,8 @@ pub struct RawVariant {
 pub struct RawRuntime {
     pub worker_threads: Option<usize>,
     pub http1_fast_path: Option<bool>,
+    pub client_idle_timeout: Option<String>,
+    pub client_header_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
 }

@@ -86,6 +86,9 @@ const VARIANT: Shape = Fields(&[
 const RUNTIME: Shape = Fields(&[
     ("worker_threads", Leaf),
     ("http1_fast_path", Leaf),
+    ("client_idle_timeout", Leaf),
+    ("client_header_timeout", Leaf),
+    ("client_body_timeout", Leaf),
     ("shutdown_timeout", Leaf),
 ]);
 
@@ -271,7 +274,7 @@ experiments:
     coverage: 0.5
     overrides: { control: [alice] }
     overrides_file: o.yaml
-runtime: { worker_threads: 2, http1_fast_path: true, shutdown_timeout: 1s }
+runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
 ";
 

@@ -805,8 +805,29 @@ fn runtime(raw: &RawConfig, e: &mut Errors) -> Option<RuntimeConfig> {
         Duration::from_secs(10),
         e,
     )?;
+    let client_idle_timeout = duration(
+        "runtime.client_idle_timeout",
+        r.and_then(|r| r.client_idle_timeout.as_deref()),
+        Duration::from_secs(75),
+        e,
+    );
+    let client_header_timeout = duration(
+        "runtime.client_header_timeout",
+        r.and_then(|r| r.client_header_timeout.as_deref()),
+        Duration::from_secs(30),
+        e,
+    );
+    let client_body_timeout = duration(
+        "runtime.client_body_timeout",
+        r.and_then(|r| r.client_body_timeout.as_deref()),
+        Duration::from_secs(60),
+        e,
+    );
     Some(RuntimeConfig {
         worker_threads,
+        client_idle_timeout: client_idle_timeout?,
+        client_header_timeout: client_header_timeout?,
+        client_body_timeout: client_body_timeout?,
         http1_fast_path: r.and_then(|r| r.http1_fast_path).unwrap_or(true),
         shutdown_timeout,
     })

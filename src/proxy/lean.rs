@@ -37,14 +37,27 @@ use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
-/// How long a client may take to send a request head from its first byte
-/// (hyper's `header_read_timeout` on the other path).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a keep-alive connection may sit idle between requests
-/// (NGINX's `keepalive_timeout` default).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// How long a buffered request body may take to arrive after its head.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take, from `runtime.client_*_timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTimeouts {
+    /// Idle between requests on a keep-alive connection.
+    pub idle: Duration,
+    /// For a request head, from its first byte (hyper's
+    /// `header_read_timeout` on the other path).
+    pub header: Duration,
+    /// For a buffered request body, after its head.
+    pub body: Duration,
+}
+
+impl ClientTimeouts {
+    pub fn of(r: &crate::config::RuntimeConfig) -> ClientTimeouts {
+        ClientTimeouts {
+            idle: r.client_idle_timeout,
+            header: r.client_header_timeout,
+            body: r.client_body_timeout,
+        }
+    }
+}
 /// Read-buffer growth per read (hyper's default buffer size too).
 const READ_CHUNK: usize = 8 * 1024;
 const COPY_BODY_UP_TO: usize = 4 * 1024;
@@ -57,8 +70,10 @@ pub async fn serve(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     http: Arc<http1::Builder>,
+    timeouts: ClientTimeouts,
 ) {
     let mut conn = Connection {
+        timeouts,
         client,
         buf: BytesMut::with_capacity(READ_CHUNK),
         head: RequestHead::default(),
@@ -103,6 +118,7 @@ struct Connection {
     state: Arc<State>,
     header_timer: Deadline,
     upstream_timer: Deadline,
+    timeouts: ClientTimeouts,
 }
 
 enum Next {
@@ -135,10 +151,11 @@ impl Connection {
     async fn next_request(&mut self, stop: &mut watch::Receiver<bool>) -> Next {
         let now = Instant::now();
         // Idle until a byte arrives, then the head's deadline, then the body's.
+        let t = self.timeouts;
         let mut deadline = if self.buf.is_empty() {
-            now + IDLE_TIMEOUT
+            now + t.idle
         } else {
-            now + HEADER_TIMEOUT
+            now + t.header
         };
         let mut need = None;
         loop {
@@ -146,7 +163,7 @@ impl Connection {
                 match h1::parse_request(&self.buf, &mut self.head) {
                     Parsed::Lean => {
                         need = Some(self.head.head_len + self.head.body_len);
-                        deadline = Instant::now() + BODY_TIMEOUT;
+                        deadline = Instant::now() + t.body;
                     }
                     Parsed::Partial => {}
                     Parsed::Hand(why) => return Next::Hand(why),
@@ -165,7 +182,7 @@ impl Connection {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => match read {
                     Ok(0) | Err(_) => return Next::Closed,
-                    Ok(_) if idle => deadline = Instant::now() + HEADER_TIMEOUT,
+                    Ok(_) if idle => deadline = Instant::now() + t.header,
                     Ok(_) => {}
                 },
                 changed = stop.changed(), if idle => {

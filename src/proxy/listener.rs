@@ -19,20 +19,21 @@ use crate::state::State;
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
-/// requests. Returns the number of connections cut at the deadline.
+/// requests; `timeouts` bound how long clients may take. Returns the number of connections cut at the deadline.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     lean: bool,
+    timeouts: lean::ClientTimeouts,
 ) -> usize {
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(lean::HEADER_TIMEOUT)
+        .header_read_timeout(timeouts.header)
         .keep_alive(true);
     let http = Arc::new(http);
     tokio::pin!(shutdown);
@@ -51,7 +52,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let (state, rx, http) = (state.clone(), stop.subscribe(), http.clone());
                 if lean {
-                    tokio::spawn(lean::serve(stream, peer, state, rx, http));
+                    tokio::spawn(lean::serve(stream, peer, state, rx, http, timeouts));
                 } else {
                     tokio::spawn(async move { serve_hyper(stream, peer, state, rx, &http).await });
                 }

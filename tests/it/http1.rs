@@ -331,3 +331,62 @@ async fn the_lean_path_and_hypers_send_and_answer_the_same_headers() {
     assert_eq!(lean.1.len(), 3);
     assert!(lean.1[0].contains(&("x-forwarded-for".into(), "9.9.9.9, 127.0.0.1".into())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_idle_or_stall_are_timed_out_with_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let dir = TestDir::new();
+    let yaml = config(&[("old", &old), ("new", &new)], ROUTES).replace(
+        "shutdown_timeout: 5s",
+        "shutdown_timeout: 5s, client_idle_timeout: 400ms, client_header_timeout: 400ms, client_body_timeout: 400ms",
+    );
+    let cohort = Cohort::start(&dir, &yaml);
+    // What the proxy sends before it closes the connection, and how soon.
+    let closes = |sent: &'static [u8]| async move {
+        let mut tcp = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+        tcp.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection was not closed");
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let request =
+        b"POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: t\r\ncontent-length: 2\r\n\r\n{}";
+
+    // Within the idle timeout, a keep-alive connection keeps serving.
+    let mut tcp = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    for _ in 0..2 {
+        tcp.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A head that never finishes.
+    let (got, took) = closes(b"POST /predict HTTP/1.1\r\nhost: x\r\n").await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    if lean_path_wanted() {
+        assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+        // Idle past the timeout: closed without a word.
+        let (got, took) = closes(b"").await;
+        assert_eq!(got, "");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // A body that stops short of its length.
+        let (got, _) = closes(
+            b"POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: t\r\ncontent-length: 10\r\n\r\n{}",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    }
+    // None of the cut requests reached the upstream.
+    assert_eq!(old.seen.lock().unwrap().len(), 2);
+}
