@@ -290,20 +290,16 @@ async fn assign(
     headers: &impl HeaderLookup,
     rec: &mut AccessRecord,
 ) -> Result<Served, ProxyError> {
-    let unit = headers
-        .header(&x.unit_header)
-        .filter(|u| valid_unit(u))
-        .and_then(|u| HeaderValue::from_bytes(u).ok());
-    let Some(unit) = unit else {
+    let Some(unit) = headers.header(&x.unit_header).filter(|u| valid_unit(u)) else {
         rec.reason = Some(Reason::NoUnit.as_str());
         return match x.on_missing_unit {
             MissingUnitPolicy::Control => Ok(x.assigner.unassigned()),
             MissingUnitPolicy::Reject => Err(ProxyError::MissingUnit(x.unit_header.to_string())),
         };
     };
-    rec.unit = Some(logged_unit(log_unit, &unit));
+    rec.unit = Some(logged_unit(log_unit, unit));
     x.assigner
-        .assign(&state.store, unit.as_bytes())
+        .assign(&state.store, unit)
         .await
         .map_err(|e| match e {
             StoreError::Stale { .. } => ProxyError::StaleSnapshot,
@@ -314,12 +310,16 @@ async fn assign(
         })
 }
 
-fn logged_unit(how: &LogUnit, unit: &HeaderValue) -> LoggedUnit {
+/// `unit` passed [`valid_unit`], which admits only bytes a header value may
+/// hold, so the raw form is a copy that cannot fail.
+fn logged_unit(how: &LogUnit, unit: &[u8]) -> LoggedUnit {
     match how {
-        LogUnit::Raw => LoggedUnit::Raw(unit.clone()),
+        LogUnit::Raw => {
+            LoggedUnit::Raw(HeaderValue::from_bytes(unit).expect("a valid unit is a header value"))
+        }
         LogUnit::Hashed { key, .. } => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(unit.as_bytes());
+            mac.update(unit);
             let tag = mac.finalize().into_bytes();
             LoggedUnit::Hashed(tag[..16].iter().map(|b| format!("{b:02x}")).collect())
         }

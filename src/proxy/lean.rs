@@ -393,16 +393,9 @@ impl Connection {
                     .await
                     .map_err(|_| RelayError::Upstream)?;
                 if n == 0 {
-                    if framing == Framing::UntilClose {
-                        body.end(&mut self.out);
-                        self.client
-                            .write_all(&self.out)
-                            .await
-                            .map_err(|_| RelayError::Client)?;
-                        self.out.clear();
-                        return Ok(());
-                    }
-                    return Err(RelayError::Upstream);
+                    // Only a close-delimited body may end here; the next
+                    // turn writes its last chunk and finishes.
+                    body.end(&mut self.out).ok_or(RelayError::Upstream)?;
                 }
             }
         }
@@ -643,9 +636,15 @@ impl BodyRelay {
         })
     }
 
-    /// Ends a re-chunked body.
-    fn end(&mut self, out: &mut Vec<u8>) {
+    /// The upstream closed: ends a close-delimited body (re-chunked, so
+    /// with its last chunk), or says the body was cut short.
+    fn end(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        if self.framing != Framing::UntilClose {
+            return None;
+        }
         out.extend_from_slice(h1::LAST_CHUNK);
+        self.framing = Framing::Empty;
+        Some(())
     }
 }
 
