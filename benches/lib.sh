@@ -6,11 +6,16 @@ harness=${BENCH_HARNESS:-$root/../shared/bench}
 # Builds the release binary and the seed tool; sets $seed.
 build_release() {
   cargo build --release --manifest-path "$root/Cargo.toml" >&2
-  seed=$(cargo bench --manifest-path "$root/Cargo.toml" --bench seed --no-run --message-format=json 2>/dev/null \
+  seed=$(bench_binary seed)
+}
+
+# Builds benches/$1.rs (harness = false) and prints its executable's path.
+bench_binary() {
+  cargo bench --manifest-path "$root/Cargo.toml" --bench "$1" --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="seed" and m.get("executable"): print(m["executable"])' | tail -1)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]==sys.argv[1] and m.get("executable"): print(m["executable"])' "$1" | tail -1
 }
 
 # Starts the harness's nginx model backends (127.0.0.1:9001, :9002) on core 1
