@@ -3,7 +3,9 @@
 # the nginx model backends, wrk on core 0 (the harness's layout), reading the
 # proxy's utime+stime from /proc. Faster than the full harness (about 15 s a
 # target), for iterating on the hot path; the harness stays the judge.
-#   benches/cpu.sh [cohort|nginx]...        # default: nginx cohort
+#   benches/cpu.sh [cohort|nginx|floor]...  # default: nginx cohort
+# floor is benches/floor.rs, a proxy that only relays (no routing, headers or
+# log): the cost any user-space proxy starts from on this machine.
 #   SECS=8 BENCH_USERS=100000 PERF=1 benches/cpu.sh cohort   # PERF=1: perf record -g
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -52,6 +54,13 @@ for t in $targets; do
       until grep -q "listening on" "$dir/cohort.err"; do sleep 0.05; done
       measure cohort 8090 "$(cat "$dir/cohort.pid")"
       ;;
-    *) echo "targets: nginx cohort" >&2; exit 64 ;;
+    floor)
+      (taskset -c 1 "$(bench_binary floor)" 127.0.0.1:8092 127.0.0.1:9001 2> "$dir/floor.err") &
+      floor_pid=$!
+      until grep -q "listening on" "$dir/floor.err"; do sleep 0.05; done
+      measure floor 8092 "$floor_pid"
+      kill "$floor_pid"
+      ;;
+    *) echo "targets: nginx cohort floor" >&2; exit 64 ;;
   esac
 done

@@ -32,7 +32,7 @@ bench_config() {
   cat > "$1" <<YAML
 listen: 127.0.0.1:${2:-8090}
 store: { path: ./data }
-access_log: { path: ./access.jsonl }
+access_log: { path: ${BENCH_ACCESS_LOG:-./access.jsonl} }
 runtime: { worker_threads: 1 }
 upstreams:
   old: { url: http://127.0.0.1:9001 }

@@ -432,7 +432,7 @@ pub fn write_client_head(
     resp: &ResponseHead,
     stamps_: Option<&Stamps>,
     request_id: &[u8],
-    date: &[u8],
+    date: impl FnOnce() -> [u8; 29],
     close: bool,
 ) {
     let framing = resp.framing.unwrap_or(Framing::Empty);
@@ -467,7 +467,7 @@ pub fn write_client_head(
     }
     // A response needs a date (RFC 9110 §6.6.1); hyper's path adds one too.
     if !dated {
-        header(out, b"date", date);
+        header(out, b"date", &date());
     }
     if let Some(s) = stamps_ {
         stamps(out, s);
@@ -881,6 +881,8 @@ mod tests {
         );
     }
 
+    const DATE: [u8; 29] = *b"Tue, 01 Dec 2026 11:49:43 GMT";
+
     #[test]
     fn the_client_head_carries_the_stamps_and_not_the_upstreams_hop_headers() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nX-Cohort-Variant: spoofed\r\nX-Request-Id: up\r\nContent-Length: 2\r\n\r\n{}";
@@ -893,12 +895,12 @@ mod tests {
             &head,
             Some(&s),
             b"rid",
-            b"D",
+            || DATE,
             false,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: D\r\nx-cohort-experiment: ranker\r\n\
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: Tue, 01 Dec 2026 11:49:43 GMT\r\nx-cohort-experiment: ranker\r\n\
              x-cohort-variant: new\r\nx-cohort-epoch: 2\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n"
                 .replace("content-type", "Content-Type")
         );
@@ -911,19 +913,19 @@ mod tests {
             &response(raw, true).unwrap(),
             None,
             b"r",
-            b"D",
+            || DATE,
             true,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\ndate: D\r\nx-request-id: r\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\ndate: Tue, 01 Dec 2026 11:49:43 GMT\r\nx-request-id: r\r\nconnection: close\r\n\r\n"
         );
         // The upstream's own date is kept, not doubled.
         let raw =
             "HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\ncontent-length: 0\r\n\r\n";
         let mut out = Vec::new();
         let head = response(raw, false).unwrap();
-        write_client_head(&mut out, raw.as_bytes(), &head, None, b"r", b"D", false);
+        write_client_head(&mut out, raw.as_bytes(), &head, None, b"r", || DATE, false);
         assert_eq!(String::from_utf8(out).unwrap().matches("ate: ").count(), 1);
         let raw = "HTTP/1.1 599 Odd\r\n\r\n";
         let mut out = Vec::new();
@@ -933,12 +935,12 @@ mod tests {
             &response(raw, false).unwrap(),
             None,
             b"r",
-            b"D",
+            || DATE,
             false,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 599 Odd\r\ndate: D\r\nx-request-id: r\r\ntransfer-encoding: chunked\r\n\r\n"
+            "HTTP/1.1 599 Odd\r\ndate: Tue, 01 Dec 2026 11:49:43 GMT\r\nx-request-id: r\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 

@@ -149,21 +149,24 @@ enum Failure {
 
 impl Connection {
     async fn next_request(&mut self, stop: &mut watch::Receiver<bool>) -> Next {
-        let now = Instant::now();
-        // Idle until a byte arrives, then the head's deadline, then the body's.
+        // Idle until a byte arrives, then the head's deadline, then the
+        // body's. Each deadline is fixed when the loop first waits in its
+        // phase, so a request that arrives whole in one read reads the
+        // clock once.
         let t = self.timeouts;
-        let mut deadline = if self.buf.is_empty() {
-            now + t.idle
+        let mut phase = if self.buf.is_empty() {
+            t.idle
         } else {
-            now + t.header
+            t.header
         };
+        let mut deadline = None;
         let mut need = None;
         loop {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head) {
                     Parsed::Lean => {
                         need = Some(self.head.head_len + self.head.body_len);
-                        deadline = Instant::now() + t.body;
+                        (phase, deadline) = (t.body, None);
                     }
                     Parsed::Partial => {}
                     Parsed::Hand(why) => return Next::Hand(why),
@@ -178,11 +181,12 @@ impl Connection {
             }
             let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
             self.buf.reserve(missing.max(READ_CHUNK));
+            let at = *deadline.get_or_insert_with(|| Instant::now() + phase);
             tokio::select! {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => match read {
                     Ok(0) | Err(_) => return Next::Closed,
-                    Ok(_) if idle => deadline = Instant::now() + t.header,
+                    Ok(_) if idle => (phase, deadline) = (t.header, None),
                     Ok(_) => {}
                 },
                 changed = stop.changed(), if idle => {
@@ -190,7 +194,7 @@ impl Connection {
                         return Next::Closed;
                     }
                 }
-                () = self.header_timer.until(deadline) => {
+                () = self.header_timer.until(at) => {
                     if !idle {
                         // Part of a request came and the rest did not.
                         let _ = self.client.write_all(REQUEST_TIMEOUT).await;
@@ -260,7 +264,9 @@ impl Connection {
             body = Bytes::new();
         }
         let sent = std::time::Instant::now();
-        let outcome = self.exchange(&upstream, &body, is_head, idempotent).await;
+        let outcome = self
+            .exchange(&upstream, &body, is_head, idempotent, sent)
+            .await;
         rec.upstream_ms = Some(ms(sent.elapsed()));
         let name = || upstream.config.name.clone();
         let error = match outcome {
@@ -272,7 +278,7 @@ impl Connection {
             Exchange::ClientGone => {
                 rec.status = 499;
                 rec.error = Some("client_gone");
-                self.log(rec, started, 0);
+                self.log(rec, started.elapsed(), 0);
                 return false;
             }
             Exchange::TimedOut => {
@@ -304,8 +310,9 @@ impl Connection {
         body: &[u8],
         is_head: bool,
         idempotent: bool,
+        sent: std::time::Instant,
     ) -> Exchange {
-        let at = Instant::now() + upstream.config.timeout;
+        let at = Instant::from_std(sent + upstream.config.timeout);
         let round_trip = round_trip(
             upstream,
             (&self.out, body),
@@ -361,7 +368,7 @@ impl Connection {
             resp,
             stamps,
             rec.request_id.as_bytes(),
-            &crate::observe::time::cached_http_date(),
+            crate::observe::time::cached_http_date,
             close,
         );
         let mut reusable = !resp.close;
@@ -400,10 +407,11 @@ impl Connection {
             }
         }
         .await;
+        let ended = std::time::Instant::now();
         let keep = match result {
             Ok(()) => {
                 if reusable {
-                    upstream.checkin(up);
+                    upstream.checkin(up, ended);
                 }
                 !close
             }
@@ -413,7 +421,7 @@ impl Connection {
             }
             Err(RelayError::Client) => false,
         };
-        self.log(rec, started, bytes_out);
+        self.log(rec, ended - started, bytes_out);
         keep
     }
 
@@ -443,7 +451,11 @@ impl Connection {
             close,
         );
         let written = self.client.write_all(&self.out).await.is_ok();
-        self.log(rec, started, if written { body.len() as u64 } else { 0 });
+        self.log(
+            rec,
+            started.elapsed(),
+            if written { body.len() as u64 } else { 0 },
+        );
         written && !close
     }
 
@@ -453,9 +465,9 @@ impl Connection {
         self.head.close || *stop.borrow()
     }
 
-    fn log(&self, mut rec: AccessRecord, started: std::time::Instant, bytes_out: u64) {
+    fn log(&self, mut rec: AccessRecord, took: Duration, bytes_out: u64) {
         rec.bytes_out = bytes_out;
-        rec.total_ms = ms(started.elapsed());
+        rec.total_ms = ms(took);
         self.state.log.record(&rec);
     }
 }

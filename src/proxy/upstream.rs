@@ -101,17 +101,18 @@ impl Upstream {
         })
     }
 
-    /// Returns a connection whose last response was read to its end.
-    pub fn checkin(&self, stream: TcpStream) {
+    /// Returns a connection whose last response was read to its end (at
+    /// `now`, which the caller has at hand).
+    pub fn checkin(&self, stream: TcpStream, now: Instant) {
         let mut idle = self.idle.lock().expect("idle pool lock");
         if idle
             .first()
-            .is_some_and(|(_, t)| t.elapsed() >= IDLE_TIMEOUT)
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= IDLE_TIMEOUT)
         {
             idle.remove(0);
         }
         if idle.len() < self.config.max_idle_per_host {
-            idle.push((stream, Instant::now()));
+            idle.push((stream, now));
         }
     }
 
