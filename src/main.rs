@@ -238,10 +238,19 @@ fn run(
     listen: Option<std::net::SocketAddr>,
     demo: bool,
 ) -> ExitCode {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.runtime.worker_threads {
-        rt.worker_threads(n);
-    }
+    // Default: one worker per CPU this process may run on (affinity and
+    // cgroup quota included). One worker runs on the current-thread
+    // scheduler, on this thread: work stealing has nobody to steal for.
+    let workers = cfg.runtime.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let rt = match rt
         .enable_all()
         .build()

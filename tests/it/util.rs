@@ -258,9 +258,17 @@ pub fn lean_path_wanted() -> bool {
     std::env::var("COHORT_TEST_DATA_PATH").as_deref() != Ok("hyper")
 }
 
+/// The proxy's `runtime.worker_threads` in tests: 2, or `COHORT_TEST_WORKERS`
+/// (`.ci/run` also runs the suite with 1, which takes the current-thread
+/// scheduler).
+fn worker_threads() -> String {
+    std::env::var("COHORT_TEST_WORKERS").unwrap_or_else(|_| "2".into())
+}
+
 /// [`config`] on a given data path: `lean` sets `runtime.http1_fast_path`.
 pub fn config_on_path(upstreams: &[(&str, String)], experiments: &str, lean: bool) -> String {
-    let mut y = format!("listen: 127.0.0.1:0\nstore: {{ path: ./data }}\naccess_log: {{ path: ./logs/access.jsonl }}\nruntime: {{ worker_threads: 2, shutdown_timeout: 5s, http1_fast_path: {lean} }}\nupstreams:\n");
+    let workers = worker_threads();
+    let mut y = format!("listen: 127.0.0.1:0\nstore: {{ path: ./data }}\naccess_log: {{ path: ./logs/access.jsonl }}\nruntime: {{ worker_threads: {workers}, shutdown_timeout: 5s, http1_fast_path: {lean} }}\nupstreams:\n");
     for (name, url) in upstreams {
         y.push_str(&format!(
             "  {name}: {{ url: {url}, timeout: 2s, connect_timeout: 1s }}\n"
