@@ -6,6 +6,7 @@
 # Needs nginx (backends) and wrk; uses the shared harness's wrk script.
 #   benches/reload-under-load.sh [seconds per phase]
 # RELOAD_KIND=weights or routing keeps to one kind of change (default: both).
+# BENCH_ACCESS_LOG=/dev/null (or a tmpfs path) moves the access log off the disk.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 secs=${1:-10}
@@ -17,7 +18,7 @@ conf() { # $1 = old weight, $2 = new weight, $3 = old upstream port
 cat <<YAML
 listen: 127.0.0.1:8090
 store: { path: ./data }
-access_log: { path: ./access.jsonl }
+access_log: { path: ${BENCH_ACCESS_LOG:-./access.jsonl} }
 runtime: { worker_threads: 1 }
 upstreams:
   old: { url: http://127.0.0.1:$3 }
