@@ -37,6 +37,7 @@ const NAP: Duration = Duration::from_millis(20);
 const BUFFER: usize = 64 * 1024;
 /// Per thread, what may wait for the writer: about 30 s of this thread's
 /// lines at 50k requests/s, far more than a healthy disk ever lags by.
+/// (The buffer grows by doubling, so its memory can reach twice this.)
 pub const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 /// One request, as the warehouse sees it. Field meanings are documented in
@@ -122,7 +123,10 @@ impl AccessRecord {
     /// logged lossily (U+FFFD), like every other string here.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut o = JsonObject::start(out);
-        o.str("ts", &time::cached_rfc3339_millis(self.at));
+        o.key("ts");
+        o.out.push(b'"');
+        time::write_rfc3339_millis(self.at, o.out);
+        o.out.push(b'"');
         o.uint("schema", u64::from(SCHEMA_VERSION));
         o.bytes("request_id", self.request_id.as_bytes());
         o.str("method", self.method.as_str());
@@ -218,8 +222,9 @@ impl<'a> JsonObject<'a> {
 
     /// A duration in milliseconds with microsecond precision, as the
     /// shortest decimal with at least one fraction digit (`0.075`, `2.0`):
-    /// what serde_json prints for the same f64, without its float
-    /// formatting.
+    /// what serde_json prints for the same f64 when it is a whole number of
+    /// microseconds, as `body::ms` makes every duration (negative, NaN or
+    /// infinite values cannot occur and would not print as serde would).
     fn millis(&mut self, k: &str, ms: f64) {
         self.key(k);
         let micros = (ms * 1000.0).round().max(0.0) as u64;
@@ -348,33 +353,35 @@ impl AccessLog {
     }
 
     pub fn record(&self, rec: &AccessRecord) {
-        let mine = self.thread_buffer();
-        let mut p = lock(&mine);
-        if p.bytes.len() >= MAX_PENDING {
-            drop(p);
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        rec.write_json(&mut p.bytes);
-        p.bytes.push(b'\n');
-        p.lines += 1;
-    }
-
-    /// This thread's buffer, made and registered on its first line.
-    fn thread_buffer(&self) -> Arc<Mutex<Pending>> {
-        MINE.with(|mine| {
+        let appended = MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
-            if let Some((_, b)) = mine.iter().find(|(id, _)| *id == self.id) {
-                return b.clone();
+            let i = match mine.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    // This thread's first line: make and register its buffer.
+                    let b = Arc::new(Mutex::new(Pending {
+                        bytes: Vec::with_capacity(BUFFER),
+                        lines: 0,
+                    }));
+                    lock(&self.buffers.all).push(b.clone());
+                    mine.push((self.id, b));
+                    mine.len() - 1
+                }
+            };
+            let mut p = lock(&mine[i].1);
+            if p.bytes.len() >= MAX_PENDING {
+                return false;
             }
-            let b = Arc::new(Mutex::new(Pending {
-                bytes: Vec::with_capacity(BUFFER),
-                lines: 0,
-            }));
-            lock(&self.buffers.all).push(b.clone());
-            mine.push((self.id, b.clone()));
-            b
-        })
+            rec.write_json(&mut p.bytes);
+            p.bytes.push(b'\n');
+            p.lines += 1;
+            true
+        });
+        // Not appended: the backlog is full, or the thread is being torn
+        // down (a line recorded from a destructor at exit).
+        if appended != Ok(true) {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Reopens the file at its path (after logrotate moved it).
@@ -503,6 +510,8 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
             }
             taken.bytes.clear();
             taken.lines = 0;
+            // After a backlog (a slow disk), give the memory back.
+            taken.bytes.shrink_to(BUFFER * 16);
         }
         // A thread that ended left only the table's reference to its buffer.
         drop(threads);

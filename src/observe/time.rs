@@ -20,30 +20,29 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
     )
 }
 
-/// Like [`rfc3339_millis`], but formats the date and time of day once per
-/// second per thread; the access log asks for every request.
-pub fn cached_rfc3339_millis(t: SystemTime) -> String {
-    use std::cell::RefCell;
+/// Appends [`rfc3339_millis`] of `t` to `out`, formatting the date and time
+/// of day once per second per thread: the access log asks for every request.
+pub fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
+    use std::cell::Cell;
     thread_local! {
-        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        static LAST: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
     }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, ms) = (d.as_secs(), d.subsec_millis());
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != secs {
-            let full = rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_secs(secs));
-            *last = (secs, full[..19].to_string());
-        }
-        let mut out = String::with_capacity(24);
-        out.push_str(&last.1);
-        out.push('.');
-        out.push(char::from(b'0' + (ms / 100) as u8));
-        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
-        out.push(char::from(b'0' + (ms % 10) as u8));
-        out.push('Z');
-        out
-    })
+    let (at, mut second) = LAST.try_with(Cell::get).unwrap_or((u64::MAX, [0; 19]));
+    if at != secs {
+        let full = rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        second.copy_from_slice(&full.as_bytes()[..19]);
+        let _ = LAST.try_with(|last| last.set((secs, second)));
+    }
+    out.extend_from_slice(&second);
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// The IMF-fixdate of now (`Tue, 01 Dec 2026 11:49:43 GMT`, always 29
@@ -104,7 +103,9 @@ mod tests {
             1_795_000_001_000,
         ] {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
-            assert_eq!(cached_rfc3339_millis(t), rfc3339_millis(t), "{ms}");
+            let mut out = Vec::new();
+            write_rfc3339_millis(t, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), rfc3339_millis(t), "{ms}");
         }
     }
 
