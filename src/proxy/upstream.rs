@@ -7,6 +7,7 @@
 //! hyper path serves, and [`Upstream::checkout`]'s plain sockets for the
 //! lean path, which speaks HTTP/1.1 on them itself.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -29,8 +30,20 @@ pub struct Upstream {
     /// `host:port`, as the access log names it.
     pub address: std::sync::Arc<str>,
     pub client: UpstreamClient,
-    /// Idle lean-path connections, the most recently used last.
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Idle lean-path connections, one list per worker thread, the most
+    /// recently used last: a request takes and returns a connection on its
+    /// own thread's list, so workers never wait on each other's lock.
+    idle: Box<[Mutex<IdleList>]>,
+}
+
+/// Idle connections with the time each was returned.
+type IdleList = Vec<(TcpStream, Instant)>;
+
+/// Gives each thread that uses a pool its list index.
+static NEXT_LIST: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_LIST: usize = NEXT_LIST.fetch_add(1, Ordering::Relaxed);
 }
 
 /// How long an idle connection is kept (hyper's pool uses the same).
@@ -69,7 +82,7 @@ impl Upstream {
             address: std::sync::Arc::from(config.authority.as_str()),
             config: config.clone(),
             client,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..idle_lists()).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
@@ -102,23 +115,39 @@ impl Upstream {
     }
 
     /// Returns a connection whose last response was read to its end (at
-    /// `now`, which the caller has at hand).
+    /// `now`, which the caller has at hand). Each thread's list holds its
+    /// share of `max_idle_per_host`.
     pub fn checkin(&self, stream: TcpStream, now: Instant) {
-        let mut idle = self.idle.lock().expect("idle pool lock");
+        let cap = self.config.max_idle_per_host.div_ceil(self.idle.len());
+        let mut idle = self.idle[self.my_list()].lock().expect("idle pool lock");
         if idle
             .first()
             .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= IDLE_TIMEOUT)
         {
             idle.remove(0);
         }
-        if idle.len() < self.config.max_idle_per_host {
+        if idle.len() < cap {
             idle.push((stream, now));
         }
     }
 
+    /// The most recent idle connection of this thread's list, else of any
+    /// other (a connection returned on one thread serves any other).
     fn pop_idle(&self) -> Option<(TcpStream, Instant)> {
-        self.idle.lock().expect("idle pool lock").pop()
+        let mine = self.my_list();
+        (0..self.idle.len())
+            .map(|i| (mine + i) % self.idle.len())
+            .find_map(|i| self.idle[i].lock().expect("idle pool lock").pop())
     }
+
+    fn my_list(&self) -> usize {
+        MY_LIST.try_with(|i| *i).unwrap_or(0) % self.idle.len()
+    }
+}
+
+/// One idle list per CPU the process may use: about one per worker thread.
+fn idle_lists() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
 }
 
 /// Whether an idle connection is still usable: no EOF, reset or stray
@@ -131,4 +160,52 @@ fn still_open(stream: &TcpStream) -> bool {
     }
     let mut probe = [0u8; 1];
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn upstream_on(listener: &TcpListener) -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            name: "up".into(),
+            authority: listener.local_addr().unwrap().to_string(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_idle_per_host: 8,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_returned_on_one_thread_is_reused_on_another() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = std::sync::Arc::new(upstream_on(&listener).await);
+        let first = upstream.checkout().await.unwrap();
+        assert!(!first.reused);
+        let (_server_side, _) = listener.accept().await.unwrap();
+        let local = first.stream.local_addr().unwrap();
+        // Returned on another thread, i.e. into another thread's list
+        // (when the machine has more than one).
+        let u = upstream.clone();
+        std::thread::spawn(move || u.checkin(first.stream, Instant::now()))
+            .join()
+            .unwrap();
+        let again = upstream.checkout().await.unwrap();
+        assert!(again.reused, "the idle connection was found");
+        assert_eq!(again.stream.local_addr().unwrap(), local);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = upstream_on(&listener).await;
+        let first = upstream.checkout().await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        upstream.checkin(first.stream, Instant::now());
+        drop(server_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let next = upstream.checkout().await.unwrap();
+        assert!(!next.reused, "a closed idle connection must be discarded");
+    }
 }
