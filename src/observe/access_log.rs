@@ -64,8 +64,10 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
     pub upstream: Option<Arc<str>>,
-    pub upstream_ms: Option<f64>,
-    pub total_ms: f64,
+    /// Logged as `upstream_ms`, in milliseconds with microsecond precision.
+    pub upstream_time: Option<Duration>,
+    /// Logged as `total_ms`.
+    pub total_time: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub config_version: Arc<str>,
@@ -106,8 +108,8 @@ impl AccessRecord {
             reason: None,
             bucket: None,
             upstream: None,
-            upstream_ms: None,
-            total_ms: 0.0,
+            upstream_time: None,
+            total_time: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
             config_version,
@@ -151,11 +153,11 @@ impl AccessRecord {
             None => o.null("bucket"),
         }
         o.opt_str("upstream", self.upstream.as_deref());
-        match self.upstream_ms {
-            Some(v) => o.millis("upstream_ms", v),
+        match self.upstream_time {
+            Some(d) => o.millis("upstream_ms", d),
             None => o.null("upstream_ms"),
         }
-        o.millis("total_ms", self.total_ms);
+        o.millis("total_ms", self.total_time);
         o.uint("bytes_in", self.bytes_in);
         o.uint("bytes_out", self.bytes_out);
         o.str("config_version", &self.config_version);
@@ -220,31 +222,24 @@ impl<'a> JsonObject<'a> {
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
 
-    /// A duration in milliseconds with microsecond precision, as the
-    /// shortest decimal with at least one fraction digit (`0.075`, `2.0`):
-    /// what serde_json prints for the same f64 when it is a whole number of
-    /// microseconds, as `body::ms` makes every duration (negative, NaN or
-    /// infinite values cannot occur and would not print as serde would).
-    fn millis(&mut self, k: &str, ms: f64) {
+    /// `d` in milliseconds with microsecond precision, as the shortest
+    /// decimal with at least one fraction digit (`0.075`, `2.0`): what
+    /// serde_json prints for the f64 `micros / 1000.0`.
+    fn millis(&mut self, k: &str, d: Duration) {
         self.key(k);
-        let micros = (ms * 1000.0).round().max(0.0) as u64;
+        let micros = d.as_micros();
         let mut int = itoa::Buffer::new();
         self.out
             .extend_from_slice(int.format(micros / 1000).as_bytes());
-        let frac = micros % 1000;
-        let digits = [
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ];
+        let frac = (micros % 1000) as u32;
         let keep = match frac {
-            0 => 1,
             f if f % 100 == 0 => 1,
             f if f % 10 == 0 => 2,
             _ => 3,
         };
         self.out.push(b'.');
-        self.out.extend_from_slice(&digits[..keep]);
+        self.out
+            .extend_from_slice(&time::three_digits(frac)[..keep]);
     }
 
     fn end(self) {
@@ -566,8 +561,8 @@ mod tests {
         r.reason = Some("sticky");
         r.bucket = Some(4321);
         r.upstream = Some(Arc::from("127.0.0.1:9002"));
-        r.upstream_ms = Some(0.075);
-        r.total_ms = 2.0;
+        r.upstream_time = Some(Duration::from_micros(75));
+        r.total_time = Duration::from_millis(2);
         r.bytes_in = 64;
         r.bytes_out = 1024;
         r
@@ -663,7 +658,7 @@ mod tests {
         ] {
             let ms = micros as f64 / 1000.0;
             let mut out = Vec::new();
-            JsonObject::start(&mut out).millis("m", ms);
+            JsonObject::start(&mut out).millis("m", Duration::from_micros(micros));
             let text = String::from_utf8(out).unwrap();
             assert_eq!(
                 text,

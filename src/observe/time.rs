@@ -36,13 +36,18 @@ pub fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
         let _ = LAST.try_with(|last| last.set((secs, second)));
     }
     out.extend_from_slice(&second);
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-        b'Z',
-    ]);
+    out.push(b'.');
+    out.extend_from_slice(&three_digits(ms));
+    out.push(b'Z');
+}
+
+/// `n` (below 1000) as three decimal digits, zero-padded.
+pub fn three_digits(n: u32) -> [u8; 3] {
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
 }
 
 /// The IMF-fixdate of now (`Tue, 01 Dec 2026 11:49:43 GMT`, always 29

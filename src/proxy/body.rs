@@ -153,7 +153,7 @@ impl PendingLog {
         } = self;
         record.bytes_out = bytes_out;
         record.bytes_in = bytes_in.load(Ordering::Relaxed);
-        record.total_ms = ms(started.elapsed());
+        record.total_time = started.elapsed();
         log.record(&record);
     }
 }
@@ -194,9 +194,4 @@ impl Drop for CancelLog {
             p.finish(0);
         }
     }
-}
-
-/// Milliseconds with microsecond precision.
-pub fn ms(d: std::time::Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
 }

@@ -18,7 +18,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use sha2::Sha256;
 
-use super::body::{ms, CancelLog, PendingLog, ResponseBody, UpstreamBody};
+use super::body::{CancelLog, PendingLog, ResponseBody, UpstreamBody};
 use super::upstream::Upstream;
 use crate::assign::epoch::Epoch;
 use crate::assign::store::StoreError;
@@ -118,7 +118,7 @@ pub async fn handle(
     )
     .await;
     cancelled.disarm();
-    rec.upstream_ms = Some(ms(sent.elapsed()));
+    rec.upstream_time = Some(sent.elapsed());
     let resp = match result {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {

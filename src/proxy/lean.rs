@@ -29,7 +29,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use super::body::ms;
 use super::forward::{request_id, route_request, Peer, Refused, Routed, Stamps};
 use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, RequestHead, ResponseHead};
 use super::upstream::{Checkout, ConnectError, Upstream};
@@ -267,7 +266,7 @@ impl Connection {
         let outcome = self
             .exchange(&upstream, &body, is_head, idempotent, sent)
             .await;
-        rec.upstream_ms = Some(ms(sent.elapsed()));
+        rec.upstream_time = Some(sent.elapsed());
         let name = || upstream.config.name.clone();
         let error = match outcome {
             Exchange::Done(Ok(stream)) => {
@@ -467,7 +466,7 @@ impl Connection {
 
     fn log(&self, mut rec: AccessRecord, took: Duration, bytes_out: u64) {
         rec.bytes_out = bytes_out;
-        rec.total_ms = ms(took);
+        rec.total_time = took;
         self.state.log.record(&rec);
     }
 }
