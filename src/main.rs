@@ -238,12 +238,9 @@ fn run(
     listen: Option<std::net::SocketAddr>,
     demo: bool,
 ) -> ExitCode {
-    // Default: one worker per CPU this process may run on (affinity and
-    // cgroup quota included). One worker runs on the current-thread
-    // scheduler, on this thread: work stealing has nobody to steal for.
-    let workers = cfg.runtime.worker_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    // One worker runs on the current-thread scheduler, on this thread:
+    // work stealing has nobody to steal for.
+    let workers = cfg.runtime.workers();
     let mut rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -78,7 +78,7 @@ impl Snapshot {
                 .cloned();
             upstreams.insert(
                 name.clone(),
-                reused.unwrap_or_else(|| Arc::new(Upstream::new(u))),
+                reused.unwrap_or_else(|| Arc::new(Upstream::new(u, config.runtime.workers()))),
             );
         }
         let mut exact = Vec::new();

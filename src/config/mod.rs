@@ -197,6 +197,16 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
 }
 
+impl RuntimeConfig {
+    /// The worker threads to run: as set, else one per CPU this process may
+    /// run on (affinity and cgroup quota included).
+    pub fn workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 mod millis {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,

@@ -67,7 +67,8 @@ pub enum ConnectError {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Upstream {
+    /// `workers`: the runtime's worker threads, one idle list each.
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -82,7 +83,9 @@ impl Upstream {
             address: std::sync::Arc::from(config.authority.as_str()),
             config: config.clone(),
             client,
-            idle: (0..idle_lists()).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..workers.clamp(1, 64))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         }
     }
 
@@ -145,11 +148,6 @@ impl Upstream {
     }
 }
 
-/// One idle list per CPU the process may use: about one per worker thread.
-fn idle_lists() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
-}
-
 /// Whether an idle connection is still usable: no EOF, reset or stray
 /// bytes waiting on it. The readiness check costs no syscall in the usual
 /// case, where nothing arrived since the last response.
@@ -168,29 +166,32 @@ mod tests {
     use tokio::net::TcpListener;
 
     async fn upstream_on(listener: &TcpListener) -> Upstream {
-        Upstream::new(&UpstreamConfig {
-            name: "up".into(),
-            authority: listener.local_addr().unwrap().to_string(),
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            max_idle_per_host: 8,
-        })
+        Upstream::new(
+            &UpstreamConfig {
+                name: "up".into(),
+                authority: listener.local_addr().unwrap().to_string(),
+                connect_timeout: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                max_idle_per_host: 8,
+            },
+            2,
+        )
     }
 
     #[tokio::test]
     async fn a_connection_returned_on_one_thread_is_reused_on_another() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = std::sync::Arc::new(upstream_on(&listener).await);
+        let upstream = upstream_on(&listener).await;
         let first = upstream.checkout().await.unwrap();
         assert!(!first.reused);
         let (_server_side, _) = listener.accept().await.unwrap();
         let local = first.stream.local_addr().unwrap();
-        // Returned on another thread, i.e. into another thread's list
-        // (when the machine has more than one).
-        let u = upstream.clone();
-        std::thread::spawn(move || u.checkin(first.stream, Instant::now()))
-            .join()
-            .unwrap();
+        // As another worker thread would return it: into the other list.
+        let other = (upstream.my_list() + 1) % upstream.idle.len();
+        upstream.idle[other]
+            .lock()
+            .unwrap()
+            .push((first.stream, Instant::now()));
         let again = upstream.checkout().await.unwrap();
         assert!(again.reused, "the idle connection was found");
         assert_eq!(again.stream.local_addr().unwrap(), local);
