@@ -1,0 +1,20 @@
+//! Test helpers that read like prose: `Backend::spawn("old")`,
+//! `Cohort::start(&dir, yaml)`, `client.post(addr, "/predict", Some("alice"))`.
+//! Everything runs on real loopback sockets; the proxy is the real binary.
+//!
+//! Split by role; every helper is re-exported here, so tests just
+//! `use crate::util::*`.
+
+mod backends;
+mod clients;
+mod load;
+mod process;
+
+pub use backends::*;
+pub use clients::*;
+pub use load::*;
+pub use process::*;
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
