@@ -1,5 +1,7 @@
 //! The `cohort` command line: parse arguments, set up tracing and the tokio
-//! runtime, and hand over to the library.
+//! runtime, and hand over to the library ([`cohort::run`] for the proxy,
+//! [`cohort::commands`] for the one-shot commands). Exit codes and the
+//! wording of start-up errors live here (docs/operations.md lists them).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use anyhow::Context;
 /// CPU there (perf, BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -55,11 +57,13 @@ enum Command {
     },
     /// Every config applied to a store, with its plan summary; or, with
     /// --experiment and --unit, what that unit was assigned, when, under which rule.
+    /// Give the store with --store DIR, or --config FILE for its `store.path`.
     History {
-        /// The store directory (default: `store.path` of --config).
-        #[arg(long, required_unless_present = "config")]
-        store: Option<PathBuf>,
+        /// The store directory.
         #[arg(long)]
+        store: Option<PathBuf>,
+        /// A config file: its `store.path` is the store.
+        #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long, requires = "unit")]
         experiment: Option<String>,
@@ -69,12 +73,22 @@ enum Command {
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
     Demo {
-        /// Where the proxy listens (default: the config's `listen`, 127.0.0.1:8080 embedded).
+        /// Where the proxy listens (default: the config's `listen`; 127.0.0.1:8080
+        /// in the embedded config, the file's `listen` with --config).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// Where the demo keeps its assignments (embedded config only).
         #[arg(long, default_value = "./cohort-demo-data")]
         data: PathBuf,
+        /// Ports of the demo backends old-model and new-model, in that order
+        /// (embedded config only; default 9001,9002; 0 = any free port).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "config",
+            value_name = "OLD,NEW"
+        )]
+        backend_ports: Option<Vec<u16>>,
         /// Run on this config file instead of the embedded one, hot-reloaded
         /// as you edit it; demo backends answer on its upstreams' addresses.
         #[arg(long)]
@@ -93,7 +107,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { path }) => check(&path),
+        Some(Command::Check { path }) => emit(cohort::commands::check_command(&path)),
         Some(Command::Plan {
             new,
             against,
@@ -116,7 +130,17 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 },
-                (None, None) => unreachable!("clap requires one"),
+                (None, None) => {
+                    let mut cli = Cli::command().bin_name("cohort");
+                    cli.build();
+                    cli.find_subcommand_mut("history")
+                        .expect("history is a subcommand")
+                        .error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "no store given: use --store DIR (the store directory) or --config FILE (its store.path)",
+                        )
+                        .exit()
+                }
             };
             let unit = experiment.as_deref().zip(unit.as_deref());
             emit(cohort::commands::history_command(&store, unit))
@@ -124,9 +148,16 @@ fn main() -> ExitCode {
         Some(Command::Demo {
             listen,
             data,
+            backend_ports,
             config: None,
         }) => {
-            let cfg = cohort::demo::demo_config(data);
+            let mut cfg = cohort::demo::demo_config(data);
+            if let Some(ports) = backend_ports {
+                if let Err(e) = cohort::demo::set_backend_ports(&mut cfg, &ports) {
+                    eprintln!("cohort demo: {e}");
+                    return ExitCode::from(64);
+                }
+            }
             run(cfg, None, listen, true)
         }
         Some(Command::Demo {
@@ -170,41 +201,14 @@ fn plan(
     admin: Option<String>,
     token_file: Option<PathBuf>,
 ) -> ExitCode {
-    use cohort::commands::PlanAgainst;
     if let Err(e) = cohort::config::load_file(&new) {
         eprintln!("{e}");
         return ExitCode::from(1);
     }
-    let source = match (against, store) {
-        (Some(f), _) => PlanAgainst::File(f),
-        (None, Some(s)) => PlanAgainst::Store(s),
-        (None, None) => {
-            let from_new = cohort::config::load_file(&new)
-                .ok()
-                .as_ref()
-                .and_then(cohort::commands::admin_of);
-            let token = match token_file {
-                Some(f) => match std::fs::read_to_string(&f) {
-                    Ok(t) => Some(t.trim_end().to_string()),
-                    Err(e) => {
-                        eprintln!("cannot read {}: {e}", f.display());
-                        return ExitCode::from(1);
-                    }
-                },
-                None => from_new
-                    .as_ref()
-                    .map(|a| a.1.clone())
-                    .or_else(|| std::env::var("COHORT_ADMIN_TOKEN").ok()),
-            };
-            let url = admin.or_else(|| from_new.map(|a| a.0));
-            match (url, token) {
-                (Some(url), Some(token)) => PlanAgainst::Admin { url, token },
-                _ => {
-                    eprintln!("cohort plan: no admin API to ask (give --admin and --token-file, or --against OLD.yaml, or --store DIR)");
-                    return ExitCode::from(1);
-                }
-            }
-        }
+    let source = match cohort::commands::plan::plan_source(&new, against, store, admin, token_file)
+    {
+        Ok(s) => s,
+        Err(o) => return emit(o),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -213,27 +217,8 @@ fn plan(
     emit(rt.block_on(cohort::commands::plan_command(&new, source)))
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match cohort::config::load_file(path) {
-        Ok(c) => {
-            println!(
-                "{}: ok (config version {}, {} experiment(s), {} upstream(s))",
-                path.display(),
-                c.version(),
-                c.experiments.len(),
-                c.upstreams.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
 fn run(
-    cfg: cohort::config::Config,
+    mut cfg: cohort::config::Config,
     path: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     demo: bool,
@@ -255,14 +240,19 @@ fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cohort: {e:#}");
+            eprintln!("cohort: {}", report(&e));
             return ExitCode::from(1);
         }
     };
+    let proxy_listen = listen.unwrap_or(cfg.listen);
     let result = rt.block_on(async move {
         if demo {
-            let backends = cohort::demo::start_backends(&cfg).await.context("starting the demo backends")?;
-            let at = listen.unwrap_or(cfg.listen);
+            let backends = cohort::demo::start_backends(&mut cfg, path.as_deref()).await?;
+            let at = if proxy_listen.port() == 0 {
+                "ADDRESS (the `listening on` line below)".to_string()
+            } else {
+                proxy_listen.to_string()
+            };
             tracing::info!(?backends, "demo backends up; try:\n  curl -i -H 'x-user-id: alice' -d '{{}}' http://{at}/predict");
         }
         cohort::run(cfg, path, listen).await.map_err(anyhow::Error::from)
@@ -270,7 +260,16 @@ fn run(
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cohort: {e:#}");
+            let hint = match e.downcast_ref::<cohort::RunError>() {
+                Some(cohort::RunError::Bind { addr, .. }) if *addr == proxy_listen => {
+                    " (hint: stop what is using it, or choose another address with --listen, e.g. --listen 127.0.0.1:0 for any free port)"
+                }
+                Some(cohort::RunError::Bind { .. }) => {
+                    " (hint: stop what is using it, or change admin.listen in the config)"
+                }
+                _ => "",
+            };
+            eprintln!("cohort: {}{hint}", report(&e));
             // A config the ledger rejects (e.g. it would orphan units) is exit 2.
             let rejected = matches!(
                 e.downcast_ref::<cohort::RunError>(),
@@ -281,4 +280,19 @@ fn run(
             ExitCode::from(if rejected { 2 } else { 1 })
         }
     }
+}
+
+/// `e` and its causes, each said once. Errors that put their cause in their
+/// own message (`"store {path}: {source}"`) would otherwise print the OS
+/// error twice with anyhow's `{:#}`.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

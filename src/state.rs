@@ -25,8 +25,12 @@ use crate::snapshot::Snapshot;
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("access log: {0}")]
-    Log(#[from] std::io::Error),
+    #[error("cannot open the access log {target}: {source}")]
+    Log {
+        /// The file (or `stdout`).
+        target: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Rejected(ConfigErrors),
 }
@@ -74,7 +78,13 @@ impl State {
         listen_override: Option<SocketAddr>,
     ) -> Result<Arc<State>, StartError> {
         let store = Store::open(&config.store_path)?;
-        let log = AccessLog::open(&config.access_log.target)?;
+        let log = AccessLog::open(&config.access_log.target).map_err(|source| StartError::Log {
+            target: match &config.access_log.target {
+                crate::config::LogTarget::File(p) => p.display().to_string(),
+                crate::config::LogTarget::Stdout => "stdout".into(),
+            },
+            source,
+        })?;
         let ledger = store.ledger();
         let plan = plan_against(&ledger, &store, &config).map_err(|errors| {
             StartError::Rejected(ConfigErrors {

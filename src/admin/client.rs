@@ -1,17 +1,19 @@
-//! A small admin API client for the command line (`cohort plan`,
-//! `cohort history`): one request, JSON back.
+//! A small admin API client for the command line (`cohort plan --admin`):
+//! one request, JSON back, and errors a person can act on (the address,
+//! the OS's reason, and what to check), never a client library's debug dump.
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the admin API at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error("cannot reach the admin API at {addr}: {reason}; is cohort running, with its admin API on {addr}?")]
+    Unreachable { addr: String, reason: String },
     #[error("the admin API at {url} answered {status}: {body}")]
     Status {
         url: String,
@@ -20,6 +22,19 @@ pub enum ClientError {
     },
     #[error("the admin API at {url} sent a body that is not JSON: {reason}")]
     NotJson { url: String, reason: String },
+}
+
+/// How long a connection to the admin API may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The innermost cause of `e` (for a refused connection: "Connection
+/// refused (os error 111)"): the layers above it only say "client error".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 pub struct AdminClient {
@@ -49,22 +64,26 @@ impl AdminClient {
 
     async fn call(&self, method: Method, path: &str) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut connector = HttpConnector::new();
+        // A firewalled address never refuses: give up instead of hanging.
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+        let addr = self.base.trim_start_matches("http://").to_string();
         let req = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
+                addr: addr.clone(),
                 reason: e.to_string(),
             })?;
         let resp = client
             .request(req)
             .await
             .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: format!("{e:?}"),
+                addr: addr.clone(),
+                reason: root_cause(&e),
             })?;
         let status = resp.status();
         let body = resp
@@ -72,8 +91,8 @@ impl AdminClient {
             .collect()
             .await
             .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
+                addr,
+                reason: root_cause(&e),
             })?
             .to_bytes();
         if !status.is_success() {

@@ -53,6 +53,8 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("store {}: cannot be a store directory: {why}", path.display())]
+    NotAStoreDir { path: PathBuf, why: String },
     #[error("store {0} is in use by another cohort process")]
     Locked(PathBuf),
     #[error("store {path}: corrupt journal: {what}")]
@@ -298,7 +300,7 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(dir.join("lock"))
-            .map_err(io_err)?;
+            .map_err(|source| no_lock_file(dir, source))?;
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked(dir.to_path_buf()));
         }
@@ -450,6 +452,25 @@ fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+}
+
+/// Why the lock file could not be made in `dir`. A directory that exists
+/// yet answers "no such file" to a new file in it is a pseudo filesystem
+/// (`/proc/self`, `/sys`): say so rather than the OS's misleading words.
+fn no_lock_file(dir: &Path, source: io::Error) -> StoreError {
+    if source.kind() == io::ErrorKind::NotFound && dir.is_dir() {
+        return StoreError::NotAStoreDir {
+            path: dir.to_path_buf(),
+            why: format!(
+                "it does not accept new files (creating {} failed: {source}); it looks like a pseudo filesystem such as /proc or /sys. Give store.path a directory on persistent local disk",
+                dir.join("lock").display()
+            ),
+        };
+    }
+    StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    }
 }
 
 fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {

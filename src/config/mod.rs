@@ -12,6 +12,7 @@ pub mod positions;
 pub mod raw;
 pub mod reload;
 mod schema;
+mod syntax;
 mod validate;
 
 use std::collections::BTreeMap;

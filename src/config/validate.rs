@@ -72,7 +72,10 @@ fn deserialize(text: &str, e: &mut Errors) -> Option<RawConfig> {
     let Some(doc) = pruned else {
         // Nothing to take out (or no YAML at all): serde's own positions.
         return serde_yaml::from_str(text)
-            .map_err(|err| e.list.push(serde_error(&err)))
+            .map_err(|err| {
+                let ce = super::syntax::explain(serde_error(&err), &err.to_string(), text);
+                e.list.push(ce)
+            })
             .ok();
     };
     // Deserialized from text, not with from_value, so that serde's messages
@@ -902,7 +905,13 @@ experiments:
     #[test]
     fn syntax_error_has_position() {
         let e = one_error(&GOOD.replace("9002 }", "9002"));
-        assert_error(&e, "", (4, 12), "did not find expected ',' or '}'", None);
+        assert_error(
+            &e,
+            "upstreams.new",
+            (4, 12),
+            "did not find expected ',' or '}'",
+            Some("the `{` at line 3, column 8 is not closed"),
+        );
     }
 
     #[test]

@@ -1,16 +1,18 @@
-//! The offline and operator commands behind the CLI: `check`, `plan` and
-//! `history`. Each returns its output and exit code; `main` only prints.
+//! `cohort plan NEW`: a dry run of a config change against another file,
+//! a store, or the running proxy's admin API (exit 0 no change, 1 invalid or
+//! rejected, 2 valid with changes).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::admin::client::AdminClient;
+use super::Outcome;
+use crate::admin::client::{AdminClient, ClientError};
 use crate::admin::ConfigView;
 use crate::assign::ledger::{ExperimentId, Ledger, VariantId};
 use crate::assign::plan::{plan, Previous, UnitCounts};
 use crate::assign::store::StoreView;
 use crate::config::{self, Config};
-use crate::observe::time::{now_rfc3339, rfc3339_millis};
+use crate::observe::time::now_rfc3339;
 
 /// What `cohort plan` compares the new config with.
 pub enum PlanAgainst {
@@ -20,24 +22,6 @@ pub enum PlanAgainst {
     Store(PathBuf),
     /// A running proxy's admin API.
     Admin { url: String, token: String },
-}
-
-/// `plan`'s output and exit code: 0 no change, 1 invalid or rejected,
-/// 2 valid with changes.
-pub struct Outcome {
-    pub stdout: String,
-    pub stderr: String,
-    pub code: u8,
-}
-
-impl Outcome {
-    fn fail(stderr: impl std::fmt::Display) -> Outcome {
-        Outcome {
-            stdout: String::new(),
-            stderr: format!("{stderr}\n"),
-            code: 1,
-        }
-    }
 }
 
 struct NoUnits;
@@ -69,6 +53,42 @@ impl UnitCounts for NamedCounts<'_> {
     }
 }
 
+/// What to plan against, from the command line: `--against`, `--store`,
+/// or else the admin API (`--admin`, default NEW's `admin.listen`) with
+/// the token from `--token-file`, NEW's token, or `COHORT_ADMIN_TOKEN`.
+pub fn plan_source(
+    new: &Path,
+    against: Option<PathBuf>,
+    store: Option<PathBuf>,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<PlanAgainst, Outcome> {
+    if let Some(f) = against {
+        return Ok(PlanAgainst::File(f));
+    }
+    if let Some(s) = store {
+        return Ok(PlanAgainst::Store(s));
+    }
+    let from_new = config::load_file(new).ok().as_ref().and_then(admin_of);
+    let token = match token_file {
+        Some(f) => match std::fs::read_to_string(&f) {
+            Ok(t) => Some(t.trim_end().to_string()),
+            Err(e) => return Err(Outcome::fail(format!("cannot read {}: {e}", f.display()))),
+        },
+        None => from_new
+            .as_ref()
+            .map(|a| a.1.clone())
+            .or_else(|| std::env::var("COHORT_ADMIN_TOKEN").ok()),
+    };
+    match (admin.or_else(|| from_new.map(|a| a.0)), token) {
+        (Some(url), Some(token)) => Ok(PlanAgainst::Admin { url, token }),
+        _ => Err(Outcome::fail(
+            "cohort plan: no admin API to ask (give --admin and --token-file, or --against OLD.yaml, or --store DIR)",
+        )),
+    }
+}
+
+/// Plans `new_path` against `against`.
 pub async fn plan_command(new_path: &Path, against: PlanAgainst) -> Outcome {
     let new = match config::load_file(new_path) {
         Ok(c) => c,
@@ -132,6 +152,11 @@ pub async fn plan_command(new_path: &Path, against: PlanAgainst) -> Outcome {
                 Ok(Err(e)) => {
                     return Outcome::fail(format!("unexpected /admin/config answer: {e}"))
                 }
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    return Outcome::fail(format!(
+                        "{e}\n(hint: to plan without a running proxy, use --store DIR or --against OLD.yaml)"
+                    ))
+                }
                 Err(e) => return Outcome::fail(e),
             };
             let ledger = view.to_ledger();
@@ -176,90 +201,4 @@ pub fn admin_of(cfg: &Config) -> Option<(String, String)> {
     cfg.admin
         .as_ref()
         .map(|a| (a.listen.to_string(), a.token.clone()))
-}
-
-/// `cohort history`: every applied config, or what one unit saw.
-pub fn history_command(store: &Path, unit: Option<(&str, &str)>) -> Outcome {
-    let view = match StoreView::open(store) {
-        Ok(v) => v,
-        Err(e) => return Outcome::fail(e),
-    };
-    let ledger = view.ledger();
-    let mut out = String::new();
-    match unit {
-        None => {
-            for h in &ledger.history {
-                out.push_str(&format!(
-                    "{}  config {}  ({})\n",
-                    h.applied_at, h.config_version, h.trigger
-                ));
-                for line in h.summary.lines().skip(1) {
-                    out.push_str(&format!("    {line}\n"));
-                }
-            }
-            if ledger.history.is_empty() {
-                out.push_str("no config has been applied to this store yet\n");
-            }
-            for (experiment, paused, at) in &ledger.pause_log {
-                let what = if *paused { "PAUSED" } else { "resumed" };
-                out.push_str(&format!(
-                    "{at}  {experiment} {what} through the admin API\n"
-                ));
-            }
-        }
-        Some((experiment, unit)) => {
-            let Some(x) = ledger.get(experiment) else {
-                return Outcome::fail(format!(
-                    "no experiment {experiment:?} in {}",
-                    store.display()
-                ));
-            };
-            match view.get(experiment, unit.as_bytes()) {
-                None => {
-                    return Outcome {
-                        stdout: format!("{unit:?} has no assignment in {experiment:?}\n"),
-                        stderr: String::new(),
-                        code: 1,
-                    }
-                }
-                Some(a) => {
-                    let seen =
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(a.first_seen.into());
-                    let variant = x
-                        .variants
-                        .get(usize::from(a.variant))
-                        .map_or("?", String::as_str);
-                    out.push_str(&format!(
-                        "{unit:?} in {experiment:?}: variant {variant}, epoch {}, first seen {}\n",
-                        a.epoch.0,
-                        rfc3339_millis(seen)
-                    ));
-                    if let Some(r) = x.epochs.iter().find(|e| e.epoch == a.epoch) {
-                        let weights: Vec<String> = r
-                            .rule
-                            .variants
-                            .iter()
-                            .map(|v| format!("{}={}", v.name, v.weight))
-                            .collect();
-                        out.push_str(&format!(
-                            "  epoch {} began {} (config {}): salt {:?}, unit_header {}, coverage {}%, weights {}\n",
-                            r.epoch.0,
-                            r.started_at,
-                            r.config_version,
-                            r.rule.salt,
-                            r.rule.unit_header,
-                            r.rule.coverage,
-                            weights.join(" ")
-                        ));
-                    }
-                    out.push_str(&format!("  current epoch: {}\n", x.current().epoch.0));
-                }
-            }
-        }
-    }
-    Outcome {
-        stdout: out,
-        stderr: String::new(),
-        code: 0,
-    }
 }

@@ -1,0 +1,30 @@
+//! The one-shot commands behind the CLI, one file each: [`check`], [`plan`]
+//! and [`history`]. Each returns an [`Outcome`] (its output and exit code)
+//! and prints nothing itself; `main` prints, so every command can be tested
+//! without a process.
+
+pub mod check;
+pub mod history;
+pub mod plan;
+
+pub use check::check_command;
+pub use history::history_command;
+pub use plan::{admin_of, plan_command, PlanAgainst};
+
+/// A command's output and exit code.
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: u8,
+}
+
+impl Outcome {
+    /// Exit 1 with `stderr` as the message.
+    pub(crate) fn fail(stderr: impl std::fmt::Display) -> Outcome {
+        Outcome {
+            stdout: String::new(),
+            stderr: format!("{stderr}\n"),
+            code: 1,
+        }
+    }
+}
