@@ -4,6 +4,7 @@
 mod access_log;
 mod durability;
 mod http1;
+mod newcomer;
 mod operator;
 mod proxy;
 mod reload;

@@ -101,6 +101,7 @@ pub struct Cohort {
     pub addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Cohort {
@@ -114,16 +115,28 @@ impl Cohort {
     /// Starts on the config already in `dir`; on failure returns the exit
     /// status and stderr.
     pub fn start_existing(dir: &TestDir) -> Result<Cohort, (Option<ExitStatus>, String)> {
+        let config = dir.config_path();
+        Cohort::start_args(&["--config".as_ref(), config.as_os_str()], dir.path())
+    }
+
+    /// Runs `cohort ARGS` in `cwd` (`demo ...`, say) until it logs where it
+    /// listens; on failure returns the exit status and stderr. Its stdout
+    /// (the demo's access log) is kept too, see [`Cohort::stdout`].
+    pub fn start_args(
+        args: &[&std::ffi::OsStr],
+        cwd: &Path,
+    ) -> Result<Cohort, (Option<ExitStatus>, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .arg("--config")
-            .arg(dir.config_path())
+            .args(args)
+            .current_dir(cwd)
             .env("COHORT_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn cohort");
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let pipe = child.stderr.take().unwrap();
         let lines = stderr.clone();
@@ -136,11 +149,19 @@ impl Cohort {
                 lines.lock().unwrap().push(line);
             }
         });
+        let out_pipe = child.stdout.take().unwrap();
+        let out_lines = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                out_lines.lock().unwrap().push(line);
+            }
+        });
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => Ok(Cohort {
                 addr,
                 child,
                 stderr,
+                stdout,
             }),
             Err(_) => {
                 let status = child.try_wait().ok().flatten().or_else(|| {
@@ -152,6 +173,11 @@ impl Cohort {
                 Err((status, log))
             }
         }
+    }
+
+    /// Every stdout line so far (the access log when it goes to stdout).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn stderr(&self) -> String {
