@@ -78,7 +78,7 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// Where the demo keeps its assignments (embedded config only).
-        #[arg(long, default_value = "./cohort-demo-data")]
+        #[arg(long, default_value = "./cohort-demo-data", conflicts_with = "config")]
         data: PathBuf,
         /// Ports of the demo backends old-model and new-model, in that order
         /// (embedded config only; default 9001,9002; 0 = any free port).
@@ -247,15 +247,28 @@ fn run(
     let proxy_listen = listen.unwrap_or(cfg.listen);
     let result = rt.block_on(async move {
         if demo {
-            let backends = cohort::demo::start_backends(&mut cfg, path.as_deref()).await?;
+            cohort::demo::start_backends(&mut cfg, path.as_deref()).await?;
+            let backends: Vec<String> = cfg
+                .upstreams
+                .iter()
+                .map(|(name, u)| format!("{name} on {}", u.authority))
+                .collect();
+            tracing::info!("demo backends up: {}", backends.join(", "));
+            // On a line of its own, with nothing after it, so it can be
+            // copied as it is.
             let at = if proxy_listen.port() == 0 {
-                "ADDRESS (the `listening on` line below)".to_string()
+                "ADDRESS".to_string()
             } else {
                 proxy_listen.to_string()
             };
-            tracing::info!(?backends, "demo backends up; try:\n  curl -i -H 'x-user-id: alice' -d '{{}}' http://{at}/predict");
+            tracing::info!("try: curl -i -H 'x-user-id: alice' -d '{{}}' http://{at}/predict");
+            if proxy_listen.port() == 0 {
+                tracing::info!("(ADDRESS: see the `listening on` line below)");
+            }
         }
-        cohort::run(cfg, path, listen).await.map_err(anyhow::Error::from)
+        cohort::run(cfg, path, listen)
+            .await
+            .map_err(anyhow::Error::from)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,10 +34,11 @@ async fn the_quick_start_demo_answers_the_readme_curl_as_documented() {
         dir.path(),
     )
     .unwrap_or_else(|(code, log)| panic!("demo did not start ({code:?}):\n{log}"));
+    let hint = cohort.wait_for_log("try: curl", Duration::from_secs(5));
     assert!(
-        cohort.stderr().contains("curl -i -H 'x-user-id: alice'"),
-        "the demo tells the newcomer what to try:\n{}",
-        cohort.stderr()
+        hint.contains("curl -i -H 'x-user-id: alice' -d '{}' http://ADDRESS/predict")
+            && hint.ends_with("/predict"),
+        "the demo says what to try, on a line that can be copied as it is: {hint:?}"
     );
     // curl -i -H 'x-user-id: alice' -d '{}' localhost:8080/predict
     let client = TestClient::new();
