@@ -253,7 +253,12 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.position.line, self.position.column)?;
+        // Line 0: no place in the file (it could not be read, or it is empty).
+        if self.position.line == 0 {
+            f.write_str(" ")?;
+        } else {
+            write!(f, "{}:{}: ", self.position.line, self.position.column)?;
+        }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }

@@ -264,3 +264,19 @@ fn one_arm() -> String {
     "  - name: e\n    routes: [/p]\n    variants:\n      - { name: a, upstream: old, weight: 100 }\n"
         .into()
 }
+
+/// A config that cannot be read is named without a made-up position.
+#[test]
+fn a_missing_config_file_is_named_without_a_position() {
+    let dir = TestDir::new();
+    let missing = dir.path().join("nope.yaml").display().to_string();
+    for args in [vec!["check", &missing], vec!["--config", &missing]] {
+        let (code, _, err) = cohort_cmd(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("{missing}: cannot read the file: ")),
+            "{err}"
+        );
+        assert!(!err.contains(":0:0"), "{err}");
+    }
+}
