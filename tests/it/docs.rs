@@ -687,3 +687,65 @@ fn the_docker_examples_mount_every_file_the_shipped_config_names() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Links between the pages.
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
+/// as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut in_block = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+        } else if !in_block && line.starts_with('#') {
+            out.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut pages = doc_pages();
+    pages.push(("deploy/README.md".into(), read("deploy/README.md")));
+    let mut checked = 0;
+    for (page, text) in &pages {
+        let dir = Path::new(page).parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let target = text[i + 2..].split(')').next().unwrap();
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                PathBuf::from(page)
+            } else {
+                dir.join(file)
+            };
+            let full = repo(&path.display().to_string());
+            assert!(full.exists(), "{page}: link to {target}: no such file");
+            if !anchor.is_empty() {
+                let text = std::fs::read_to_string(&full).unwrap();
+                assert!(
+                    anchors(&text).contains(anchor),
+                    "{page}: link to {target}: no such heading in {}",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} links found");
+}
