@@ -749,3 +749,49 @@ fn every_relative_link_in_the_docs_resolves() {
     }
     assert!(checked >= 30, "only {checked} links found");
 }
+
+// ---------------------------------------------------------------------------
+// The assignment contract's numbers.
+
+#[test]
+fn the_documented_golden_buckets_are_the_contract() {
+    let md = read("docs/assignment.md");
+    let mut rows = 0;
+    let golden = md
+        .split("Golden vectors")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").nth(1))
+        .expect("docs/assignment.md has a golden vector table");
+    for line in golden
+        .lines()
+        .filter(|l| l.starts_with("| `") || l.starts_with("| (empty"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (salt, unit, want) = (cells[1], cells[2], cells[3]);
+        let Ok(want) = want.parse::<u32>() else {
+            continue;
+        };
+        let salt = if salt.starts_with("(empty") {
+            ""
+        } else {
+            salt.trim_matches('`')
+        };
+        let unit = unit.split('`').nth(1).unwrap();
+        assert_eq!(bucket(salt, unit), want, "docs/assignment.md: {line}");
+        rows += 1;
+    }
+    assert!(rows >= 8, "golden table not found ({rows} rows)");
+    // The README's example: alice is bucket 7889, bob 1237.
+    let readme = read("README.md");
+    assert!(
+        readme.contains("`alice` hashes to bucket 7889") && bucket("ranker-v2", "alice") == 7889
+    );
+    assert!(readme.contains("`bob` (bucket 1237)") && bucket("ranker-v2", "bob") == 1237);
+    // The coverage example.
+    assert!(md.contains("are 5449, 8654 and 359"));
+    let cov: Vec<u32> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| bucket("coverage:ranker-v2", u))
+        .collect();
+    assert_eq!(cov, [5449, 8654, 359]);
+}
