@@ -3,6 +3,8 @@
 
 mod access_log;
 mod durability;
+mod golden;
+mod golden_gen;
 mod http1;
 mod operator;
 mod proxy;
