@@ -4,7 +4,7 @@
 mod access_log;
 mod durability;
 mod golden;
-mod golden_gen;
+
 mod http1;
 mod operator;
 mod proxy;
