@@ -36,8 +36,7 @@ use tokio::sync::oneshot;
 use super::epoch::Epoch;
 use super::hash::UnitKey;
 use super::journal::{self, Record, Tail};
-use super::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent, VariantId};
-use super::plan::UnitCounts;
+use super::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent, UnitCounts, VariantId};
 
 const JOURNAL_FILE: &str = "journal.cohort";
 const MAX_BATCH: usize = 8192;
@@ -100,7 +99,7 @@ impl Assignment {
 }
 
 /// The largest epoch the packed form holds.
-pub const MAX_EPOCH: u32 = 0xff_ffff;
+pub const MAX_EPOCH: u32 = Epoch::MAX.0;
 
 impl Hash for UnitKey {
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -10,7 +10,6 @@
 
 pub mod positions;
 pub mod raw;
-pub mod reload;
 mod schema;
 mod validate;
 
@@ -23,8 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::assign::buckets::Weight;
-use crate::assign::epoch::{Rule, RuleVariant};
+use crate::terms::Weight;
 pub use positions::{Position, PositionIndex};
 
 /// The config cohort runs when none is given (`cohort demo`).
@@ -103,25 +101,6 @@ pub struct ExperimentConfig {
     pub coverage: Weight,
     /// Forced units: unit id -> index of the variant it is forced into.
     pub overrides: BTreeMap<String, usize>,
-}
-
-impl ExperimentConfig {
-    /// The part of the experiment that decides new units' variants.
-    pub fn rule(&self) -> Rule {
-        Rule {
-            salt: self.salt.clone(),
-            unit_header: self.unit_header.clone(),
-            coverage: self.coverage,
-            variants: self
-                .variants
-                .iter()
-                .map(|v| RuleVariant {
-                    name: v.name.clone(),
-                    weight: v.weight,
-                })
-                .collect(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawExperiment, RawUpstream};
 use super::{schema, *};
-use crate::assign::buckets::{BucketTable, Weight};
+use crate::terms::{valid_unit, Weight};
 
 const MAX_VARIANTS: usize = 255;
 
@@ -646,7 +646,7 @@ fn experiment(
     }
     if weights_ok && !x.variants.is_empty() {
         let ws: Vec<Weight> = variants.iter().map(|v| v.weight).collect();
-        if BucketTable::new(&ws).is_none() {
+        if !Weight::sum_to_whole(&ws) {
             let shown = Weight(sum.min(u64::from(u32::MAX)) as u32);
             e.push(
                 format!("{p}.variants"),
@@ -745,7 +745,7 @@ fn overrides(
             continue;
         };
         for u in units {
-            if !crate::assign::valid_unit(u.as_bytes()) {
+            if !valid_unit(u.as_bytes()) {
                 e.push(
                     format!("{at}.{variant}"),
                     format!("{u:?} is not a valid unit id"),

@@ -13,11 +13,12 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::buckets::{BucketTable, Weight};
-use super::epoch::{diff, Epoch, Rule, RuleChange};
-use super::hash::{Bucket, BUCKETS};
-use super::ledger::{EpochRecord, ExperimentId, ExperimentLedger, Ledger, LedgerEvent, VariantId};
+use crate::assign::buckets::{BucketTable, Weight};
+use crate::assign::epoch::{diff, Epoch, Rule, RuleChange};
+use crate::assign::hash::{Bucket, BUCKETS};
+use crate::assign::ledger::{units_by_variant, EpochRecord, Ledger, LedgerEvent, UnitCounts};
 use crate::config::{Config, ConfigError};
+use crate::snapshot::rule;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -84,20 +85,6 @@ impl Plan {
     }
 }
 
-/// Stored units of (experiment, variant); from the store, a fixture in tests.
-pub trait UnitCounts {
-    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
-}
-
-/// Stored units of each variant name `l` has ever had, in dictionary order.
-pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
-    l.variants
-        .iter()
-        .enumerate()
-        .map(|(vid, n)| (n.clone(), counts.units(l.id, vid as VariantId)))
-        .collect()
-}
-
 /// The previously applied config, as canonical JSON with its version.
 pub struct Previous<'a> {
     pub version: &'a str,
@@ -120,7 +107,7 @@ pub fn plan(
 
     for (i, x) in new.experiments.iter().enumerate() {
         let path = format!("experiments[{i}]");
-        let rule = x.rule();
+        let rule = rule(x);
         let weights_after = rule
             .variants
             .iter()
@@ -490,6 +477,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::assign::ledger::{ExperimentId, VariantId};
     use crate::config::{parse, Env};
 
     struct Counts(HashMap<(ExperimentId, VariantId), u64>);
