@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawExperiment, RawUpstream};
 use super::{schema, *};
 use crate::terms::{valid_unit, Weight};
+use sha2::{Digest, Sha256};
 
 const MAX_VARIANTS: usize = 255;
 

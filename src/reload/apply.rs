@@ -19,7 +19,9 @@ use crate::observe::time::now_rfc3339;
 use crate::snapshot::Snapshot;
 use crate::state::State;
 
+use super::diff::diff;
 use super::plan::{canonical, plan, Plan, Previous};
+use crate::config::record::ConfigRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -112,7 +114,8 @@ impl State {
                 errors,
             })
         })?;
-        let restart_needed = restart_only_changes(&cur.config, &config);
+        let restart_needed =
+            diff(&ConfigRecord::of(&cur.config), &ConfigRecord::of(&config)).restart_needed;
         let snap = Snapshot::build(config, &planned(ledger, &plan), &self.store, Some(&cur));
         self.store
             .append_ledger(with_history(&plan, &snap, trigger))
@@ -154,35 +157,90 @@ fn with_history(plan: &Plan, snap: &Snapshot, trigger: &str) -> Vec<LedgerEvent>
     events
 }
 
-/// Settings bound at start-up (sockets, files, threads).
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if old.listen != new.listen {
-        v.push("listen");
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{parse, Env};
+
+    fn config(dir: &Path, weights: (u32, u32)) -> Config {
+        let yaml = format!(
+            "listen: 127.0.0.1:0
+store: {{ path: ./store }}
+access_log: {{ path: \"-\" }}
+upstreams:
+  old: {{ url: http://127.0.0.1:1 }}
+experiments:
+  - name: e
+    routes: [/p]
+    variants:
+      - {{ name: a, upstream: old, weight: {} }}
+      - {{ name: b, upstream: old, weight: {} }}
+",
+            weights.0, weights.1
+        );
+        parse(&yaml, &dir.join("c.yaml"), dir, &Env::default()).unwrap()
     }
-    if old.store_path != new.store_path {
-        v.push("store.path");
+
+    fn history(state: &State) -> Vec<String> {
+        let ledger = state.store.ledger();
+        ledger
+            .history
+            .iter()
+            .map(|a| a.config_version.clone())
+            .collect()
     }
-    if old.access_log.target != new.access_log.target {
-        v.push("access_log.path");
+
+    /// Restarting on the same file, with or without `--listen`, records no
+    /// new config version and starts no epoch.
+    #[tokio::test]
+    async fn a_restart_on_the_same_file_records_nothing_whatever_the_listen_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let s = State::start(config(dir.path(), (50, 50)), None, None)
+                .await
+                .unwrap();
+            history(&s)
+        };
+        assert_eq!(first.len(), 1);
+        for listen in [None, Some("127.0.0.1:1234"), Some("127.0.0.1:4321")] {
+            let listen = listen.map(|l| l.parse().unwrap());
+            let s = State::start(config(dir.path(), (50, 50)), None, listen)
+                .await
+                .unwrap();
+            assert_eq!(history(&s), first, "--listen {listen:?}");
+            let l = s.store.ledger();
+            assert_eq!(l.get("e").unwrap().epochs.len(), 1);
+            // The flag is kept beside the config, not in it.
+            assert_eq!(s.listen_override(), listen);
+            assert_eq!(s.snapshot().config.listen.port(), 0);
+        }
     }
-    if old.runtime.worker_threads != new.runtime.worker_threads {
-        v.push("runtime.worker_threads");
+
+    #[tokio::test]
+    async fn a_reload_applies_only_a_changed_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = Some("127.0.0.1:1234".parse().unwrap());
+        let s = State::start(config(dir.path(), (50, 50)), None, listen)
+            .await
+            .unwrap();
+        let same = s.apply(config(dir.path(), (50, 50)), "test").await.unwrap();
+        assert!(matches!(same, Reloaded::Unchanged));
+        let ramp = s.apply(config(dir.path(), (20, 80)), "test").await.unwrap();
+        let Reloaded::Applied {
+            plan,
+            restart_needed,
+        } = ramp
+        else {
+            panic!("applied")
+        };
+        assert!(restart_needed.is_empty(), "{restart_needed:?}");
+        assert_eq!(plan.experiments[0].epoch_after.0, 2);
+        assert_eq!(history(&s).len(), 2);
+        // The history record is the versioned one.
+        let l = s.store.ledger();
+        assert_eq!(l.history[1].config["version"], 1);
+        assert_eq!(*s.snapshot().version, l.history[1].config_version);
     }
-    if old.runtime.http1_fast_path != new.runtime.http1_fast_path {
-        v.push("runtime.http1_fast_path");
-    }
-    if old.runtime.client_idle_timeout != new.runtime.client_idle_timeout
-        || old.runtime.client_header_timeout != new.runtime.client_header_timeout
-        || old.runtime.client_body_timeout != new.runtime.client_body_timeout
-    {
-        v.push("runtime.client_*_timeout");
-    }
-    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
-        v.push("admin.listen");
-    }
-    if old.runtime.shutdown_timeout != new.runtime.shutdown_timeout {
-        v.push("runtime.shutdown_timeout");
-    }
-    v
 }

@@ -12,6 +12,7 @@
 //! like a reload, against the ledger the store replayed.
 
 pub mod apply;
+pub mod diff;
 pub mod plan;
 pub mod report;
 pub mod watch;

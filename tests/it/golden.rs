@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use cohort::assign::buckets::{BucketTable, Weight};
 use cohort::assign::hash::{bucket, coverage_bucket, unit_key};
 use cohort::assign::store::{Store, StoreView};
+use cohort::config::record::ConfigRecord;
 use cohort::config::{parse, Config, Env};
 use serde_json::Value;
 
@@ -170,4 +171,122 @@ fn config_versions_of_the_golden_configs_are_unchanged() {
     for (name, v) in want["versions"].as_object().unwrap() {
         assert_eq!(golden_config(name).version(), v.as_str().unwrap(), "{name}");
     }
+}
+
+/// Configs recorded before records were versioned (the live struct's JSON)
+/// read back as the same record today's code makes of the same file: the
+/// previous config of an upgraded store is understood, so the first plan
+/// after an upgrade names no spurious routing change.
+#[test]
+fn pre_versioned_config_records_in_the_journal_still_read() {
+    let want = expected();
+    let history = want["ledger"]["history"].as_array().unwrap();
+    let names = [
+        "1-start.yaml",
+        "2-ramp.yaml",
+        "3-reset.yaml",
+        "4-closed.yaml",
+    ];
+    assert_eq!(history.len(), names.len());
+    for (h, name) in history.iter().zip(names) {
+        assert!(
+            h["config"].get("version").is_none(),
+            "{name}: pre-versioned"
+        );
+        let read = ConfigRecord::from_stored(&h["config"]).unwrap();
+        let now = ConfigRecord::of(&golden_config(name));
+        assert_eq!(read, now.summarized(), "{name}");
+        assert_eq!(h["config_version"], now.version(), "{name}");
+    }
+}
+
+/// The versioned record as it is written to the ledger today.
+#[test]
+fn the_versioned_config_record_is_golden() {
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("config-record-v1.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["version"], 1);
+    let record = ConfigRecord::of(&golden_config("4-closed.yaml"));
+    assert_eq!(record.to_stored(), file);
+    assert_eq!(
+        ConfigRecord::from_stored(&file).unwrap(),
+        record.summarized()
+    );
+    // A record from a newer cohort is refused, not misread.
+    let mut newer = file.clone();
+    newer["version"] = 2.into();
+    assert!(ConfigRecord::from_stored(&newer).is_err());
+}
+
+/// Runs `cohort --config <dir>/cohort.yaml [args]` until it listens, then
+/// stops it with SIGTERM.
+fn run_until_listening(dir: &Path, args: &[&str]) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("--config")
+        .arg(dir.join("cohort.yaml"))
+        .args(args)
+        .env("COHORT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cohort");
+    let mut log = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let up = line.contains("listening on http://");
+        log.push(line);
+        if up {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait().unwrap();
+    assert!(
+        log.iter().any(|l| l.contains("listening on http://")),
+        "cohort did not start ({status:?}):\n{}",
+        log.join("\n")
+    );
+}
+
+/// `--listen` wins over the file's `listen` but is no part of the applied
+/// config: starting with and without it records one config version.
+#[test]
+fn the_listen_flag_records_no_new_config_version() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cohort.yaml"),
+        "listen: 127.0.0.1:0
+store: { path: ./data }
+access_log: { path: ./access.jsonl }
+upstreams:
+  old: { url: http://127.0.0.1:1 }
+experiments:
+  - name: e
+    routes: [/p]
+    variants:
+      - { name: a, upstream: old, weight: 100 }
+",
+    )
+    .unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flag = free.local_addr().unwrap().to_string();
+    drop(free);
+    run_until_listening(dir.path(), &[]);
+    run_until_listening(dir.path(), &["--listen", &flag]);
+    run_until_listening(dir.path(), &[]);
+    let view = StoreView::open(&dir.path().join("data")).unwrap();
+    let versions: Vec<String> = view
+        .ledger()
+        .history
+        .iter()
+        .map(|a| a.config_version.clone())
+        .collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
 }
