@@ -8,6 +8,7 @@
 //! (overrides, admin token, log-unit key), so `cohort check`, `cohort plan`
 //! and a reload share exactly this code.
 
+pub mod files;
 pub mod positions;
 pub mod raw;
 pub mod record;
@@ -259,9 +260,21 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses `text` as if it were the file `file`; relative paths resolve
-/// against `base`.
+/// against `base`, and the files it names are read from disk.
 pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, ConfigErrors> {
-    validate::parse_and_validate(text, file, base, env).map_err(|errors| ConfigErrors {
+    parse_with(text, file, base, env, &files::Disk)
+}
+
+/// [`parse`], reading the files the config names from `files`.
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    base: &Path,
+    env: &Env,
+    files: &dyn files::Files,
+) -> Result<Config, ConfigErrors> {
+    let sources = validate::Sources { base, env, files };
+    validate::parse_and_validate(text, file, &sources).map_err(|errors| ConfigErrors {
         file: file.to_path_buf(),
         errors,
     })
