@@ -2,7 +2,7 @@
 //! atomic pointer), the store, the access log and request ids.
 //!
 //! How a config becomes the snapshot (start-up, reload, plan) is
-//! [`crate::reload`]'s job; it swaps the result in through [`State::swap`].
+//! [`crate::reload`]'s job; it swaps the result in through `State::swap`.
 //! The admin kill switch lives here because it changes no snapshot.
 
 use std::net::SocketAddr;

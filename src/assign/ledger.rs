@@ -88,7 +88,8 @@ pub struct AppliedConfig {
     pub trigger: String,
     /// The plan summary, as logged.
     pub summary: String,
-    /// The canonical config itself, for routing diffs against it later.
+    /// The applied config's record, for routing diffs against it later. Its
+    /// schema is `config::record` (versioned); to the ledger it is opaque.
     pub config: serde_json::Value,
 }
 

@@ -10,6 +10,11 @@
 //! 6. otherwise the unit is bucketed by the current rule (the first variant,
 //!    not stored, if that variant is disabled) and the assignment is made
 //!    durable before the response goes out.
+//!
+//! Assignment never imports the config: [`Assigner`] takes its own
+//! [`ExperimentSpec`] and the ledger records [`epoch::Rule`]s, both built
+//! from the validated config by the layers above (`snapshot`, `reload`).
+//! Applied configs reach the ledger as opaque JSON documents.
 
 pub mod buckets;
 pub mod epoch;

@@ -5,8 +5,12 @@
 //! semantic problem, so all of a file's errors are reported at once, each
 //! with the file, line, column and YAML path of the offending value. Loading
 //! does no network I/O and reads only the file and the files it names
-//! (overrides, admin token, log-unit key), so `cohort check`, `cohort plan`
-//! and a reload share exactly this code.
+//! (overrides, admin token, log-unit key, through [`files::Files`]), so
+//! `cohort check`, `cohort plan` and a reload share exactly this code.
+//!
+//! A leaf: it depends on no assignment code (what both speak is in
+//! [`crate::terms`]). The applied config's recorded form and version hash
+//! are [`record`]; how a config is planned and applied is `crate::reload`.
 
 pub mod files;
 pub mod positions;

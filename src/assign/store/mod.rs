@@ -21,11 +21,11 @@
 //! (variant id, epoch, first-seen second) in one u64: 24 bytes an entry, plus
 //! hashbrown's control byte and load-factor slack (see BENCHMARKS.md).
 //!
-//! The parts, one job each: [`table`] (the in-memory map of one experiment),
-//! [`shared`] (the ledger and tables the writer, replay and views fill),
-//! [`replay`] (opening a journal and rebuilding the state from it),
-//! [`writer`] (the group-commit thread), [`embedded`] (the [`Store`] a
-//! process serves from) and [`view`] (a read-only [`StoreView`]).
+//! The parts, one job each: `table` (the in-memory map of one experiment),
+//! `shared` (the ledger and tables the writer, replay and views fill),
+//! `replay` (opening a journal and rebuilding the state from it),
+//! `writer` (the group-commit thread), `embedded` (the [`Store`] a
+//! process serves from) and `view` (a read-only [`StoreView`]).
 
 mod embedded;
 mod error;
