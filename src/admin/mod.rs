@@ -23,8 +23,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::assign::hash::unit_key;
-use crate::assign::ledger::units_by_variant;
-use crate::assign::ledger::{ExperimentLedger, Ledger};
+use crate::assign::ledger::{units_by_variant, ExperimentLedger, Ledger};
 use crate::config::ConfigError;
 use crate::observe::time::rfc3339_millis;
 use crate::reload::{ReloadError, Reloaded};

@@ -4,7 +4,6 @@
 mod access_log;
 mod durability;
 mod golden;
-
 mod http1;
 mod operator;
 mod proxy;
