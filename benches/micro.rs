@@ -20,9 +20,10 @@ use cohort::assign::buckets::{BucketTable, Weight};
 use cohort::assign::epoch::Epoch;
 use cohort::assign::hash::{bucket, unit_key, Bucket};
 use cohort::assign::ledger::Ledger;
-use cohort::assign::plan::{plan, UnitCounts};
+use cohort::assign::ledger::UnitCounts;
 use cohort::assign::store::Store;
 use cohort::config::{parse, Env};
+use cohort::reload::plan::plan;
 
 const CONFIG: &str = include_str!("../config/example.yaml");
 

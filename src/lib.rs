@@ -11,9 +11,11 @@
 //! epoch, and the streamed response carries the same stamps back. When its
 //! body ends, one line goes to the [`observe::access_log`].
 //!
-//! Config changes arrive through [`config::reload`]; [`state::State::apply`]
-//! plans them against the epoch ledger ([`assign::plan`]), journals the new
-//! epochs and swaps the snapshot.
+//! Config changes arrive through [`reload`]: it watches the file (and
+//! SIGHUP, and the admin API), plans the validated [`config`] against the
+//! epoch ledger ([`reload::plan`]), journals the new epochs and swaps the
+//! snapshot. [`config`] and [`assign`] never import each other; what both
+//! speak lives in [`terms`].
 
 pub mod admin;
 pub mod assign;
@@ -23,8 +25,10 @@ pub mod demo;
 pub mod error;
 pub mod observe;
 pub mod proxy;
+pub mod reload;
 pub mod snapshot;
 pub mod state;
+pub mod terms;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +37,8 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 use config::Config;
-use state::{StartError, State};
+use reload::StartError;
+use state::State;
 
 /// Why the proxy stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +59,14 @@ pub enum RunError {
 /// requests, flushes the access log and syncs the store.
 ///
 /// `listen_override` (the `--listen` flag) wins over the file's `listen`, at
-/// start-up and on every reload.
+/// start-up and on every reload. It is not written into the config, so it is
+/// no part of the config version the ledger records.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     config_path: Option<PathBuf>,
     listen_override: Option<SocketAddr>,
 ) -> Result<(), RunError> {
-    if let Some(l) = listen_override {
-        config.listen = l;
-    }
-    let listen = config.listen;
+    let listen = listen_override.unwrap_or(config.listen);
     let grace = config.runtime.shutdown_timeout;
     let lean = config.runtime.http1_fast_path;
     let timeouts = proxy::lean::ClientTimeouts::of(&config.runtime);
@@ -92,7 +95,7 @@ pub async fn run(
     };
     let loaded = config_path
         .as_deref()
-        .and_then(|p| config::reload::fingerprint(p, &config.watched));
+        .and_then(|p| reload::watch::fingerprint(p, &config.watched));
     let state = State::start(config, config_path.clone(), listen_override).await?;
 
     if let Some(l) = admin_listener {
@@ -100,7 +103,7 @@ pub async fn run(
         tracing::info!(addr = %addr, "admin API on http://{addr}");
         tokio::spawn(admin::serve(l, state.clone()));
     }
-    tokio::spawn(config::reload::watch(
+    tokio::spawn(reload::watch::watch(
         state.clone(),
         config_path,
         loaded,

@@ -287,7 +287,7 @@ fn run(
             let rejected = matches!(
                 e.downcast_ref::<cohort::RunError>(),
                 Some(cohort::RunError::Start(
-                    cohort::state::StartError::Rejected(_)
+                    cohort::reload::StartError::Rejected(_)
                 ))
             );
             ExitCode::from(if rejected { 2 } else { 1 })

@@ -1,17 +1,21 @@
 //! The applied config in the form requests read it: built off the request
 //! path at start-up and on every reload, then swapped in whole (ArcSwap), so
 //! a request sees one config from start to end and never takes a lock.
+//!
+//! This is also where a validated [`Config`] is turned into assignment's own
+//! inputs ([`rule`], [`ExperimentSpec`]): config and assignment never import
+//! each other, and this module sits above both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::assign::epoch::Epoch;
+use crate::assign::epoch::{Epoch, Rule, RuleVariant};
 use crate::assign::ledger::Ledger;
 use crate::assign::store::Store;
-use crate::assign::Assigner;
-use crate::config::{Config, LogUnit, MissingUnitPolicy, Route};
+use crate::assign::{Assigner, ExperimentSpec};
+use crate::config::{Config, ExperimentConfig, LogUnit, MissingUnitPolicy, Route};
 use crate::proxy::upstream::Upstream;
 
 pub struct Snapshot {
@@ -103,7 +107,7 @@ impl Snapshot {
                 unit_header: HeaderName::from_bytes(x.unit_header.as_bytes())
                     .expect("validated header"),
                 on_missing_unit: x.on_missing_unit,
-                assigner: Assigner::new(x, l, store.table(l.id)),
+                assigner: Assigner::new(spec(x), l, store.table(l.id)),
                 variants: x
                     .variants
                     .iter()
@@ -149,5 +153,38 @@ impl Snapshot {
             (None, Some(d)) => Target::Default(d),
             (None, None) => Target::NotFound,
         }
+    }
+}
+
+/// The part of an experiment that decides new units' variants: what the
+/// epoch ledger records and compares.
+pub fn rule(x: &ExperimentConfig) -> Rule {
+    Rule {
+        salt: x.salt.clone(),
+        unit_header: x.unit_header.clone(),
+        coverage: x.coverage,
+        variants: x
+            .variants
+            .iter()
+            .map(|v| RuleVariant {
+                name: v.name.clone(),
+                weight: v.weight,
+            })
+            .collect(),
+    }
+}
+
+/// Everything the assigner needs of `x`.
+fn spec(x: &ExperimentConfig) -> ExperimentSpec {
+    ExperimentSpec {
+        name: x.name.clone(),
+        rule: rule(x),
+        disabled: x.variants.iter().map(|v| v.disabled).collect(),
+        overrides: x
+            .overrides
+            .iter()
+            .map(|(u, v)| (u.as_bytes().to_vec(), *v))
+            .collect(),
+        paused: x.paused,
     }
 }

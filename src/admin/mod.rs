@@ -23,11 +23,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::assign::hash::unit_key;
-use crate::assign::ledger::{ExperimentLedger, Ledger};
-use crate::assign::plan::units_by_variant;
+use crate::assign::ledger::{units_by_variant, ExperimentLedger, Ledger};
 use crate::config::ConfigError;
 use crate::observe::time::rfc3339_millis;
-use crate::state::{PauseError, ReloadError, Reloaded, State};
+use crate::reload::{ReloadError, Reloaded};
+use crate::state::{PauseError, State};
 
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
     let mut http = http1::Builder::new();
@@ -213,7 +213,7 @@ fn config_view(state: &State) -> Resp {
         .collect();
     let view = ConfigView {
         config_version: snap.version.to_string(),
-        config: crate::assign::plan::canonical(&snap.config),
+        config: crate::reload::plan::canonical(&snap.config),
         admin_paused: ledger.admin_paused.iter().cloned().collect(),
         ledger: ledger.experiments,
         units,
@@ -307,7 +307,7 @@ async fn reload(state: &State) -> Resp {
             error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e)
         }
     };
-    crate::config::reload::report("admin", outcome);
+    crate::reload::report::report("admin", outcome);
     resp
 }
 

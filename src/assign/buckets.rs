@@ -6,36 +6,7 @@
 
 use super::hash::{Bucket, BUCKETS};
 
-/// A weight in basis points: `33.33` % is `Weight(3333)`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(transparent)]
-pub struct Weight(pub u32);
-
-impl Weight {
-    /// Parses a percentage with at most two decimals (`50`, `33.33`).
-    pub fn from_percent(p: f64) -> Option<Weight> {
-        if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-            return None;
-        }
-        let bp = (p * 100.0).round();
-        if (p * 100.0 - bp).abs() > 1e-6 {
-            return None;
-        }
-        Some(Weight(bp as u32))
-    }
-}
-
-impl std::fmt::Display for Weight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_multiple_of(100) {
-            write!(f, "{}", self.0 / 100)
-        } else {
-            write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
-        }
-    }
-}
+pub use crate::terms::Weight;
 
 /// Maps a bucket to the index of the variant that owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,19 +49,6 @@ mod tests {
         p.iter()
             .map(|&x| Weight::from_percent(x).unwrap())
             .collect()
-    }
-
-    #[test]
-    fn percent_parsing_allows_two_decimals_only() {
-        assert_eq!(Weight::from_percent(33.33), Some(Weight(3333)));
-        assert_eq!(Weight::from_percent(50.0), Some(Weight(5000)));
-        assert_eq!(Weight::from_percent(0.01), Some(Weight(1)));
-        assert_eq!(Weight::from_percent(33.333), None);
-        assert_eq!(Weight::from_percent(-1.0), None);
-        assert_eq!(Weight::from_percent(100.5), None);
-        assert_eq!(Weight(3333).to_string(), "33.33");
-        assert_eq!(Weight(5000).to_string(), "50");
-        assert_eq!(Weight(5).to_string(), "0.05");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Epoch(pub u32);
 impl Epoch {
     pub const UNASSIGNED: Epoch = Epoch(0);
     pub const FIRST: Epoch = Epoch(1);
+    /// The largest epoch the store's packed assignment holds (24 bits).
+    pub const MAX: Epoch = Epoch(0xff_ffff);
 
     pub fn next(self) -> Epoch {
         Epoch(self.0 + 1)

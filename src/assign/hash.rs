@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 /// Number of buckets in the bucket space; weights are expressed in 1/100 %.
-pub const BUCKETS: u32 = 10_000;
+pub const BUCKETS: u32 = crate::terms::WHOLE;
 
 /// A position in the bucket space, `0..BUCKETS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

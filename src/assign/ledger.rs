@@ -88,7 +88,8 @@ pub struct AppliedConfig {
     pub trigger: String,
     /// The plan summary, as logged.
     pub summary: String,
-    /// The canonical config itself, for routing diffs against it later.
+    /// The applied config's record, for routing diffs against it later. Its
+    /// schema is `config::record` (versioned); to the ledger it is opaque.
     pub config: serde_json::Value,
 }
 
@@ -187,7 +188,7 @@ impl Ledger {
                 want: want.0,
             });
         }
-        if record.epoch.0 > super::store::MAX_EPOCH {
+        if record.epoch > Epoch::MAX {
             return Err(LedgerError::EpochOverflow(experiment.to_string()));
         }
         for v in &record.rule.variants {
@@ -217,4 +218,18 @@ impl Ledger {
         x.epochs.push(record.clone());
         Ok(x.id)
     }
+}
+
+/// Stored units of (experiment, variant); from the store, a fixture in tests.
+pub trait UnitCounts {
+    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
+}
+
+/// Stored units of each variant name `l` has ever had, in dictionary order.
+pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
+    l.variants
+        .iter()
+        .enumerate()
+        .map(|(vid, n)| (n.clone(), counts.units(l.id, vid as VariantId)))
+        .collect()
 }

@@ -10,28 +10,29 @@
 //! 6. otherwise the unit is bucketed by the current rule (the first variant,
 //!    not stored, if that variant is disabled) and the assignment is made
 //!    durable before the response goes out.
+//!
+//! Assignment never imports the config: [`Assigner`] takes its own
+//! [`ExperimentSpec`] and the ledger records [`epoch::Rule`]s, both built
+//! from the validated config by the layers above (`snapshot`, `reload`).
+//! Applied configs reach the ledger as opaque JSON documents.
 
 pub mod buckets;
 pub mod epoch;
 pub mod hash;
 pub mod journal;
 pub mod ledger;
-pub mod plan;
 pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use buckets::{BucketTable, Weight};
-use epoch::Epoch;
+use epoch::{Epoch, Rule};
 use hash::Bucket;
 use ledger::{ExperimentId, ExperimentLedger, VariantId};
 use store::{Store, StoreError, Table};
 
-use crate::config::ExperimentConfig;
-
-/// Longest unit id accepted, in bytes.
-pub const MAX_UNIT_LEN: usize = 256;
+pub use crate::terms::{valid_unit, MAX_UNIT_LEN};
 
 /// Why a request was served the variant it was: the access log's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +86,20 @@ pub struct Served {
     pub bucket: Option<Bucket>,
 }
 
-/// 1 to 256 bytes, no control characters.
-pub fn valid_unit(unit: &[u8]) -> bool {
-    !unit.is_empty() && unit.len() <= MAX_UNIT_LEN && !unit.iter().any(|&b| b < 0x20 || b == 0x7f)
+/// What assignment needs of one configured experiment. Assignment's own
+/// input type: the snapshot builds it from the validated config, so this
+/// module never depends on the config's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentSpec {
+    pub name: String,
+    /// Salt, coverage and the ordered (variant, weight) list.
+    pub rule: Rule,
+    /// Per configured variant, in order: whether it is disabled.
+    pub disabled: Vec<bool>,
+    /// Forced units: unit id -> index of the configured variant.
+    pub overrides: HashMap<Vec<u8>, usize>,
+    /// The file's kill switch (an admin pause lives in the store).
+    pub paused: bool,
 }
 
 /// One experiment's assignment logic under one applied config.
@@ -110,8 +122,15 @@ pub struct Assigner {
 
 impl Assigner {
     /// `ledger` must already hold the epoch this config applies.
-    pub fn new(cfg: &ExperimentConfig, ledger: &ExperimentLedger, table: Arc<Table>) -> Assigner {
-        let ledger_ids: Vec<VariantId> = cfg
+    pub fn new(spec: ExperimentSpec, ledger: &ExperimentLedger, table: Arc<Table>) -> Assigner {
+        let ExperimentSpec {
+            name,
+            rule,
+            disabled,
+            overrides,
+            paused,
+        } = spec;
+        let ledger_ids: Vec<VariantId> = rule
             .variants
             .iter()
             .map(|v| {
@@ -124,23 +143,19 @@ impl Assigner {
         for (i, id) in ledger_ids.iter().enumerate() {
             by_ledger_id[usize::from(*id)] = Some(i);
         }
-        let weights: Vec<_> = cfg.variants.iter().map(|v| v.weight).collect();
+        let weights: Vec<_> = rule.variants.iter().map(|v| v.weight).collect();
         Assigner {
             id: ledger.id,
             epoch: ledger.current().epoch,
-            name: cfg.name.clone(),
-            salt: cfg.salt.clone(),
-            coverage: cfg.coverage,
+            name,
+            salt: rule.salt,
+            coverage: rule.coverage,
             buckets: BucketTable::new(&weights).expect("validated weights sum to 100"),
             ledger_ids,
             by_ledger_id,
-            disabled: cfg.variants.iter().map(|v| v.disabled).collect(),
-            overrides: cfg
-                .overrides
-                .iter()
-                .map(|(u, v)| (u.as_bytes().to_vec(), *v))
-                .collect(),
-            paused_in_file: cfg.paused,
+            disabled,
+            overrides,
+            paused_in_file: paused,
             table,
         }
     }

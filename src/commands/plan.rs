@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use super::Outcome;
 use crate::admin::client::{AdminClient, ClientError};
 use crate::admin::ConfigView;
-use crate::assign::ledger::{ExperimentId, Ledger, VariantId};
-use crate::assign::plan::{plan, Previous, UnitCounts};
+use crate::assign::ledger::{ExperimentId, Ledger, UnitCounts, VariantId};
 use crate::assign::store::StoreView;
 use crate::config::{self, Config};
 use crate::observe::time::now_rfc3339;
+use crate::reload::plan::{plan, Previous};
 
 /// What `cohort plan` compares the new config with.
 pub enum PlanAgainst {
@@ -116,7 +116,7 @@ pub async fn plan_command(new_path: &Path, against: PlanAgainst) -> Outcome {
             for ev in &first.events {
                 ledger.apply(ev).expect("planned events apply");
             }
-            let old_json = crate::assign::plan::canonical(&old);
+            let old_json = crate::reload::plan::canonical(&old);
             let version = old.version();
             plan(
                 &ledger,

@@ -5,12 +5,17 @@
 //! semantic problem, so all of a file's errors are reported at once, each
 //! with the file, line, column and YAML path of the offending value. Loading
 //! does no network I/O and reads only the file and the files it names
-//! (overrides, admin token, log-unit key), so `cohort check`, `cohort plan`
-//! and a reload share exactly this code.
+//! (overrides, admin token, log-unit key, through [`files::Files`]), so
+//! `cohort check`, `cohort plan` and a reload share exactly this code.
+//!
+//! A leaf: it depends on no assignment code (what both speak is in
+//! [`crate::terms`]). The applied config's recorded form and version hash
+//! are [`record`]; how a config is planned and applied is `crate::reload`.
 
+pub mod files;
 pub mod positions;
 pub mod raw;
-pub mod reload;
+pub mod record;
 mod schema;
 mod syntax;
 mod validate;
@@ -22,16 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::assign::buckets::Weight;
-use crate::assign::epoch::{Rule, RuleVariant};
+use crate::terms::Weight;
 pub use positions::{Position, PositionIndex};
 
 /// The config cohort runs when none is given (`cohort demo`).
 pub const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub store_path: PathBuf,
@@ -42,54 +45,48 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub admin: Option<AdminConfig>,
     /// Where each value sat in the file, for errors found after validation.
-    #[serde(skip)]
     pub positions: Arc<PositionIndex>,
     /// The file this came from (`<embedded>` for the demo).
-    #[serde(skip)]
     pub source: PathBuf,
     /// Other files the config reads (overrides, token, log-unit key): a
     /// change to any of them reloads, like a change to the config itself.
-    #[serde(skip)]
     pub watched: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AccessLogConfig {
     pub target: LogTarget,
     pub unit: LogUnit,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
     Stdout,
     File(PathBuf),
 }
 
-#[derive(Clone, Serialize)]
+#[derive(Clone)]
 pub enum LogUnit {
     Raw,
     /// HMAC-SHA-256 of the unit under `key`; the key itself is never logged
     /// nor part of the config version (its digest is).
     Hashed {
-        #[serde(skip)]
         key: Vec<u8>,
         key_digest: String,
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub name: String,
     /// `http://host:port`, without a path.
     pub authority: String,
-    #[serde(with = "millis")]
     pub connect_timeout: Duration,
-    #[serde(with = "millis")]
     pub timeout: Duration,
     pub max_idle_per_host: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExperimentConfig {
     pub name: String,
     pub routes: Vec<Route>,
@@ -106,26 +103,7 @@ pub struct ExperimentConfig {
     pub overrides: BTreeMap<String, usize>,
 }
 
-impl ExperimentConfig {
-    /// The part of the experiment that decides new units' variants.
-    pub fn rule(&self) -> Rule {
-        Rule {
-            salt: self.salt.clone(),
-            unit_header: self.unit_header.clone(),
-            coverage: self.coverage,
-            variants: self
-                .variants
-                .iter()
-                .map(|v| RuleVariant {
-                    name: v.name.clone(),
-                    weight: v.weight,
-                })
-                .collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariantConfig {
     pub name: String,
     pub upstream: String,
@@ -134,8 +112,7 @@ pub struct VariantConfig {
     pub disabled: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingUnitPolicy {
     /// Serve the first variant, stamped epoch 0, never stored.
     Control,
@@ -144,17 +121,16 @@ pub enum MissingUnitPolicy {
 }
 
 /// An exact path, or a prefix (written with a trailing `*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Exact(String),
     Prefix(String),
 }
 
 /// The admin API's own listener. Never started without a token.
-#[derive(Clone, Serialize)]
+#[derive(Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    #[serde(skip)]
     pub token: String,
     /// Part of the config version, so a rotated token is a change.
     pub token_digest: String,
@@ -179,22 +155,18 @@ impl std::fmt::Debug for LogUnit {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// Serve plain HTTP/1.1 requests on the lean path (`proxy::lean`);
     /// `false` sends every connection through hyper.
     pub http1_fast_path: bool,
     /// Lean path: how long a keep-alive connection may idle between requests.
-    #[serde(with = "millis")]
     pub client_idle_timeout: Duration,
     /// Both paths: how long a request head may take from its first byte.
-    #[serde(with = "millis")]
     pub client_header_timeout: Duration,
     /// Lean path: how long a buffered request body may take after its head.
-    #[serde(with = "millis")]
     pub client_body_timeout: Duration,
-    #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
 }
 
@@ -208,22 +180,11 @@ impl RuntimeConfig {
     }
 }
 
-mod millis {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_u128(d.as_millis())
-    }
-}
-
 impl Config {
     /// A short hash of the parsed, canonical config: comment-only edits and
-    /// key re-ordering keep the version.
+    /// key re-ordering keep the version ([`record::ConfigRecord::version`]).
     pub fn version(&self) -> String {
-        let canonical = serde_json::to_vec(self).expect("config serializes");
-        let d = Sha256::digest(&canonical);
-        d[..6].iter().map(|b| format!("{b:02x}")).collect()
+        record::ConfigRecord::of(self).version()
     }
 
     pub fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
@@ -309,9 +270,21 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses `text` as if it were the file `file`; relative paths resolve
-/// against `base`.
+/// against `base`, and the files it names are read from disk.
 pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, ConfigErrors> {
-    validate::parse_and_validate(text, file, base, env).map_err(|errors| ConfigErrors {
+    parse_with(text, file, base, env, &files::Disk)
+}
+
+/// [`parse`], reading the files the config names from `files`.
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    base: &Path,
+    env: &Env,
+    files: &dyn files::Files,
+) -> Result<Config, ConfigErrors> {
+    let sources = validate::Sources { base, env, files };
+    validate::parse_and_validate(text, file, &sources).map_err(|errors| ConfigErrors {
         file: file.to_path_buf(),
         errors,
     })

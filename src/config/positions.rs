@@ -17,6 +17,9 @@ pub struct Position {
     pub column: usize,
 }
 
+/// How many lone `-` values [`PositionIndex::build`] works around.
+const MAX_LONE_DASHES: usize = 16;
+
 /// YAML path (`experiments[0].variants[1].weight`) to the position of its value.
 #[derive(Debug, Default)]
 pub struct PositionIndex {
@@ -25,16 +28,29 @@ pub struct PositionIndex {
 }
 
 impl PositionIndex {
-    /// Indexes `text`. A document that does not parse yields an empty index;
-    /// serde_yaml reports that error with its own position.
+    /// Indexes `text`. A document that does not parse is indexed up to its
+    /// error; serde_yaml reports that error with its own position.
     pub fn build(text: &str) -> PositionIndex {
-        let mut b = Builder::default();
-        let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut b, false);
-        PositionIndex {
-            values: b.values,
-            keys: b.keys,
+        let mut text = std::borrow::Cow::Borrowed(text);
+        // serde_yaml (libyaml) reads a lone `-` in a flow collection
+        // (`access_log: { path: - }`, stdout) as the string "-", where
+        // yaml-rust2 stops with an error, and every position after it would
+        // be lost. Only the shape matters here, so such a `-` is indexed as
+        // a one-character scalar instead, and the text parsed again.
+        for _ in 0..MAX_LONE_DASHES {
+            let mut b = Builder::default();
+            let Err(e) = Parser::new_from_str(&text).load(&mut b, false) else {
+                return b.into_index();
+            };
+            let at = text.char_indices().nth(e.marker().index()).map(|(i, _)| i);
+            match at.filter(|&i| text[i..].starts_with('-')) {
+                Some(i) => text.to_mut().replace_range(i..=i, "_"),
+                None => return b.into_index(),
+            }
         }
+        let mut b = Builder::default();
+        let _ = Parser::new_from_str(&text).load(&mut b, false);
+        b.into_index()
     }
 
     /// Where the key of the mapping entry at `path` is written
@@ -74,6 +90,13 @@ struct Builder {
 }
 
 impl Builder {
+    fn into_index(self) -> PositionIndex {
+        PositionIndex {
+            values: self.values,
+            keys: self.keys,
+        }
+    }
+
     /// The path of the value about to arrive, or `None` when a mapping key is due.
     fn value_path(&self) -> Option<String> {
         match self.stack.last() {
@@ -221,5 +244,34 @@ experiments:
             Some(Position { line: 9, column: 9 })
         );
         assert_eq!(idx.key("experiments[0].variants[1].upstream"), None);
+    }
+
+    #[test]
+    fn a_lone_dash_in_a_flow_mapping_keeps_the_rest_indexed() {
+        let doc = "access_log: { path: -, log_unit: hashed }\nlisten: 127.0.0.1:1\nx: [-, { a: - }]\ny: 1\n";
+        let idx = PositionIndex::build(doc);
+        assert_eq!(
+            idx.find("access_log.path"),
+            Position {
+                line: 1,
+                column: 21
+            }
+        );
+        assert_eq!(
+            idx.find("access_log.log_unit"),
+            Position {
+                line: 1,
+                column: 34
+            }
+        );
+        assert_eq!(idx.find("listen"), Position { line: 2, column: 9 });
+        assert_eq!(
+            idx.find("x[1].a"),
+            Position {
+                line: 3,
+                column: 13
+            }
+        );
+        assert_eq!(idx.find("y"), Position { line: 4, column: 4 });
     }
 }

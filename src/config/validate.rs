@@ -1,17 +1,19 @@
 //! YAML text -> raw config -> validated [`Config`], collecting every problem
 //! with its YAML path, position and a hint: unknown keys (found by
 //! [`super::schema`], which lets the rest of the file still be checked), then
-//! serde's syntax or type error, then every semantic one. Pure but for reading
-//! the log-unit key and admin token files.
+//! serde's syntax or type error, then every semantic one. Pure: the files a
+//! config names and the environment come in through [`Sources`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::files::Files;
 use super::raw::{RawConfig, RawExperiment, RawUpstream};
 use super::{schema, *};
-use crate::assign::buckets::{BucketTable, Weight};
+use crate::terms::{valid_unit, Weight, WHOLE};
+use sha2::{Digest, Sha256};
 
 const MAX_VARIANTS: usize = 255;
 
@@ -32,21 +34,58 @@ impl Errors<'_> {
     }
 }
 
+/// What validation may read besides the text: the environment, and the
+/// files the config names (resolved against `base`, the config's folder).
+pub(super) struct Sources<'a> {
+    pub(super) base: &'a Path,
+    pub(super) env: &'a Env,
+    pub(super) files: &'a dyn Files,
+}
+
+impl Sources<'_> {
+    /// `rel` resolved against the config's folder.
+    fn path(&self, rel: &str) -> PathBuf {
+        resolve(self.base, rel)
+    }
+
+    fn read(&self, rel: &str) -> std::io::Result<Vec<u8>> {
+        self.files.read(&self.path(rel))
+    }
+}
+
+/// The upstreams a config defines, for checking names that refer to them.
+struct Upstreams<'a>(&'a BTreeMap<String, RawUpstream>);
+
+impl Upstreams<'_> {
+    /// Reports `name` at `path` unless it is a defined upstream.
+    fn check(&self, path: &str, name: &str, e: &mut Errors) {
+        if !self.0.contains_key(name) {
+            e.push(
+                path,
+                format!("unknown upstream {name:?}"),
+                Some(names_hint(
+                    name,
+                    "defined upstreams",
+                    self.0.keys().map(String::as_str),
+                )),
+            );
+        }
+    }
+}
+
 /// Parses and validates `text`: every unknown key, then the first type or
 /// syntax error serde finds, and every semantic problem, in file order.
 pub(super) fn parse_and_validate(
     text: &str,
     file: &Path,
-    base: &Path,
-    env: &Env,
+    sources: &Sources<'_>,
 ) -> Result<Config, Vec<ConfigError>> {
     let index = Arc::new(PositionIndex::build(text));
     let mut errs = Errors {
         index: &index,
         list: Vec::new(),
     };
-    let cfg =
-        deserialize(text, &mut errs).and_then(|raw| validate(raw, base, env, &mut errs, file));
+    let cfg = deserialize(text, &mut errs).and_then(|raw| validate(raw, sources, &mut errs, file));
     if errs.list.is_empty() {
         let mut cfg = cfg.expect("no errors means a config");
         cfg.positions = index;
@@ -147,7 +186,7 @@ fn strip_locations(msg: &str) -> String {
     out
 }
 
-fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path) -> Option<Config> {
+fn validate(raw: RawConfig, sources: &Sources<'_>, e: &mut Errors, file: &Path) -> Option<Config> {
     let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = match listen_text.parse() {
         Ok(a) => Some(a),
@@ -161,11 +200,8 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         }
     };
 
-    let store_path = resolve(
-        base,
-        raw.store.as_ref().map_or("./data", |s| s.path.as_str()),
-    );
-    let access_log = access_log(&raw, base, env, e);
+    let store_path = sources.path(raw.store.as_ref().map_or("./data", |s| s.path.as_str()));
+    let access_log = access_log(&raw, sources, e);
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in &raw.upstreams {
@@ -180,23 +216,9 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
             Some("add at least one `name: { url: http://host:port }`".into()),
         );
     }
-    let known = |n: &str| raw.upstreams.contains_key(n);
-    let upstream_hint = |name: &str| {
-        names_hint(
-            name,
-            "defined upstreams",
-            raw.upstreams.keys().map(String::as_str),
-        )
-    };
-
+    let known = Upstreams(&raw.upstreams);
     if let Some(d) = &raw.default_upstream {
-        if !known(d) {
-            e.push(
-                "default_upstream",
-                format!("unknown upstream {d:?}"),
-                Some(upstream_hint(d)),
-            );
-        }
+        known.check("default_upstream", d, e);
     }
 
     let mut experiments = Vec::new();
@@ -211,7 +233,7 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
                 Some("experiment names must be unique".into()),
             );
         }
-        if let Some(exp) = experiment(&p, x, base, &known, &upstream_hint, e) {
+        if let Some(exp) = experiment(&p, x, sources, &known, e) {
             for (j, r) in x.routes.iter().enumerate() {
                 if let Some(other) = route_owner.insert(r.clone(), x.name.clone()) {
                     let (message, hint) = if other == x.name {
@@ -233,7 +255,7 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
     }
 
     let runtime = runtime(&raw, e);
-    let admin = admin(&raw, base, env, e);
+    let admin = admin(&raw, sources, e);
     Some(Config {
         admin: admin?,
         listen: listen?,
@@ -245,7 +267,7 @@ fn validate(raw: RawConfig, base: &Path, env: &Env, e: &mut Errors, file: &Path)
         runtime: runtime?,
         positions: Arc::default(),
         source: file.to_path_buf(),
-        watched: watched_files(&raw, base),
+        watched: watched_files(&raw, sources.base),
     })
 }
 
@@ -268,7 +290,7 @@ fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
 }
 
 /// `None` on error; `Some(None)` when there is no admin block.
-fn admin(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option<Option<AdminConfig>> {
+fn admin(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors) -> Option<Option<AdminConfig>> {
     let Some(a) = &raw.admin else {
         return Some(None);
     };
@@ -280,8 +302,8 @@ fn admin(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option<Opti
             Some("write host:port, e.g. 127.0.0.1:9901".into()),
         );
     });
-    let token = match (&a.token_file, &env.admin_token) {
-        (Some(f), _) => match std::fs::read(resolve(base, f)) {
+    let token = match (&a.token_file, &sources.env.admin_token) {
+        (Some(f), _) => match sources.read(f) {
             Ok(t) => String::from_utf8(trim_key(t))
                 .ok()
                 .filter(|t| !t.is_empty()),
@@ -324,7 +346,7 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn access_log(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option<AccessLogConfig> {
+fn access_log(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors) -> Option<AccessLogConfig> {
     let Some(a) = &raw.access_log else {
         return Some(AccessLogConfig {
             target: LogTarget::Stdout,
@@ -341,13 +363,13 @@ fn access_log(raw: &RawConfig, base: &Path, env: &Env, e: &mut Errors) -> Option
         );
         return None;
     } else {
-        LogTarget::File(resolve(base, &a.path))
+        LogTarget::File(sources.path(&a.path))
     };
     let unit = match a.log_unit.as_deref().unwrap_or("raw") {
         "raw" => LogUnit::Raw,
         "hashed" => {
-            let key = match (&a.log_unit_key_file, &env.log_unit_key) {
-                (Some(f), _) => match std::fs::read(resolve(base, f)) {
+            let key = match (&a.log_unit_key_file, &sources.env.log_unit_key) {
+                (Some(f), _) => match sources.read(f) {
                     Ok(k) => Some(trim_key(k)),
                     Err(err) => {
                         e.push(
@@ -501,12 +523,13 @@ fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// One experiment, validated piece by piece; `None` if any piece failed
+/// (every failure is in `e`).
 fn experiment(
     p: &str,
     x: &RawExperiment,
-    base: &Path,
-    known: &dyn Fn(&str) -> bool,
-    upstream_hint: &dyn Fn(&str) -> String,
+    sources: &Sources<'_>,
+    upstreams: &Upstreams<'_>,
     e: &mut Errors,
 ) -> Option<ExperimentConfig> {
     let before = e.list.len();
@@ -517,7 +540,37 @@ fn experiment(
             Some("use letters, digits, '-', '_' and '.' (at most 64)".into()),
         );
     }
-    if x.routes.is_empty() {
+    let routes = routes(p, &x.routes, e);
+    let unit_header = unit_header(p, x.unit_header.as_deref(), e);
+    let salt = x.salt.clone().unwrap_or_else(|| x.name.clone());
+    if salt.is_empty() {
+        e.push(
+            format!("{p}.salt"),
+            "empty salt",
+            Some("omit it to use the experiment name".into()),
+        );
+    }
+    let on_missing_unit = on_missing_unit(p, x.on_missing_unit.as_deref(), e);
+    let variants = variants(p, x, upstreams, e);
+    let coverage = coverage(p, x.coverage, e);
+    let overrides = overrides(p, x, &variants, sources, e);
+    (e.list.len() == before).then(|| ExperimentConfig {
+        name: x.name.clone(),
+        routes,
+        unit_header,
+        salt,
+        variants,
+        on_missing_unit,
+        reset: x.reset.unwrap_or(0),
+        paused: x.paused.unwrap_or(false),
+        coverage,
+        overrides,
+    })
+}
+
+/// Exact paths, or prefixes written with a trailing `*`.
+fn routes(p: &str, raw: &[String], e: &mut Errors) -> Vec<Route> {
+    if raw.is_empty() {
         e.push(
             format!("{p}.routes"),
             "an experiment needs at least one route",
@@ -525,7 +578,7 @@ fn experiment(
         );
     }
     let mut routes = Vec::new();
-    for (j, r) in x.routes.iter().enumerate() {
+    for (j, r) in raw.iter().enumerate() {
         if !r.starts_with('/') {
             e.push(
                 format!("{p}.routes[{j}]"),
@@ -544,11 +597,12 @@ fn experiment(
             routes.push(Route::Exact(r.clone()));
         }
     }
-    let unit_header = x
-        .unit_header
-        .clone()
-        .unwrap_or_else(|| "x-user-id".into())
-        .to_ascii_lowercase();
+    routes
+}
+
+/// The unit header, lower-cased (default `x-user-id`).
+fn unit_header(p: &str, raw: Option<&str>, e: &mut Errors) -> String {
+    let unit_header = raw.unwrap_or("x-user-id").to_ascii_lowercase();
     if http::HeaderName::from_bytes(unit_header.as_bytes()).is_err() {
         e.push(
             format!("{p}.unit_header"),
@@ -562,15 +616,11 @@ fn experiment(
             Some("use the header your clients send, e.g. x-user-id".into()),
         );
     }
-    let salt = x.salt.clone().unwrap_or_else(|| x.name.clone());
-    if salt.is_empty() {
-        e.push(
-            format!("{p}.salt"),
-            "empty salt",
-            Some("omit it to use the experiment name".into()),
-        );
-    }
-    let on_missing_unit = match x.on_missing_unit.as_deref().unwrap_or("control") {
+    unit_header
+}
+
+fn on_missing_unit(p: &str, raw: Option<&str>, e: &mut Errors) -> MissingUnitPolicy {
+    match raw.unwrap_or("control") {
         "control" => MissingUnitPolicy::Control,
         "reject" => MissingUnitPolicy::Reject,
         other => {
@@ -581,8 +631,17 @@ fn experiment(
             );
             MissingUnitPolicy::Control
         }
-    };
+    }
+}
 
+/// The variants with valid weights; names, upstreams, the weights' sum and
+/// the first variant's `disabled` are checked here.
+fn variants(
+    p: &str,
+    x: &RawExperiment,
+    upstreams: &Upstreams<'_>,
+    e: &mut Errors,
+) -> Vec<VariantConfig> {
     if x.variants.is_empty() {
         e.push(
             format!("{p}.variants"),
@@ -617,13 +676,7 @@ fn experiment(
                 None,
             );
         }
-        if !known(&v.upstream) {
-            e.push(
-                format!("{vp}.upstream"),
-                format!("unknown upstream {:?}", v.upstream),
-                Some(upstream_hint(&v.upstream)),
-            );
-        }
+        upstreams.check(&format!("{vp}.upstream"), &v.upstream, e);
         match Weight::from_percent(v.weight) {
             Some(w) => {
                 sum += u64::from(w.0);
@@ -649,7 +702,7 @@ fn experiment(
     }
     if weights_ok && !x.variants.is_empty() {
         let ws: Vec<Weight> = variants.iter().map(|v| v.weight).collect();
-        if BucketTable::new(&ws).is_none() {
+        if !Weight::sum_to_whole(&ws) {
             let shown = Weight(sum.min(u64::from(u32::MAX)) as u32);
             e.push(
                 format!("{p}.variants"),
@@ -665,33 +718,25 @@ fn experiment(
             Some("pause the experiment instead (paused: true)".into()),
         );
     }
-    let coverage = match x.coverage {
-        None => Weight(10_000),
-        Some(c) => match Weight::from_percent(c * 100.0).filter(|w| w.0 > 0) {
-            Some(w) => w,
-            None => {
-                e.push(
-                    format!("{p}.coverage"),
-                    format!("coverage {c} must be a share above 0 and at most 1, with at most four decimals"),
-                    Some("e.g. coverage: 0.8 lets 80% of units enter".into()),
-                );
-                Weight(10_000)
-            }
-        },
+    variants
+}
+
+/// The share of units that enter, in basis points (default: everyone).
+fn coverage(p: &str, raw: Option<f64>, e: &mut Errors) -> Weight {
+    let Some(c) = raw else {
+        return Weight(WHOLE);
     };
-    let overrides = overrides(p, x, &variants, base, e);
-    (e.list.len() == before).then(|| ExperimentConfig {
-        name: x.name.clone(),
-        routes,
-        unit_header,
-        salt,
-        variants,
-        on_missing_unit,
-        reset: x.reset.unwrap_or(0),
-        paused: x.paused.unwrap_or(false),
-        coverage,
-        overrides,
-    })
+    match Weight::from_percent(c * 100.0).filter(|w| w.0 > 0) {
+        Some(w) => w,
+        None => {
+            e.push(
+                format!("{p}.coverage"),
+                format!("coverage {c} must be a share above 0 and at most 1, with at most four decimals"),
+                Some("e.g. coverage: 0.8 lets 80% of units enter".into()),
+            );
+            Weight(WHOLE)
+        }
+    }
 }
 
 /// Forced units, inline or from `overrides_file` (the same YAML shape:
@@ -700,7 +745,7 @@ fn overrides(
     p: &str,
     x: &RawExperiment,
     variants: &[VariantConfig],
-    base: &Path,
+    sources: &Sources<'_>,
     e: &mut Errors,
 ) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -715,8 +760,14 @@ fn overrides(
         }
         (Some(o), None) => (o.clone(), format!("{p}.overrides")),
         (None, Some(f)) => {
-            let path = resolve(base, f);
-            let parsed = std::fs::read_to_string(&path)
+            let path = sources.path(f);
+            let parsed = sources
+                .files
+                .read(&path)
+                .and_then(|b| {
+                    String::from_utf8(b)
+                        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+                })
                 .map_err(|err| format!("cannot read {}: {err}", path.display()))
                 .and_then(|t| {
                     serde_yaml::from_str::<BTreeMap<String, Vec<String>>>(&t).map_err(|err| {
@@ -748,7 +799,7 @@ fn overrides(
             continue;
         };
         for u in units {
-            if !crate::assign::valid_unit(u.as_bytes()) {
+            if !valid_unit(u.as_bytes()) {
                 e.push(
                     format!("{at}.{variant}"),
                     format!("{u:?} is not a valid unit id"),
@@ -839,13 +890,24 @@ fn runtime(raw: &RawConfig, e: &mut Errors) -> Option<RuntimeConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::files::InMemory;
 
     fn check(yaml: &str) -> Result<Config, Vec<ConfigError>> {
         check_with(yaml, &Env::default())
     }
 
     fn check_with(yaml: &str, env: &Env) -> Result<Config, Vec<ConfigError>> {
-        parse_and_validate(yaml, Path::new("t.yaml"), Path::new("/base"), env)
+        check_files(yaml, env, &InMemory::default())
+    }
+
+    /// Validation is pure: the files a config names come from `files`.
+    fn check_files(yaml: &str, env: &Env, files: &InMemory) -> Result<Config, Vec<ConfigError>> {
+        let sources = Sources {
+            base: Path::new("/base"),
+            env,
+            files,
+        };
+        parse_and_validate(yaml, Path::new("t.yaml"), &sources)
     }
 
     const GOOD: &str = "\
@@ -1357,5 +1419,49 @@ experiments:
         assert_eq!(a, b);
         let c = check(&GOOD.replace("9002", "9003")).unwrap().version();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn named_files_are_read_relative_to_the_config_through_the_source() {
+        let yaml = GOOD
+            .replace(
+                "upstreams:",
+                "admin: { token_file: secret/token }\naccess_log: { path: -, log_unit: hashed, log_unit_key_file: /keys/k }\nupstreams:",
+            )
+            .replace("    routes: [/predict]\n", "    routes: [/predict]\n    overrides_file: qa.yaml\n");
+        let files = InMemory::default()
+            .with("/base/secret/token", "tok\n")
+            .with("/keys/k", "key \n")
+            .with("/base/qa.yaml", "treatment: [qa-1, qa-2]\n");
+        let c = check_files(&yaml, &Env::default(), &files).unwrap();
+        assert_eq!(c.admin.as_ref().unwrap().token, "tok");
+        assert!(matches!(&c.access_log.unit, LogUnit::Hashed { key, .. } if key == b"key"));
+        assert_eq!(c.experiments[0].overrides.get("qa-2"), Some(&1));
+        assert_eq!(
+            c.watched,
+            vec![
+                PathBuf::from("/base/secret/token"),
+                PathBuf::from("/keys/k"),
+                PathBuf::from("/base/qa.yaml")
+            ]
+        );
+        // Each missing file is its own located error; nothing touches the disk.
+        let errs = check_files(&yaml, &Env::default(), &InMemory::default()).unwrap_err();
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "access_log.log_unit_key_file",
+                "admin.token_file",
+                "experiments[0].overrides_file"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.message == "cannot read /base/qa.yaml: No such file or directory"),
+            "{errs:?}"
+        );
     }
 }

@@ -641,6 +641,8 @@ fn the_readme_test_command_is_what_ci_runs() {
     );
     let ci = read(".ci/run");
     for step in [
+        "RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps --lib --locked",
+        "python3 .ci/licences.py",
         "cargo fmt --all -- --check",
         "cargo clippy --all-targets --locked -- -D warnings",
         "cargo test --locked",

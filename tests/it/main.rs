@@ -4,6 +4,7 @@
 mod access_log;
 mod docs;
 mod durability;
+mod golden;
 mod http1;
 mod newcomer;
 mod operator;

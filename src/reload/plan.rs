@@ -6,18 +6,19 @@
 //! reason the config must be rejected (for instance a removed variant that
 //! still holds units). Epochs are judged against the ledger, not against the
 //! previous file, so a restart with an edited file is held to exactly the
-//! same rules; the previous config (its canonical JSON) is only used to name
-//! routing changes.
+//! same rules; the previous config (its stored record) is only used to name
+//! routing changes, through the typed [`super::diff`].
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::buckets::{BucketTable, Weight};
-use super::epoch::{diff, Epoch, Rule, RuleChange};
-use super::hash::{Bucket, BUCKETS};
-use super::ledger::{EpochRecord, ExperimentId, ExperimentLedger, Ledger, LedgerEvent, VariantId};
+use crate::assign::buckets::{BucketTable, Weight};
+use crate::assign::epoch::{diff, Epoch, Rule, RuleChange};
+use crate::assign::hash::{Bucket, BUCKETS};
+use crate::assign::ledger::{units_by_variant, EpochRecord, Ledger, LedgerEvent, UnitCounts};
+use crate::config::record::ConfigRecord;
 use crate::config::{Config, ConfigError};
+use crate::snapshot::rule;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -68,6 +69,9 @@ pub struct Plan {
     pub absent: Vec<String>,
     /// Upstreams added, removed or changed.
     pub upstream_changes: Vec<String>,
+    /// Other config-wide settings changed live (default upstream, log unit,
+    /// admin token).
+    pub settings_changes: Vec<String>,
     #[serde(skip)]
     pub events: Vec<LedgerEvent>,
 }
@@ -84,21 +88,7 @@ impl Plan {
     }
 }
 
-/// Stored units of (experiment, variant); from the store, a fixture in tests.
-pub trait UnitCounts {
-    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
-}
-
-/// Stored units of each variant name `l` has ever had, in dictionary order.
-pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
-    l.variants
-        .iter()
-        .enumerate()
-        .map(|(vid, n)| (n.clone(), counts.units(l.id, vid as VariantId)))
-        .collect()
-}
-
-/// The previously applied config, as canonical JSON with its version.
+/// The previously applied config, as its stored record with its version.
 pub struct Previous<'a> {
     pub version: &'a str,
     pub config: &'a Value,
@@ -111,8 +101,15 @@ pub fn plan(
     new: &Config,
     now: &str,
 ) -> Result<Plan, Vec<ConfigError>> {
-    let version = new.version();
-    let new_json = canonical(new);
+    let new_record = ConfigRecord::of(new);
+    let version = new_record.version();
+    // A record this cohort cannot read (a newer format) names no routing
+    // changes; the epochs are judged against the ledger either way.
+    let changed = previous
+        .as_ref()
+        .and_then(|p| ConfigRecord::from_stored(p.config).ok())
+        .map(|old| super::diff::diff(&old, &new_record))
+        .unwrap_or_default();
     let mut errors = Vec::new();
     let mut experiments = Vec::new();
     let mut events = Vec::new();
@@ -120,7 +117,7 @@ pub fn plan(
 
     for (i, x) in new.experiments.iter().enumerate() {
         let path = format!("experiments[{i}]");
-        let rule = x.rule();
+        let rule = rule(x);
         let weights_after = rule
             .variants
             .iter()
@@ -218,10 +215,10 @@ pub fn plan(
             }
             events.push(ev);
         }
-        let routing_changes = previous
-            .as_ref()
-            .and_then(|p| find_experiment(p.config, &x.name))
-            .map(|old| routing_diff(old, &new_json["experiments"][i]))
+        let routing_changes = changed
+            .experiments
+            .get(&x.name)
+            .cloned()
             .unwrap_or_default();
         experiments.push(ExperimentPlan {
             name: x.name.clone(),
@@ -243,10 +240,6 @@ pub fn plan(
         .filter(|l| new.experiment(&l.name).is_none())
         .map(|l| l.name.clone())
         .collect();
-    let upstream_changes = previous
-        .as_ref()
-        .map(|p| map_diff(&p.config["upstreams"], &new_json["upstreams"], "upstream"))
-        .unwrap_or_default();
 
     if errors.is_empty() {
         Ok(Plan {
@@ -254,7 +247,8 @@ pub fn plan(
             previous_version: previous.map(|p| p.version.to_string()),
             experiments,
             absent,
-            upstream_changes,
+            upstream_changes: changed.upstreams,
+            settings_changes: changed.settings,
             events,
         })
     } else {
@@ -319,83 +313,10 @@ pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
     }
 }
 
-fn find_experiment<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
-    config["experiments"]
-        .as_array()?
-        .iter()
-        .find(|x| x["name"] == name)
-}
-
-/// The canonical JSON of a config as the ledger records it and plans
-/// compare it: the config itself, with each experiment's overrides (which
-/// can list many thousands of units) summarized by count and digest.
+/// The record of `config` as the ledger stores it and `plan` reads it back
+/// as the previous config ([`ConfigRecord::to_stored`]).
 pub fn canonical(config: &Config) -> Value {
-    let mut v = serde_json::to_value(config).expect("config serializes");
-    if let Some(xs) = v["experiments"].as_array_mut() {
-        for x in xs {
-            let o = &x["overrides"];
-            let count = o.as_object().map_or(0, |m| m.len());
-            let digest = Sha256::digest(o.to_string().as_bytes());
-            let digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            x["overrides"] = serde_json::json!({ "count": count, "digest": digest });
-        }
-    }
-    v
-}
-
-/// Routing fields that differ between two experiments' canonical JSON.
-fn routing_diff(old: &Value, new: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    for field in ["routes", "on_missing_unit", "paused"] {
-        if old[field] != new[field] {
-            out.push(format!("{field}: {} -> {}", old[field], new[field]));
-        }
-    }
-    if old["overrides"] != new["overrides"] {
-        let n = |v: &Value| v["count"].as_u64().unwrap_or(0);
-        out.push(format!(
-            "overrides: {} -> {} forced units",
-            n(&old["overrides"]),
-            n(&new["overrides"])
-        ));
-    }
-    let empty = Vec::new();
-    let olds = old["variants"].as_array().unwrap_or(&empty);
-    for v in new["variants"].as_array().unwrap_or(&empty) {
-        let Some(o) = olds.iter().find(|o| o["name"] == v["name"]) else {
-            continue;
-        };
-        for field in ["upstream", "disabled"] {
-            if o[field] != v[field] {
-                out.push(format!(
-                    "variants[{}].{field}: {} -> {}",
-                    v["name"].as_str().unwrap_or("?"),
-                    o[field],
-                    v[field]
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Keys added, removed or changed between two JSON maps.
-fn map_diff(old: &Value, new: &Value, what: &str) -> Vec<String> {
-    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (k, v) in n {
-        match o.get(k) {
-            None => out.push(format!("{what} {k} added")),
-            Some(ov) if ov != v => out.push(format!("{what} {k} changed")),
-            _ => {}
-        }
-    }
-    for k in o.keys().filter(|k| !n.contains_key(*k)) {
-        out.push(format!("{what} {k} removed"));
-    }
-    out
+    ConfigRecord::of(config).to_stored()
 }
 
 fn weights(ws: &[(String, Weight)]) -> String {
@@ -471,7 +392,7 @@ impl std::fmt::Display for Plan {
                 writeln!(f, "    warning: {w}")?;
             }
         }
-        for u in &self.upstream_changes {
+        for u in self.upstream_changes.iter().chain(&self.settings_changes) {
             writeln!(f, "  routing (no new epoch): {u}")?;
         }
         for a in &self.absent {
@@ -490,6 +411,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::assign::ledger::{ExperimentId, VariantId};
     use crate::config::{parse, Env};
 
     struct Counts(HashMap<(ExperimentId, VariantId), u64>);
@@ -690,5 +612,113 @@ mod tests {
         )
         .unwrap();
         assert!(!same.changes_anything());
+    }
+
+    // The rest of DESIGN.md's decision table, one test per row not covered
+    // above.
+
+    #[test]
+    fn adding_a_variant_starts_the_next_epoch_and_keeps_units() {
+        let l = applied(&cfg(AB, ""));
+        let counts = Counts(HashMap::from([((0, 0), 3), ((0, 1), 4)]));
+        let abc = "      - { name: a, upstream: old, weight: 40 }\n      - { name: b, upstream: new, weight: 40 }\n      - { name: c, upstream: new, weight: 20 }\n";
+        let p = plan(&l, &counts, None, &cfg(abc, ""), "t").unwrap();
+        let x = &p.experiments[0];
+        assert_eq!(x.epoch_after, Epoch(2));
+        assert!(
+            matches!(&x.decision, Decision::NewEpoch { changes, reset: false } if changes.contains(&RuleChange::VariantsAdded { names: vec!["c".into()] })),
+            "{:?}",
+            x.decision
+        );
+        assert!(
+            p.to_string()
+                .contains("every one keeps its variant and epoch"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn a_weight_set_to_zero_is_a_new_epoch_that_keeps_the_variant() {
+        let l = applied(&cfg(AB, ""));
+        let counts = Counts(HashMap::from([((0, 1), 7)]));
+        let closed = "      - { name: a, upstream: old, weight: 100 }\n      - { name: b, upstream: new, weight: 0 }\n";
+        let p = plan(&l, &counts, None, &cfg(closed, ""), "t").unwrap();
+        assert_eq!(p.experiments[0].epoch_after, Epoch(2));
+        assert!(
+            matches!(&p.experiments[0].decision, Decision::NewEpoch { changes, reset: false } if changes == &vec![RuleChange::Weights])
+        );
+    }
+
+    #[test]
+    fn a_unit_header_change_is_a_new_epoch_with_a_loud_warning() {
+        let l = applied(&cfg(AB, ""));
+        let p = plan(
+            &l,
+            &none(),
+            None,
+            &cfg(AB, "    unit_header: x-session\n"),
+            "t",
+        )
+        .unwrap();
+        let x = &p.experiments[0];
+        assert_eq!(x.epoch_after, Epoch(2));
+        assert!(
+            x.warnings.iter().any(|w| w.contains("UNIT HEADER CHANGED")),
+            "{:?}",
+            x.warnings
+        );
+    }
+
+    #[test]
+    fn renaming_a_variant_that_holds_units_is_rejected() {
+        let l = applied(&cfg(AB, ""));
+        let counts = Counts(HashMap::from([((0, 1), 2)]));
+        let renamed = AB.replace("name: b,", "name: bee,");
+        let errs = plan(&l, &counts, None, &cfg(&renamed, ""), "t").unwrap_err();
+        assert!(
+            errs[0]
+                .message
+                .contains("removing variant \"b\" would orphan the 2 units"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn a_removed_experiment_is_kept_in_the_store_and_named() {
+        let l = applied(&cfg(AB, ""));
+        let y = "upstreams:\n  old: { url: http://127.0.0.1:1 }\nexperiments:\n  - name: other\n    routes: [/q]\n    variants:\n      - { name: a, upstream: old, weight: 100 }\n";
+        let other = parse(y, Path::new("t.yaml"), Path::new("."), &Env::default()).unwrap();
+        let p = plan(&l, &none(), None, &other, "t").unwrap();
+        assert_eq!(p.absent, vec!["e".to_string()]);
+        assert!(
+            p.to_string()
+                .contains("e: not in this config; its stored units are kept"),
+            "{p}"
+        );
+        // Re-added under the same name, it continues its epoch.
+        let back = plan(&l, &none(), None, &cfg(AB, ""), "t").unwrap();
+        assert_eq!(back.experiments[0].decision, Decision::Same);
+    }
+
+    #[test]
+    fn previous_records_of_either_format_name_the_same_routing_changes() {
+        let old = cfg(AB, "");
+        let l = applied(&old);
+        let routed = cfg(&AB.replace("upstream: new", "upstream: old"), "");
+        let versioned = canonical(&old);
+        let mut legacy = versioned.clone();
+        legacy.as_object_mut().unwrap().remove("version");
+        for stored in [&versioned, &legacy] {
+            let prev = Previous {
+                version: "x",
+                config: stored,
+            };
+            let p = plan(&l, &none(), Some(prev), &routed, "t").unwrap();
+            assert_eq!(
+                p.experiments[0].routing_changes,
+                vec!["variants[b].upstream: \"new\" -> \"old\"".to_string()]
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Reload triggers: the config file changing on disk, and SIGHUP.
+//! Reload triggers: the config file changing on disk, and SIGHUP (the
+//! admin API's `POST /admin/reload` is the third, in `admin`).
 //!
 //! The file is polled (every 200 ms, by content) rather than watched with
 //! inotify: polling sees every way an operator or a tool replaces a file —
@@ -12,8 +13,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::Signal;
 
-use crate::assign::plan::Decision;
-use crate::state::{ReloadError, Reloaded, State};
+use super::report::report;
+use crate::state::State;
 
 /// Two polls must agree before a change applies: at most ~500 ms.
 const POLL: Duration = Duration::from_millis(200);
@@ -58,32 +59,6 @@ pub async fn watch(
             }
         };
         report(trigger, state.reload_file(trigger).await);
-    }
-}
-
-/// Logs a reload's outcome: the plan when applied, every error when not.
-pub fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
-    match outcome {
-        Ok(Reloaded::Unchanged) => tracing::info!(
-            trigger,
-            "config unchanged (same parsed content); nothing to apply"
-        ),
-        Ok(Reloaded::Applied {
-            plan,
-            restart_needed,
-        }) => {
-            tracing::info!(trigger, config_version = %plan.config_version, "config reloaded\n{plan}");
-            if !restart_needed.is_empty() {
-                tracing::warn!(fields = ?restart_needed, "these settings changed but take effect only after a restart");
-            }
-            for x in &plan.experiments {
-                if matches!(x.decision, Decision::NewEpoch { reset: true, .. }) {
-                    let dropped: u64 = x.units.iter().map(|(_, n)| n).sum();
-                    tracing::warn!(experiment = %x.name, dropped, epoch = x.epoch_after.0, "EXPERIMENT RESET: every stored assignment was dropped; units are assigned afresh in the new epoch");
-                }
-            }
-        }
-        Err(e) => tracing::error!(trigger, "{e}"),
     }
 }
 

@@ -1,0 +1,176 @@
+//! The store a serving process owns: the journal in one directory, locked
+//! against a second process, replayed at open, then written by the group
+//! commit thread ([`super::writer`]) while requests read the tables.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use super::error::StoreError;
+use super::replay::{open_journal, JOURNAL_FILE};
+use super::shared::Shared;
+use super::table::{Assigned, Assignment, Table};
+use super::writer::{write_loop, Cmd};
+use crate::assign::epoch::Epoch;
+use crate::assign::hash::UnitKey;
+use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
+
+/// The assignment store: open once per process.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held for the lifetime of the store: one process per store directory.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and replays its journal.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let io_err = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            // The new directory's entry must be durable too, or a crash
+            // could lose the whole store with the assignments in it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err)?;
+            }
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(|source| no_lock_file(dir, source))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        let path = dir.join(JOURNAL_FILE);
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            ledger: Mutex::new(Ledger::default()),
+            tables: Mutex::new(Vec::new()),
+        });
+        let file = open_journal(&path, &shared)?;
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("cohort-store".into())
+            .spawn(move || write_loop(file, rx, writer_shared))
+            .map_err(io_err)?;
+        Ok(Store {
+            shared,
+            tx,
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        })
+    }
+
+    /// A copy of the epoch ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.shared.ledger.lock().expect("ledger lock").clone()
+    }
+
+    pub fn table(&self, id: ExperimentId) -> Arc<Table> {
+        self.shared.table(id)
+    }
+
+    /// Journals `events` durably and atomically (one write, one fsync, all
+    /// or none), then applies them in order.
+    pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Ledger { events, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records `variant` at `epoch` for a new unit and returns once it is on
+    /// disk. If the unit was stored meanwhile, returns that assignment instead.
+    pub async fn assign(
+        &self,
+        experiment: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> Result<Assigned, StoreError> {
+        let assignment = Assignment {
+            variant,
+            epoch,
+            first_seen: unix_now(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Assign {
+                experiment,
+                key,
+                assignment,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Sync { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Replace our sender so the writer's channel closes, then join it.
+        let (dead, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, dead));
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl UnitCounts for Store {
+    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
+        self.table(experiment).units(variant)
+    }
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+}
+
+/// Why the lock file could not be made in `dir`. A directory that exists
+/// yet answers "no such file" to a new file in it is a pseudo filesystem
+/// (`/proc/self`, `/sys`): say so rather than the OS's misleading words.
+fn no_lock_file(dir: &Path, source: std::io::Error) -> StoreError {
+    if source.kind() == std::io::ErrorKind::NotFound && dir.is_dir() {
+        return StoreError::NotAStoreDir {
+            path: dir.to_path_buf(),
+            why: format!(
+                "it does not accept new files (creating {} failed: {source}); it looks like a pseudo filesystem such as /proc or /sys. Give store.path a directory on persistent local disk",
+                dir.join("lock").display()
+            ),
+        };
+    }
+    StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    }
+}

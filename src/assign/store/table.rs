@@ -1,0 +1,139 @@
+//! One experiment's assignments in memory: a concurrent map from the
+//! 128-bit unit key to the packed (variant, epoch, first-seen) value, and
+//! per-variant unit counts. Filled only by the writer and by replay, in
+//! journal order, so the first record of a key wins in both.
+
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::assign::epoch::Epoch;
+use crate::assign::hash::UnitKey;
+use crate::assign::ledger::VariantId;
+
+/// A unit's stored assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub variant: VariantId,
+    pub epoch: Epoch,
+    /// Unix seconds of the first exposure.
+    pub first_seen: u32,
+}
+
+impl Assignment {
+    pub(super) fn pack(self) -> u64 {
+        u64::from(self.variant)
+            | (u64::from(self.epoch.0) << 8)
+            | (u64::from(self.first_seen) << 32)
+    }
+
+    pub(super) fn unpack(v: u64) -> Assignment {
+        Assignment {
+            variant: (v & 0xff) as u8,
+            epoch: Epoch(((v >> 8) & 0xff_ffff) as u32),
+            first_seen: (v >> 32) as u32,
+        }
+    }
+}
+
+/// The largest epoch the packed form holds.
+pub const MAX_EPOCH: u32 = Epoch::MAX.0;
+
+impl Hash for UnitKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform digest: one word is all the hasher needs.
+        state.write_u64(self.0[0] ^ self.0[1].rotate_left(32));
+    }
+}
+
+/// Passes a digest word through: the key is already uniformly distributed.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// One experiment's assignments.
+pub struct Table {
+    map: DashMap<UnitKey, u64, BuildHasherDefault<DigestHasher>>,
+    units: Vec<AtomicU64>,
+    /// The admin kill switch; shared by every snapshot, so pausing needs no reload.
+    pub(super) admin_paused: AtomicBool,
+}
+
+impl Table {
+    pub(super) fn new() -> Table {
+        Table::with_capacity(0)
+    }
+
+    pub(super) fn with_capacity(units: usize) -> Table {
+        Table {
+            map: DashMap::with_capacity_and_hasher(units, BuildHasherDefault::default()),
+            units: (0..256).map(|_| AtomicU64::new(0)).collect(),
+            admin_paused: AtomicBool::new(false),
+        }
+    }
+
+    pub fn get(&self, key: &UnitKey) -> Option<Assignment> {
+        self.map.get(key).map(|v| Assignment::unpack(*v))
+    }
+
+    /// Units stored for `variant`.
+    pub fn units(&self, variant: VariantId) -> u64 {
+        self.units[usize::from(variant)].load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether an admin paused this experiment.
+    pub fn admin_paused(&self) -> bool {
+        self.admin_paused.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Inserts unless present; returns the stored value and whether it is new.
+    pub(super) fn insert_first(&self, key: UnitKey, a: Assignment) -> (Assignment, bool) {
+        let mut created = false;
+        let v = *self.map.entry(key).or_insert_with(|| {
+            created = true;
+            a.pack()
+        });
+        if created {
+            self.units[usize::from(a.variant)].fetch_add(1, Ordering::Relaxed);
+        }
+        (Assignment::unpack(v), created)
+    }
+
+    pub(super) fn clear(&self) {
+        self.map.clear();
+        self.map.shrink_to_fit();
+        for u in &self.units {
+            u.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The result of asking for a new unit's assignment.
+#[derive(Debug, Clone, Copy)]
+pub struct Assigned {
+    pub assignment: Assignment,
+    /// False when a concurrent first request of the same unit won the race.
+    pub created: bool,
+}

@@ -1,0 +1,248 @@
+//! The store's tests: durability, first-writer-wins, torn tails, resets,
+//! and parallel replay against sequential replay.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::replay::{replay_journal_with, JOURNAL_FILE};
+use super::shared::Shared;
+use super::*;
+use crate::assign::buckets::Weight;
+use crate::assign::epoch::Epoch;
+use crate::assign::epoch::{Rule, RuleVariant};
+use crate::assign::hash::unit_key;
+use crate::assign::ledger::EpochRecord;
+use crate::assign::ledger::{Ledger, LedgerEvent};
+
+fn event(epoch: u32, dropped: bool) -> LedgerEvent {
+    LedgerEvent::Epoch {
+        experiment: "e".into(),
+        record: EpochRecord {
+            epoch: Epoch(epoch),
+            rule: Rule {
+                salt: "s".into(),
+                unit_header: "x-user-id".into(),
+                coverage: Weight(10_000),
+                variants: vec![
+                    RuleVariant {
+                        name: "a".into(),
+                        weight: Weight(5000),
+                    },
+                    RuleVariant {
+                        name: "b".into(),
+                        weight: Weight(5000),
+                    },
+                ],
+            },
+            started_at: "t".into(),
+            config_version: "v".into(),
+            reset: u64::from(dropped),
+            dropped_assignments: dropped,
+        },
+    }
+}
+
+/// A store with `n` units, written by 64 concurrent first requests.
+async fn filled(dir: &Path, n: usize) {
+    let store = Arc::new(Store::open(dir).unwrap());
+    store.append_ledger(vec![event(1, false)]).await.unwrap();
+    let mut tasks = Vec::new();
+    for c in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (c..n).step_by(64) {
+                let got = store
+                    .assign(
+                        0,
+                        unit_key("e", format!("u{i}").as_bytes()),
+                        (i % 2) as u8,
+                        Epoch(1),
+                    )
+                    .await
+                    .unwrap();
+                assert!(got.created);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn assignments_survive_reopen_and_the_first_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 10).await;
+    let store = Store::open(dir.path()).unwrap();
+    let t = store.table(0);
+    assert_eq!(t.len(), 10);
+    assert_eq!((t.units(0), t.units(1)), (5, 5));
+    let k = unit_key("e", b"u3");
+    assert_eq!(t.get(&k).unwrap().variant, 1);
+    // A second assignment of a stored unit returns the first.
+    let again = store.assign(0, k, 0, Epoch(1)).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.assignment.variant, 1);
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Locked(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_truncated_but_damage_further_in_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 40_000).await;
+    let path = dir.path().join(JOURNAL_FILE);
+    let len = std::fs::metadata(&path).unwrap().len();
+    // Cut into the last record, as kill -9 during a write would.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.table(0).len(), 39_999);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 36);
+    // Flip a byte in the middle: that is damage, not a torn write.
+    let pristine = std::fs::read(&path).unwrap();
+    // A damaged length field running past the end of the file is damage
+    // too, not a torn tail: acknowledged records follow it.
+    let mut damaged = pristine.clone();
+    let ledger_len = u32::from_le_bytes(damaged[8..12].try_into().unwrap()) as usize;
+    let at = 8 + 8 + ledger_len + 36 * 1000;
+    assert_eq!(damaged[at + 8], 1, "an assignment record starts here");
+    damaged[at..at + 4].copy_from_slice(&(60u32 << 20).to_le_bytes());
+    std::fs::write(&path, &damaged).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let mut bytes = pristine;
+    bytes[200] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_reset_event_drops_the_experiments_assignments_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 10).await;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append_ledger(vec![event(2, true)]).await.unwrap();
+        assert_eq!(store.table(0).len(), 0);
+        assert_eq!(store.table(0).units(1), 0);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.table(0).len(), 0);
+    assert_eq!(store.ledger().get("e").unwrap().current().epoch, Epoch(2));
+}
+
+#[test]
+fn packing_keeps_every_field() {
+    let a = Assignment {
+        variant: 255,
+        epoch: Epoch(MAX_EPOCH),
+        first_seen: u32::MAX,
+    };
+    assert_eq!(Assignment::unpack(a.pack()), a);
+    let b = Assignment {
+        variant: 3,
+        epoch: Epoch(7),
+        first_seen: 1_796_000_000,
+    };
+    assert_eq!(Assignment::unpack(b.pack()), b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_replay_equals_sequential_replay_and_the_first_record_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 20_000).await;
+    {
+        // Duplicates of stored keys with another variant, and a reset
+        // followed by fresh units: the order of records matters.
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..100 {
+            let k = unit_key("e", format!("u{i}").as_bytes());
+            assert!(
+                !store
+                    .assign(0, k, ((i + 1) % 2) as u8, Epoch(1))
+                    .await
+                    .unwrap()
+                    .created
+            );
+        }
+    }
+    let load = |parallel_from| {
+        let path = dir.path().join(JOURNAL_FILE);
+        let shared = Shared {
+            path: path.clone(),
+            ledger: Mutex::new(Ledger::default()),
+            tables: Mutex::new(Vec::new()),
+        };
+        let mut f = File::open(&path).unwrap();
+        replay_journal_with(&mut f, &path, &shared, parallel_from).unwrap();
+        shared
+    };
+    let (seq, par) = (load(usize::MAX), load(0));
+    let (a, b) = (seq.table(0), par.table(0));
+    assert_eq!(a.len(), 20_000);
+    assert_eq!(b.len(), 20_000);
+    assert_eq!((a.units(0), a.units(1)), (b.units(0), b.units(1)));
+    for i in 0..20_000 {
+        let k = unit_key("e", format!("u{i}").as_bytes());
+        assert_eq!(a.get(&k), b.get(&k), "u{i}");
+        assert_eq!(
+            b.get(&k).unwrap().variant,
+            (i % 2) as u8,
+            "the first record of u{i} wins"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_large_history_record_survives_restart_and_a_torn_one_is_cut() {
+    use crate::assign::ledger::AppliedConfig;
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 10).await;
+    let big = serde_json::json!({ "overrides": (0..250_000).map(|i| format!("qa-user-{i}")).collect::<Vec<_>>() });
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let ev = LedgerEvent::Applied(AppliedConfig {
+            config_version: "v2".into(),
+            applied_at: "t".into(),
+            trigger: "test".into(),
+            summary: "s".into(),
+            config: big,
+        });
+        store.append_ledger(vec![ev]).await.unwrap();
+    }
+    let path = dir.path().join(JOURNAL_FILE);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        len > 3 << 20,
+        "the record is over the old 1 MiB limit: {len}"
+    );
+    assert_eq!(Store::open(dir.path()).unwrap().ledger().history.len(), 1);
+    // Cut it in the middle, as a crash during that write would.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - (1 << 20))
+        .unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.ledger().history.is_empty());
+    assert_eq!(store.table(0).len(), 10);
+}

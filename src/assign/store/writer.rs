@@ -1,0 +1,193 @@
+//! The group-commit writer thread: every queued command of a batch goes to
+//! the journal in one write and one `fdatasync`, then takes effect in the
+//! tables and the ledger, and each waiter is answered, in journal order.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::sync::{mpsc, Arc};
+
+use tokio::sync::oneshot;
+
+use super::error::StoreError;
+use super::shared::Shared;
+use super::table::{Assigned, Assignment};
+use crate::assign::epoch::Epoch;
+use crate::assign::hash::UnitKey;
+use crate::assign::journal::{self, Record};
+use crate::assign::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent};
+
+const MAX_BATCH: usize = 8192;
+
+pub(super) enum Cmd {
+    Assign {
+        experiment: ExperimentId,
+        key: UnitKey,
+        assignment: Assignment,
+        reply: oneshot::Sender<Result<Assigned, StoreError>>,
+    },
+    /// All of one config apply's events: journaled together or not at all.
+    Ledger {
+        events: Vec<LedgerEvent>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The group-commit loop: drain the queue, one write and one fdatasync for
+/// the whole batch, then apply and answer in journal order.
+pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+    let mut good_len = file.stream_position().unwrap_or(0);
+    let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
+    let mut broken: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let verdicts = encode_batch(&batch, &shared, &mut buf);
+        let written = match &broken {
+            Some(why) => Err(why.clone()),
+            None => write_batch(&mut file, &buf, &mut good_len).map_err(|e| {
+                let why = e.to_string();
+                tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
+                // A partial write would hide every later record from replay:
+                // cut back to the last good record, or stop writing at all.
+                if file.set_len(good_len).and_then(|_| file.seek(SeekFrom::Start(good_len))).is_err() {
+                    broken = Some(why.clone());
+                }
+                why
+            }),
+        };
+        for (c, verdict) in batch.drain(..).zip(verdicts) {
+            let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
+            match c {
+                Cmd::Assign {
+                    experiment,
+                    key,
+                    assignment,
+                    reply,
+                } => {
+                    let r = ok.map(|()| {
+                        let (assignment, created) =
+                            shared.table(experiment).insert_first(key, assignment);
+                        Assigned {
+                            assignment,
+                            created,
+                        }
+                    });
+                    let _ = reply.send(r);
+                }
+                Cmd::Ledger { events, reply } => {
+                    let r = ok.and_then(|()| {
+                        events
+                            .iter()
+                            .try_for_each(|ev| shared.apply_ledger(ev))
+                            .map_err(StoreError::Ledger)
+                    });
+                    let _ = reply.send(r);
+                }
+                Cmd::Sync { reply } => {
+                    let _ = reply.send(ok);
+                }
+            }
+        }
+    }
+    let _ = file.sync_data();
+}
+
+/// Encodes the batch's records into `buf`, in order, and says for each
+/// command whether it goes in. Ledger events are checked against the ledger
+/// first, so a bad one cannot poison the journal; an assignment under an
+/// epoch its experiment has left is refused as stale, so no unit is stored
+/// under a rule that is no longer applied (in particular across a reset).
+fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result<(), StoreError>> {
+    // Current epochs, read once; the ledger itself is copied only for a
+    // batch that carries ledger events (its history can be large).
+    let base: Vec<Epoch> = shared
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .experiments
+        .iter()
+        .map(|x| x.current().epoch)
+        .collect();
+    let mut scratch: Option<Ledger> = None;
+    let mut verdicts = Vec::with_capacity(batch.len());
+    for c in batch {
+        let v = match c {
+            Cmd::Assign {
+                experiment,
+                key,
+                assignment,
+                ..
+            } => {
+                let current = match &scratch {
+                    Some(l) => l.by_id(*experiment).map(|x| x.current().epoch),
+                    None => base.get(usize::from(*experiment)).copied(),
+                }
+                .unwrap_or(Epoch::UNASSIGNED);
+                if assignment.epoch < current {
+                    Err(StoreError::Stale {
+                        experiment: *experiment,
+                        got: assignment.epoch.0,
+                        current: current.0,
+                    })
+                } else {
+                    journal::encode(
+                        &Record::Assign {
+                            experiment: *experiment,
+                            key: *key,
+                            variant: assignment.variant,
+                            epoch: assignment.epoch,
+                            first_seen: assignment.first_seen,
+                        },
+                        buf,
+                    );
+                    Ok(())
+                }
+            }
+            Cmd::Ledger { events, .. } => {
+                let mut trial = scratch
+                    .clone()
+                    .unwrap_or_else(|| shared.ledger.lock().expect("ledger lock").clone());
+                let mut records = Vec::new();
+                let check = events.iter().try_for_each(|ev| {
+                    let start = records.len();
+                    journal::encode(&Record::Ledger(ev.clone()), &mut records);
+                    if records.len() - start - 8 > journal::MAX_RECORD {
+                        return Err(LedgerError::TooLarge(records.len() - start));
+                    }
+                    trial.apply(ev).map(|_| ())
+                });
+                match check {
+                    Ok(()) => {
+                        scratch = Some(trial);
+                        buf.extend_from_slice(&records);
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError::Ledger(e)),
+                }
+            }
+            Cmd::Sync { .. } => Ok(()),
+        };
+        verdicts.push(v);
+    }
+    verdicts
+}
+
+fn write_batch(file: &mut File, buf: &[u8], good_len: &mut u64) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    file.write_all(buf)?;
+    file.sync_data()?;
+    *good_len += buf.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The applied config as cohort records it: a dedicated, versioned serde
+//! form, kept apart from the live [`Config`] struct.
+//!
+//! It serves two purposes, and the live struct's field names are neither:
+//! - the **config version** ([`ConfigRecord::version`]): a short SHA-256 of
+//!   the record's canonical JSON, overrides listed in full. Comment-only
+//!   edits and key re-ordering keep it, and it is recorded with every epoch
+//!   and applied config, so its meaning must never drift: the JSON below is
+//!   byte for byte what cohort hashed before the record existed (pinned by
+//!   tests/golden/journal-v1's versions);
+//! - the **on-disk history record** ([`ConfigRecord::to_stored`]): the same
+//!   fields, overrides summarized by count and digest (they can list many
+//!   thousands of units), tagged `"version": 1`. Records written before the
+//!   tag existed have the same shape without it and still read back
+//!   ([`ConfigRecord::from_stored`]).
+//!
+//! [`ConfigRecord::of`] destructures every config struct without `..`: a
+//! field added to [`Config`] does not compile until it is given a place here
+//! (or explicitly left out of the version).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    AccessLogConfig, AdminConfig, Config, ExperimentConfig, LogTarget, LogUnit, MissingUnitPolicy,
+    Route, RuntimeConfig, UpstreamConfig, VariantConfig,
+};
+use crate::terms::Weight;
+
+/// The version of the on-disk form [`ConfigRecord::to_stored`] writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One applied config. Field order is part of the version hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    pub listen: SocketAddr,
+    pub store_path: PathBuf,
+    pub access_log: AccessLogRecord,
+    pub upstreams: BTreeMap<String, UpstreamRecord>,
+    pub default_upstream: Option<String>,
+    pub experiments: Vec<ExperimentRecord>,
+    pub runtime: RuntimeRecord,
+    pub admin: Option<AdminRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogRecord {
+    pub target: LogTargetRecord,
+    pub unit: LogUnitRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogTargetRecord {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogUnitRecord {
+    Raw,
+    /// The key's digest only: the key is never recorded.
+    Hashed {
+        key_digest: String,
+    },
+}
+
+/// Durations are whole milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamRecord {
+    pub name: String,
+    pub authority: String,
+    pub connect_timeout: u64,
+    pub timeout: u64,
+    pub max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    pub name: String,
+    pub routes: Vec<RouteRecord>,
+    pub unit_header: String,
+    pub salt: String,
+    pub variants: Vec<VariantRecord>,
+    pub on_missing_unit: MissingUnitRecord,
+    pub reset: u64,
+    pub paused: bool,
+    pub coverage: Weight,
+    pub overrides: OverridesRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteRecord {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingUnitRecord {
+    Control,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantRecord {
+    pub name: String,
+    pub upstream: String,
+    pub weight: Weight,
+    pub disabled: bool,
+}
+
+/// Forced units: in full for the version hash, summarized on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OverridesRecord {
+    Summary(OverridesSummary),
+    /// Unit id -> index of the variant it is forced into.
+    Units(BTreeMap<String, usize>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverridesSummary {
+    pub count: usize,
+    /// The first 8 bytes of SHA-256 of the overrides' JSON, in hex.
+    pub digest: String,
+}
+
+impl OverridesRecord {
+    /// The summarized form (already summarized: unchanged).
+    pub fn summary(&self) -> OverridesSummary {
+        match self {
+            OverridesRecord::Summary(s) => s.clone(),
+            OverridesRecord::Units(units) => {
+                let json = serde_json::to_string(units).expect("a map of strings serializes");
+                let d = Sha256::digest(json.as_bytes());
+                OverridesSummary {
+                    count: units.len(),
+                    digest: hex(&d[..8]),
+                }
+            }
+        }
+    }
+}
+
+/// Durations are whole milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeRecord {
+    pub worker_threads: Option<usize>,
+    pub http1_fast_path: bool,
+    pub client_idle_timeout: u64,
+    pub client_header_timeout: u64,
+    pub client_body_timeout: u64,
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub listen: SocketAddr,
+    /// The token's digest only: a rotated token is a new version.
+    pub token_digest: String,
+}
+
+/// The on-disk document: the record with its format version.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    #[serde(flatten)]
+    config: ConfigRecord,
+}
+
+/// Why a stored config record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("config record version {0} is newer than this cohort reads ({RECORD_VERSION})")]
+    UnknownVersion(u64),
+    #[error("unreadable config record: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl ConfigRecord {
+    /// The record of `config`, overrides in full.
+    pub fn of(config: &Config) -> ConfigRecord {
+        let Config {
+            listen,
+            store_path,
+            access_log,
+            upstreams,
+            default_upstream,
+            experiments,
+            runtime,
+            admin,
+            // Where the config came from, not what it says.
+            positions: _,
+            source: _,
+            watched: _,
+        } = config;
+        ConfigRecord {
+            listen: *listen,
+            store_path: store_path.clone(),
+            access_log: access_log_record(access_log),
+            upstreams: upstreams
+                .iter()
+                .map(|(k, u)| (k.clone(), upstream_record(u)))
+                .collect(),
+            default_upstream: default_upstream.clone(),
+            experiments: experiments.iter().map(experiment_record).collect(),
+            runtime: runtime_record(runtime),
+            admin: admin.as_ref().map(|a| {
+                let AdminConfig {
+                    listen,
+                    token: _,
+                    token_digest,
+                } = a;
+                AdminRecord {
+                    listen: *listen,
+                    token_digest: token_digest.clone(),
+                }
+            }),
+        }
+    }
+
+    /// A short hash of the canonical JSON (see the module doc).
+    pub fn version(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a config record serializes");
+        hex(&Sha256::digest(&canonical)[..6])
+    }
+
+    /// The same record with every experiment's overrides summarized.
+    pub fn summarized(&self) -> ConfigRecord {
+        let mut r = self.clone();
+        for x in &mut r.experiments {
+            x.overrides = OverridesRecord::Summary(x.overrides.summary());
+        }
+        r
+    }
+
+    /// The on-disk form: summarized, tagged with [`RECORD_VERSION`].
+    pub fn to_stored(&self) -> serde_json::Value {
+        serde_json::to_value(Stored {
+            version: RECORD_VERSION,
+            config: self.summarized(),
+        })
+        .expect("a config record serializes")
+    }
+
+    /// Reads a stored record: the current version, or the untagged form
+    /// written before records were versioned.
+    pub fn from_stored(v: &serde_json::Value) -> Result<ConfigRecord, RecordError> {
+        match v.get("version").map(serde_json::Value::as_u64) {
+            None => Ok(serde_json::from_value(v.clone())?),
+            Some(Some(1)) => Ok(serde_json::from_value::<Stored>(v.clone())?.config),
+            Some(n) => Err(RecordError::UnknownVersion(n.unwrap_or(u64::MAX))),
+        }
+    }
+}
+
+fn access_log_record(a: &AccessLogConfig) -> AccessLogRecord {
+    let AccessLogConfig { target, unit } = a;
+    AccessLogRecord {
+        target: match target {
+            LogTarget::Stdout => LogTargetRecord::Stdout,
+            LogTarget::File(p) => LogTargetRecord::File(p.clone()),
+        },
+        unit: match unit {
+            LogUnit::Raw => LogUnitRecord::Raw,
+            LogUnit::Hashed { key: _, key_digest } => LogUnitRecord::Hashed {
+                key_digest: key_digest.clone(),
+            },
+        },
+    }
+}
+
+fn upstream_record(u: &UpstreamConfig) -> UpstreamRecord {
+    let UpstreamConfig {
+        name,
+        authority,
+        connect_timeout,
+        timeout,
+        max_idle_per_host,
+    } = u;
+    UpstreamRecord {
+        name: name.clone(),
+        authority: authority.clone(),
+        connect_timeout: millis(*connect_timeout),
+        timeout: millis(*timeout),
+        max_idle_per_host: *max_idle_per_host,
+    }
+}
+
+fn experiment_record(x: &ExperimentConfig) -> ExperimentRecord {
+    let ExperimentConfig {
+        name,
+        routes,
+        unit_header,
+        salt,
+        variants,
+        on_missing_unit,
+        reset,
+        paused,
+        coverage,
+        overrides,
+    } = x;
+    ExperimentRecord {
+        name: name.clone(),
+        routes: routes
+            .iter()
+            .map(|r| match r {
+                Route::Exact(p) => RouteRecord::Exact(p.clone()),
+                Route::Prefix(p) => RouteRecord::Prefix(p.clone()),
+            })
+            .collect(),
+        unit_header: unit_header.clone(),
+        salt: salt.clone(),
+        variants: variants
+            .iter()
+            .map(|v| {
+                let VariantConfig {
+                    name,
+                    upstream,
+                    weight,
+                    disabled,
+                } = v;
+                VariantRecord {
+                    name: name.clone(),
+                    upstream: upstream.clone(),
+                    weight: *weight,
+                    disabled: *disabled,
+                }
+            })
+            .collect(),
+        on_missing_unit: match on_missing_unit {
+            MissingUnitPolicy::Control => MissingUnitRecord::Control,
+            MissingUnitPolicy::Reject => MissingUnitRecord::Reject,
+        },
+        reset: *reset,
+        paused: *paused,
+        coverage: *coverage,
+        overrides: OverridesRecord::Units(overrides.clone()),
+    }
+}
+
+fn runtime_record(r: &RuntimeConfig) -> RuntimeRecord {
+    let RuntimeConfig {
+        worker_threads,
+        http1_fast_path,
+        client_idle_timeout,
+        client_header_timeout,
+        client_body_timeout,
+        shutdown_timeout,
+    } = r;
+    RuntimeRecord {
+        worker_threads: *worker_threads,
+        http1_fast_path: *http1_fast_path,
+        client_idle_timeout: millis(*client_idle_timeout),
+        client_header_timeout: millis(*client_header_timeout),
+        client_body_timeout: millis(*client_body_timeout),
+        shutdown_timeout: millis(*shutdown_timeout),
+    }
+}
