@@ -280,3 +280,26 @@ fn a_missing_config_file_is_named_without_a_position() {
         assert!(!err.contains(":0:0"), "{err}");
     }
 }
+
+/// The proxy's own port in use: named, with `--listen` as the way out.
+#[test]
+fn a_busy_proxy_port_is_named_with_the_way_out() {
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("d").display().to_string();
+    let (code, _, err) = cohort_cmd(&[
+        "demo",
+        "--listen",
+        &addr,
+        "--data",
+        &data,
+        "--backend-ports",
+        "0,0",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let line = err.lines().last().unwrap();
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(line.contains("--listen"), "{err}");
+    assert_eq!(line.matches("(os error").count(), 1, "{line}");
+}
