@@ -63,7 +63,7 @@ impl State {
     }
 
     /// The file the config was loaded from (none for the embedded demo).
-    pub fn config_path(&self) -> Option<&Path> {
+    pub(crate) fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
     }
 
@@ -79,7 +79,7 @@ impl State {
     }
 
     /// A request id unique to this process: `<random prefix>-<sequence>`.
-    pub fn next_request_id(&self) -> http::HeaderValue {
+    pub(crate) fn next_request_id(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         let p = self.request_prefix.as_bytes();
@@ -96,7 +96,11 @@ impl State {
 
     /// The admin kill switch: journaled, then in effect for every request
     /// at once (the flag lives in the experiment's table, not the snapshot).
-    pub async fn set_paused(&self, experiment: &str, paused: bool) -> Result<(), PauseError> {
+    pub(crate) async fn set_paused(
+        &self,
+        experiment: &str,
+        paused: bool,
+    ) -> Result<(), PauseError> {
         let _one_at_a_time = self.lock_changes().await;
         if self.snapshot().config.experiment(experiment).is_none() {
             return Err(PauseError::UnknownExperiment(experiment.to_string()));
@@ -118,7 +122,7 @@ impl State {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PauseError {
+pub(crate) enum PauseError {
     #[error("no experiment {0:?} in the applied config")]
     UnknownExperiment(String),
     #[error(transparent)]

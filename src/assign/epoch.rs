@@ -4,7 +4,7 @@
 //! unit gets: the salt, the unit header, the coverage and the ordered list of
 //! (variant, weight). Any difference between two rules starts a new epoch;
 //! routing (upstreams, timeouts, routes, pause, overrides, disabled) never
-//! does. [`diff`] says which parts of the
+//! does. `diff` says which parts of the
 //! rule changed so that the reload log and `plan` can explain the new epoch.
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,7 @@ impl std::fmt::Display for RuleChange {
 }
 
 /// Every way `new` differs from `old`; empty means the same epoch continues.
-pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
+pub(crate) fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
     let mut changes = Vec::new();
     if old.salt != new.salt {
         changes.push(RuleChange::Salt {

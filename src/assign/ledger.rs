@@ -4,7 +4,7 @@
 //!
 //! The ledger changes only through [`LedgerEvent`]s, which are journaled
 //! before they take effect; replaying the journal's events through
-//! [`Ledger::apply`] rebuilds exactly the same ledger after a restart.
+//! `Ledger::apply` rebuilds exactly the same ledger after a restart.
 
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +142,7 @@ impl Ledger {
 
     /// Applies `ev` whole or not at all; returns the id of the experiment
     /// it concerns, if any.
-    pub fn apply(&mut self, ev: &LedgerEvent) -> Result<Option<ExperimentId>, LedgerError> {
+    pub(crate) fn apply(&mut self, ev: &LedgerEvent) -> Result<Option<ExperimentId>, LedgerError> {
         match ev {
             LedgerEvent::Epoch { experiment, record } => {
                 self.start_epoch(experiment, record).map(Some)
@@ -226,7 +226,10 @@ pub trait UnitCounts {
 }
 
 /// Stored units of each variant name `l` has ever had, in dictionary order.
-pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
+pub(crate) fn units_by_variant(
+    l: &ExperimentLedger,
+    counts: &dyn UnitCounts,
+) -> Vec<(String, u64)> {
     l.variants
         .iter()
         .enumerate()

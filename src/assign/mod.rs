@@ -12,7 +12,7 @@
 //!    durable before the response goes out.
 //!
 //! Assignment never imports the config: [`Assigner`] takes its own
-//! [`ExperimentSpec`] and the ledger records [`epoch::Rule`]s, both built
+//! `ExperimentSpec` and the ledger records [`epoch::Rule`]s, both built
 //! from the validated config by the layers above (`snapshot`, `reload`).
 //! Applied configs reach the ledger as opaque JSON documents.
 
@@ -90,16 +90,16 @@ pub struct Served {
 /// input type: the snapshot builds it from the validated config, so this
 /// module never depends on the config's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExperimentSpec {
-    pub name: String,
+pub(crate) struct ExperimentSpec {
+    pub(crate) name: String,
     /// Salt, coverage and the ordered (variant, weight) list.
-    pub rule: Rule,
+    pub(crate) rule: Rule,
     /// Per configured variant, in order: whether it is disabled.
-    pub disabled: Vec<bool>,
+    pub(crate) disabled: Vec<bool>,
     /// Forced units: unit id -> index of the configured variant.
-    pub overrides: HashMap<Vec<u8>, usize>,
+    pub(crate) overrides: HashMap<Vec<u8>, usize>,
     /// The file's kill switch (an admin pause lives in the store).
-    pub paused: bool,
+    pub(crate) paused: bool,
 }
 
 /// One experiment's assignment logic under one applied config.
@@ -122,7 +122,11 @@ pub struct Assigner {
 
 impl Assigner {
     /// `ledger` must already hold the epoch this config applies.
-    pub fn new(spec: ExperimentSpec, ledger: &ExperimentLedger, table: Arc<Table>) -> Assigner {
+    pub(crate) fn new(
+        spec: ExperimentSpec,
+        ledger: &ExperimentLedger,
+        table: Arc<Table>,
+    ) -> Assigner {
         let ExperimentSpec {
             name,
             rule,

@@ -1,20 +1,20 @@
-//! Configuration: YAML text -> [`raw`] serde structs -> validated [`Config`].
+//! Configuration: YAML text -> `raw` serde structs -> validated [`Config`].
 //!
 //! Unknown keys are found first, over the YAML itself (`schema`, with a
 //! did-you-mean), then serde reads the rest and `validate` collects every
 //! semantic problem, so all of a file's errors are reported at once, each
 //! with the file, line, column and YAML path of the offending value. Loading
 //! does no network I/O and reads only the file and the files it names
-//! (overrides, admin token, log-unit key, through [`files::Files`]), so
+//! (overrides, admin token, log-unit key, through `files::Files`), so
 //! `cohort check`, `cohort plan` and a reload share exactly this code.
 //!
 //! A leaf: it depends on no assignment code (what both speak is in
 //! [`crate::terms`]). The applied config's recorded form and version hash
 //! are [`record`]; how a config is planned and applied is `crate::reload`.
 
-pub mod files;
-pub mod positions;
-pub mod raw;
+pub(crate) mod files;
+pub(crate) mod positions;
+pub(crate) mod raw;
 pub mod record;
 mod schema;
 mod validate;
@@ -28,10 +28,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::terms::Weight;
-pub use positions::{Position, PositionIndex};
+pub use positions::Position;
+pub(crate) use positions::PositionIndex;
 
 /// The config cohort runs when none is given (`cohort demo`).
-pub const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
+pub(crate) const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,12 +45,12 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub admin: Option<AdminConfig>,
     /// Where each value sat in the file, for errors found after validation.
-    pub positions: Arc<PositionIndex>,
+    pub(crate) positions: Arc<PositionIndex>,
     /// The file this came from (`<embedded>` for the demo).
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// Other files the config reads (overrides, token, log-unit key): a
     /// change to any of them reloads, like a change to the config itself.
-    pub watched: Vec<PathBuf>,
+    pub(crate) watched: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,12 +187,17 @@ impl Config {
         record::ConfigRecord::of(self).version()
     }
 
-    pub fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
+    pub(crate) fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
         self.experiments.iter().find(|e| e.name == name)
     }
 
     /// Renders `path` with a message as `file:line:col: path: message`.
-    pub fn error_at(&self, path: &str, message: String, hint: Option<String>) -> ConfigError {
+    pub(crate) fn error_at(
+        &self,
+        path: &str,
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigError {
         ConfigError {
             position: self.positions.find(path),
             path: path.to_string(),
@@ -270,7 +276,7 @@ pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, 
 }
 
 /// [`parse`], reading the files the config names from `files`.
-pub fn parse_with(
+pub(crate) fn parse_with(
     text: &str,
     file: &Path,
     base: &Path,

@@ -34,7 +34,7 @@ pub enum StartError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("invalid config, keeping the applied one: {0}")]
     Invalid(ConfigErrors),
     #[error("config rejected, keeping the applied one: {0}")]
@@ -46,7 +46,7 @@ pub enum ReloadError {
 }
 
 #[derive(Debug)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     /// The parsed config equals the applied one (e.g. a comment-only edit).
     Unchanged,
     Applied {
@@ -87,21 +87,17 @@ impl State {
     }
 
     /// Re-reads the config file and applies it.
-    pub async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         let path = self.config_path().ok_or(ReloadError::NoFile)?;
         let cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
         self.apply(cfg, trigger).await
     }
 
-    /// What applying `config` would do, without applying it.
-    pub fn plan(&self, config: &Config) -> Result<Plan, ConfigErrors> {
-        plan_against(&self.store.ledger(), &self.store, config).map_err(|errors| ConfigErrors {
-            file: config.source.clone(),
-            errors,
-        })
-    }
-
-    pub async fn apply(&self, config: Config, trigger: &str) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn apply(
+        &self,
+        config: Config,
+        trigger: &str,
+    ) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.lock_changes().await;
         let cur = self.snapshot();
         if *config.version() == *cur.version {

@@ -7,7 +7,7 @@
 //! still holds units). Epochs are judged against the ledger, not against the
 //! previous file, so a restart with an edited file is held to exactly the
 //! same rules; the previous config (its stored record) is only used to name
-//! routing changes, through the typed [`super::diff`].
+//! routing changes, through the typed `super::diff`.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -260,7 +260,7 @@ pub fn plan(
 /// rules. Same salt and header: exact, from the bucket ranges and the nested
 /// coverage thresholds. Otherwise the hash itself changed, and the expected
 /// share is 1 - sum over outcomes of P_old * P_new.
-pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
+pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
     let outcome_probs = |r: &Rule| -> Vec<(Option<String>, f64)> {
         let c = f64::from(r.coverage.0) / f64::from(BUCKETS);
         let mut v: Vec<(Option<String>, f64)> = r
@@ -315,7 +315,7 @@ pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
 
 /// The record of `config` as the ledger stores it and `plan` reads it back
 /// as the previous config ([`ConfigRecord::to_stored`]).
-pub fn canonical(config: &Config) -> Value {
+pub(crate) fn canonical(config: &Config) -> Value {
     ConfigRecord::of(config).to_stored()
 }
 

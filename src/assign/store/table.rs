@@ -37,9 +37,6 @@ impl Assignment {
     }
 }
 
-/// The largest epoch the packed form holds.
-pub const MAX_EPOCH: u32 = Epoch::MAX.0;
-
 impl Hash for UnitKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Already a uniform digest: one word is all the hasher needs.
@@ -49,7 +46,7 @@ impl Hash for UnitKey {
 
 /// Passes a digest word through: the key is already uniformly distributed.
 #[derive(Default)]
-pub struct DigestHasher(u64);
+struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {
