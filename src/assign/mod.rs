@@ -57,6 +57,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The access log's spelling of the reason (part of its schema).
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Stored => "stored",
@@ -78,7 +79,10 @@ pub struct Served {
     pub variant: usize,
     /// The unit's assignment epoch (0 when it has none).
     pub epoch: Epoch,
+    /// Why this variant: the access log's `reason`.
     pub reason: Reason,
+    /// Whether this request created the unit's assignment (it was stored
+    /// before the response left).
     pub first_exposure: bool,
     /// Whether the unit holds an assignment (stored, or created now).
     pub in_experiment: bool,
@@ -104,7 +108,10 @@ pub(crate) struct ExperimentSpec {
 
 /// One experiment's assignment logic under one applied config.
 pub struct Assigner {
+    /// The experiment's ledger id.
     pub id: ExperimentId,
+    /// The epoch new units are assigned under: the ledger's current one when
+    /// this config was applied.
     pub epoch: Epoch,
     name: String,
     salt: String,
@@ -169,6 +176,8 @@ impl Assigner {
         self.paused_in_file || self.table.admin_paused()
     }
 
+    /// What a request without a valid unit id is served: the first
+    /// variant, epoch 0, nothing stored.
     pub fn unassigned(&self) -> Served {
         Served {
             variant: 0,
