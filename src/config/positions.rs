@@ -13,7 +13,9 @@ use yaml_rust2::scanner::Marker;
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
+    /// The line, counted from 1.
     pub line: usize,
+    /// The character in the line, counted from 1.
     pub column: usize,
 }
 

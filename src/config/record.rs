@@ -176,8 +176,10 @@ struct Stored {
 /// Why a stored config record cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// Written by a newer cohort, in a format this one does not know.
     #[error("config record version {0} is newer than this cohort reads ({RECORD_VERSION})")]
     UnknownVersion(u64),
+    /// Not JSON of any record version this cohort reads.
     #[error("unreadable config record: {0}")]
     Malformed(#[from] serde_json::Error),
 }
