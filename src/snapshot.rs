@@ -18,6 +18,9 @@ use crate::assign::{Assigner, ExperimentSpec};
 use crate::config::{Config, ExperimentConfig, LogUnit, MissingUnitPolicy, Route};
 use crate::proxy::upstream::Upstream;
 
+/// One applied config, ready for requests: routes, assigners, upstream
+/// pools and pre-encoded stamp values. Immutable once built; a reload builds
+/// the next one.
 pub struct Snapshot {
     pub(crate) config: Arc<Config>,
     pub(crate) version: Arc<str>,
@@ -26,17 +29,21 @@ pub struct Snapshot {
     exact: Vec<(String, usize)>,
     /// Longest prefix first.
     prefixes: Vec<(String, usize)>,
+    /// The config's experiments, in file order (routes index into it).
     pub experiments: Vec<ExperimentRoute>,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     pub(crate) default_upstream: Option<Arc<Upstream>>,
     pub(crate) log_unit: LogUnit,
 }
 
+/// One experiment as requests use it: its stamps, how to read the unit,
+/// its assigner and where each variant's requests go.
 pub struct ExperimentRoute {
     pub(crate) name: Arc<str>,
     pub(crate) name_header: HeaderValue,
     pub(crate) unit_header: HeaderName,
     pub(crate) on_missing_unit: MissingUnitPolicy,
+    /// Decides each unit's variant under this config's epoch.
     pub assigner: Assigner,
     pub(crate) variants: Vec<VariantRoute>,
     /// `x-cohort-epoch` values for epochs 0 ..= current, built once.

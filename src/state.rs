@@ -19,9 +19,13 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::time::now_rfc3339;
 use crate::snapshot::Snapshot;
 
+/// Everything a request needs, shared by every connection and task for the
+/// life of the process (behind one `Arc`).
 pub struct State {
     snapshot: ArcSwap<Snapshot>,
+    /// The assignment store: stored units and the epoch ledger.
     pub store: Store,
+    /// The access log every finished request writes one line to.
     pub log: AccessLog,
     config_path: Option<PathBuf>,
     listen_override: Option<SocketAddr>,

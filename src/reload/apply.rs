@@ -23,12 +23,17 @@ use super::diff::diff;
 use super::plan::{canonical, plan, Plan, Previous};
 use crate::config::record::ConfigRecord;
 
+/// Why the proxy could not start serving a config.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The store could not be opened, replayed or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The access log could not be opened.
     #[error("access log: {0}")]
     Log(#[from] std::io::Error),
+    /// The config is valid on its own but the ledger refuses it (judged
+    /// exactly like a reload).
     #[error("{0}")]
     Rejected(ConfigErrors),
 }
