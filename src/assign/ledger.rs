@@ -116,7 +116,7 @@ pub struct AppliedConfig {
 }
 
 /// The whole ledger: what replaying every journaled [`LedgerEvent`] in order
-/// produces. Its JSON is what `GET /ledger` and `cohort history` read.
+/// produces, and what `cohort plan` and `cohort history` read back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     /// Every experiment ever applied, indexed by [`ExperimentId`].

@@ -72,8 +72,8 @@ pub struct ExperimentPlan {
     pub warnings: Vec<String>,
 }
 
-/// What applying a config would do, as `cohort plan`, the admin API and the
-/// reload log show it; applying it journals [`Plan::events`].
+/// What applying a config would do, as `cohort plan`, `POST /admin/reload`
+/// and the reload log show it; applying it journals [`Plan::events`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// The new config's version.
