@@ -43,14 +43,20 @@ use state::State;
 /// Why the proxy stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The store, the access log or the ledger's verdict on the config
+    /// stopped start-up.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A listener (the proxy's or the admin API's) could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address that was asked for.
         addr: std::net::SocketAddr,
+        /// The OS error (address in use, permission denied, ...).
         #[source]
         source: std::io::Error,
     },
+    /// SIGTERM, SIGINT, SIGHUP or SIGUSR1 could not be hooked.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }

@@ -3,7 +3,7 @@
 //! a request sees one config from start to end and never takes a lock.
 //!
 //! This is also where a validated [`Config`] is turned into assignment's own
-//! inputs ([`rule`], [`ExperimentSpec`]): config and assignment never import
+//! inputs (`rule`, `ExperimentSpec`): config and assignment never import
 //! each other, and this module sits above both.
 
 use std::collections::HashMap;
@@ -18,33 +18,40 @@ use crate::assign::{Assigner, ExperimentSpec};
 use crate::config::{Config, ExperimentConfig, LogUnit, MissingUnitPolicy, Route};
 use crate::proxy::upstream::Upstream;
 
+/// One applied config, ready for requests: routes, assigners, upstream
+/// pools and pre-encoded stamp values. Immutable once built; a reload builds
+/// the next one.
 pub struct Snapshot {
-    pub config: Arc<Config>,
-    pub version: Arc<str>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) version: Arc<str>,
     /// Exact routes. A config has a handful, and a scan of a short Vec is
     /// cheaper than hashing the path with SipHash on every request.
     exact: Vec<(String, usize)>,
     /// Longest prefix first.
     prefixes: Vec<(String, usize)>,
+    /// The config's experiments, in file order (routes index into it).
     pub experiments: Vec<ExperimentRoute>,
-    pub upstreams: HashMap<String, Arc<Upstream>>,
-    pub default_upstream: Option<Arc<Upstream>>,
-    pub log_unit: LogUnit,
+    pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
+    pub(crate) default_upstream: Option<Arc<Upstream>>,
+    pub(crate) log_unit: LogUnit,
 }
 
+/// One experiment as requests use it: its stamps, how to read the unit,
+/// its assigner and where each variant's requests go.
 pub struct ExperimentRoute {
-    pub name: Arc<str>,
-    pub name_header: HeaderValue,
-    pub unit_header: HeaderName,
-    pub on_missing_unit: MissingUnitPolicy,
+    pub(crate) name: Arc<str>,
+    pub(crate) name_header: HeaderValue,
+    pub(crate) unit_header: HeaderName,
+    pub(crate) on_missing_unit: MissingUnitPolicy,
+    /// Decides each unit's variant under this config's epoch.
     pub assigner: Assigner,
-    pub variants: Vec<VariantRoute>,
+    pub(crate) variants: Vec<VariantRoute>,
     /// `x-cohort-epoch` values for epochs 0 ..= current, built once.
     epoch_headers: Vec<HeaderValue>,
 }
 
 impl ExperimentRoute {
-    pub fn epoch_header(&self, e: Epoch) -> HeaderValue {
+    pub(crate) fn epoch_header(&self, e: Epoch) -> HeaderValue {
         self.epoch_headers
             .get(e.0 as usize)
             .cloned()
@@ -52,14 +59,14 @@ impl ExperimentRoute {
     }
 }
 
-pub struct VariantRoute {
-    pub name: Arc<str>,
-    pub header: HeaderValue,
-    pub upstream: Arc<Upstream>,
+pub(crate) struct VariantRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) header: HeaderValue,
+    pub(crate) upstream: Arc<Upstream>,
 }
 
 /// Where a request path goes.
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     Experiment(&'a ExperimentRoute),
     Default(&'a Arc<Upstream>),
     NotFound,
@@ -68,7 +75,7 @@ pub enum Target<'a> {
 impl Snapshot {
     /// Builds the snapshot of `config`; `ledger` must already hold the epochs
     /// it applies. Upstream pools of `previous` are reused when unchanged.
-    pub fn build(
+    pub(crate) fn build(
         config: Config,
         ledger: &Ledger,
         store: &Store,
@@ -136,7 +143,7 @@ impl Snapshot {
         }
     }
 
-    pub fn route(&self, path: &str) -> Target<'_> {
+    pub(crate) fn route(&self, path: &str) -> Target<'_> {
         let idx = self
             .exact
             .iter()
@@ -158,7 +165,7 @@ impl Snapshot {
 
 /// The part of an experiment that decides new units' variants: what the
 /// epoch ledger records and compares.
-pub fn rule(x: &ExperimentConfig) -> Rule {
+pub(crate) fn rule(x: &ExperimentConfig) -> Rule {
     Rule {
         salt: x.salt.clone(),
         unit_header: x.unit_header.clone(),

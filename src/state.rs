@@ -19,9 +19,13 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::time::now_rfc3339;
 use crate::snapshot::Snapshot;
 
+/// Everything a request needs, shared by every connection and task for the
+/// life of the process (behind one `Arc`).
 pub struct State {
     snapshot: ArcSwap<Snapshot>,
+    /// The assignment store: stored units and the epoch ledger.
     pub store: Store,
+    /// The access log every finished request writes one line to.
     pub log: AccessLog,
     config_path: Option<PathBuf>,
     listen_override: Option<SocketAddr>,
@@ -63,7 +67,7 @@ impl State {
     }
 
     /// The file the config was loaded from (none for the embedded demo).
-    pub fn config_path(&self) -> Option<&Path> {
+    pub(crate) fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
     }
 
@@ -79,7 +83,7 @@ impl State {
     }
 
     /// A request id unique to this process: `<random prefix>-<sequence>`.
-    pub fn next_request_id(&self) -> http::HeaderValue {
+    pub(crate) fn next_request_id(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         let p = self.request_prefix.as_bytes();
@@ -96,7 +100,11 @@ impl State {
 
     /// The admin kill switch: journaled, then in effect for every request
     /// at once (the flag lives in the experiment's table, not the snapshot).
-    pub async fn set_paused(&self, experiment: &str, paused: bool) -> Result<(), PauseError> {
+    pub(crate) async fn set_paused(
+        &self,
+        experiment: &str,
+        paused: bool,
+    ) -> Result<(), PauseError> {
         let _one_at_a_time = self.lock_changes().await;
         if self.snapshot().config.experiment(experiment).is_none() {
             return Err(PauseError::UnknownExperiment(experiment.to_string()));
@@ -118,7 +126,7 @@ impl State {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PauseError {
+pub(crate) enum PauseError {
     #[error("no experiment {0:?} in the applied config")]
     UnknownExperiment(String),
     #[error(transparent)]

@@ -4,7 +4,7 @@
 //! unit gets: the salt, the unit header, the coverage and the ordered list of
 //! (variant, weight). Any difference between two rules starts a new epoch;
 //! routing (upstreams, timeouts, routes, pause, overrides, disabled) never
-//! does. [`diff`] says which parts of the
+//! does. `diff` says which parts of the
 //! rule changed so that the reload log and `plan` can explain the new epoch.
 
 use serde::{Deserialize, Serialize};
@@ -18,29 +18,46 @@ use super::buckets::Weight;
 pub struct Epoch(pub u32);
 
 impl Epoch {
+    /// Stamped on a response that no stored assignment backs (no unit, an
+    /// override, a pause, a unit outside coverage); never stored.
     pub const UNASSIGNED: Epoch = Epoch(0);
+    /// The epoch of an experiment's first applied rule.
     pub const FIRST: Epoch = Epoch(1);
     /// The largest epoch the store's packed assignment holds (24 bits).
     pub const MAX: Epoch = Epoch(0xff_ffff);
 
+    /// The epoch a changed rule starts: this one plus one. The ledger
+    /// refuses an epoch past [`Epoch::MAX`].
     pub fn next(self) -> Epoch {
         Epoch(self.0 + 1)
     }
 }
 
+/// One arm of a rule: a variant and its share of new units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleVariant {
+    /// The variant's configured name, as stamped on responses.
     pub name: String,
+    /// Its share of new units, in basis points; a rule's weights sum to
+    /// exactly 100 %.
     pub weight: Weight,
 }
 
+/// Everything that decides which variant a new unit gets. The ledger keeps
+/// one per epoch (serialized in the journal, so its field names are a disk
+/// format): two rules that differ in anything are two epochs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
+    /// Mixed into the unit's bucket hash: a new salt reshuffles every new
+    /// unit.
     pub salt: String,
+    /// The request header the unit id is read from.
     pub unit_header: String,
     /// Basis points of units that enter the experiment (10000 = everyone).
     #[serde(default = "full_coverage")]
     pub coverage: Weight,
+    /// The variants in configured order; the order decides which bucket
+    /// ranges each one gets, so re-ordering is a rule change.
     pub variants: Vec<RuleVariant>,
 }
 
@@ -52,12 +69,41 @@ fn full_coverage() -> Weight {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum RuleChange {
-    Salt { from: String, to: String },
-    UnitHeader { from: String, to: String },
-    Coverage { from: Weight, to: Weight },
-    VariantsAdded { names: Vec<String> },
-    VariantsRemoved { names: Vec<String> },
+    /// The salt changed: every new unit is bucketed afresh.
+    Salt {
+        /// The previous rule's salt.
+        from: String,
+        /// The new rule's salt.
+        to: String,
+    },
+    /// Units are read from another request header.
+    UnitHeader {
+        /// The previous header name.
+        from: String,
+        /// The new header name.
+        to: String,
+    },
+    /// A different share of units enters the experiment.
+    Coverage {
+        /// The previous coverage, in basis points.
+        from: Weight,
+        /// The new coverage, in basis points.
+        to: Weight,
+    },
+    /// Variants the new rule has and the old one did not.
+    VariantsAdded {
+        /// Their names, in the new rule's order.
+        names: Vec<String>,
+    },
+    /// Variants the old rule had and the new one does not.
+    VariantsRemoved {
+        /// Their names, in the old rule's order.
+        names: Vec<String>,
+    },
+    /// The variants both rules have are in another order (which moves
+    /// their bucket ranges).
     Reordered,
+    /// A variant both rules have has another weight.
     Weights,
 }
 
@@ -82,7 +128,7 @@ impl std::fmt::Display for RuleChange {
 }
 
 /// Every way `new` differs from `old`; empty means the same epoch continues.
-pub fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
+pub(crate) fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
     let mut changes = Vec::new();
     if old.salt != new.salt {
         changes.push(RuleChange::Salt {

@@ -53,6 +53,10 @@ fn first_u64_mod(digest: &[u8]) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnitKey(pub [u64; 2]);
 
+/// The store key of `unit` in `experiment`: the first 16 bytes of
+/// SHA-256(`"cohort-unit\0"` + experiment + `"\0"` + unit), read as two
+/// little-endian words. Pinned by a golden test: if it changed, every stored
+/// assignment would be silently orphaned.
 pub fn unit_key(experiment: &str, unit: &[u8]) -> UnitKey {
     let mut h = Sha256::new();
     h.update(b"cohort-unit\0");
@@ -68,6 +72,7 @@ pub fn unit_key(experiment: &str, unit: &[u8]) -> UnitKey {
 }
 
 impl UnitKey {
+    /// The key as the journal stores it: both words, little-endian.
     pub fn to_bytes(self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&self.0[0].to_le_bytes());
@@ -75,6 +80,7 @@ impl UnitKey {
         out
     }
 
+    /// The key back from its journal bytes ([`UnitKey::to_bytes`]).
     pub fn from_bytes(b: &[u8; 16]) -> Self {
         let mut a = [0u8; 8];
         let mut c = [0u8; 8];

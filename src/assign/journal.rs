@@ -19,6 +19,8 @@ use super::epoch::Epoch;
 use super::hash::UnitKey;
 use super::ledger::{ExperimentId, LedgerEvent, VariantId};
 
+/// The first 8 bytes of every journal: the format and its version. A file
+/// that starts otherwise is not replayed.
 pub const MAGIC: &[u8; 8] = b"COHORTJ1";
 const KIND_ASSIGN: u8 = 1;
 const KIND_LEDGER: u8 = 2;
@@ -28,18 +30,27 @@ const ASSIGN_LEN: usize = 28;
 /// journal a bigger record, so replay never meets one it wrote.
 pub const MAX_RECORD: usize = 64 << 20;
 
+/// One journal record: a fact, never rewritten.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
+    /// A unit's first assignment in an experiment (28 payload bytes).
     Assign {
+        /// The experiment's ledger id.
         experiment: ExperimentId,
+        /// The unit's [`super::hash::unit_key`] in that experiment.
         key: UnitKey,
+        /// The ledger id of the variant assigned.
         variant: VariantId,
+        /// The epoch whose rule assigned it.
         epoch: Epoch,
+        /// Unix seconds of the first exposure.
         first_seen: u32,
     },
+    /// A change to the epoch ledger (new epoch, applied config, pause).
     Ledger(LedgerEvent),
 }
 
+/// Appends `rec`, framed (length, CRC-32 of the payload, payload), to `out`.
 pub fn encode(rec: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
@@ -73,10 +84,15 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) {
 /// Why replay stopped before the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tail {
+    /// The file ends exactly after a whole, valid record (or the magic).
     Clean,
     /// A torn or corrupt record at this offset; everything from here is dropped.
     Torn {
+        /// Byte offset of the bad record's header from the start of the
+        /// file (magic included): the length the file is cut back to.
         offset: u64,
+        /// What was wrong with it: a short header or record, a bad length, a
+        /// checksum mismatch or an undecodable payload.
         reason: &'static str,
         /// Whether the file ends inside this record: the signature of a
         /// write cut short, whatever its size.

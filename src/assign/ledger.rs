@@ -4,7 +4,7 @@
 //!
 //! The ledger changes only through [`LedgerEvent`]s, which are journaled
 //! before they take effect; replaying the journal's events through
-//! [`Ledger::apply`] rebuilds exactly the same ledger after a restart.
+//! `Ledger::apply` rebuilds exactly the same ledger after a restart.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +15,18 @@ pub type ExperimentId = u16;
 /// Index of a variant name in its experiment's dictionary.
 pub type VariantId = u8;
 
+/// One epoch of one experiment: the rule new units were assigned by from
+/// `started_at` until the next epoch began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochRecord {
+    /// Its number: [`Epoch::FIRST`] for the experiment's first rule, then
+    /// each epoch the previous one's successor.
     pub epoch: Epoch,
+    /// The rule it assigns new units by.
     pub rule: Rule,
+    /// When it was applied (RFC 3339, UTC).
     pub started_at: String,
+    /// The version of the config that started it.
     pub config_version: String,
     /// The `reset` counter this epoch was started under.
     pub reset: u64,
@@ -27,22 +34,29 @@ pub struct EpochRecord {
     pub dropped_assignments: bool,
 }
 
+/// Everything the store remembers of one experiment, whether or not the
+/// applied config still has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExperimentLedger {
+    /// Its index in [`Ledger::experiments`], which journal records use.
     pub id: ExperimentId,
+    /// The experiment's configured name.
     pub name: String,
     /// Every variant name ever used; stored assignments hold an index into it.
     pub variants: Vec<String>,
+    /// Its epochs, oldest first and numbered without gaps; never empty.
     pub epochs: Vec<EpochRecord>,
 }
 
 impl ExperimentLedger {
+    /// The epoch new units are assigned under now: the last one.
     pub fn current(&self) -> &EpochRecord {
         self.epochs
             .last()
             .expect("a ledger entry has at least one epoch")
     }
 
+    /// The dictionary index of variant `name`, if the experiment ever had it.
     pub fn variant_id(&self, name: &str) -> Option<VariantId> {
         self.variants
             .iter()
@@ -57,13 +71,18 @@ impl ExperimentLedger {
 pub enum LedgerEvent {
     /// An experiment starts an epoch (its first, a rule change, a reset).
     Epoch {
+        /// The experiment's name (its id is assigned when first seen).
         experiment: String,
+        /// The epoch it starts, which must follow its current one.
         record: EpochRecord,
     },
     /// The admin kill switch, kept across restarts until resumed.
     Pause {
+        /// The experiment's name.
         experiment: String,
+        /// `true` pauses it, `false` resumes it.
         paused: bool,
+        /// When the operator asked (RFC 3339, UTC).
         at: String,
     },
     /// A config was applied: the history an operator reads back.
@@ -71,6 +90,7 @@ pub enum LedgerEvent {
 }
 
 impl LedgerEvent {
+    /// The event that starts `record` for `experiment`.
     pub fn epoch(experiment: &str, record: EpochRecord) -> LedgerEvent {
         LedgerEvent::Epoch {
             experiment: experiment.to_string(),
@@ -82,7 +102,9 @@ impl LedgerEvent {
 /// One applied config, as `cohort history` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppliedConfig {
+    /// The config's version ([`crate::config::Config::version`]).
     pub config_version: String,
+    /// When it was applied (RFC 3339, UTC).
     pub applied_at: String,
     /// What applied it: start-up, file change, SIGHUP, admin.
     pub trigger: String,
@@ -93,12 +115,16 @@ pub struct AppliedConfig {
     pub config: serde_json::Value,
 }
 
+/// The whole ledger: what replaying every journaled [`LedgerEvent`] in order
+/// produces, and what `cohort plan` and `cohort history` read back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
+    /// Every experiment ever applied, indexed by [`ExperimentId`].
     pub experiments: Vec<ExperimentLedger>,
     /// Experiments paused through the admin API.
     #[serde(default)]
     pub admin_paused: std::collections::BTreeSet<String>,
+    /// Every applied config, oldest first.
     #[serde(default)]
     pub history: Vec<AppliedConfig>,
     /// Every admin pause and resume: (experiment, paused, at).
@@ -106,31 +132,45 @@ pub struct Ledger {
     pub pause_log: Vec<(String, bool, String)>,
 }
 
+/// Why a ledger event cannot be applied. Checked before it is journaled, so
+/// a refused change leaves both the ledger and the journal as they were.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
+    /// The experiment's variant dictionary (one byte per stored assignment)
+    /// would pass 256 names.
     #[error("experiment {0:?} would exceed 256 variant names over its lifetime")]
     TooManyVariants(String),
+    /// The experiment would pass [`Epoch::MAX`].
     #[error("experiment {0:?} has reached the largest epoch the store can hold")]
     EpochOverflow(String),
+    /// The event's journal record, this many bytes long, is over
+    /// [`super::journal::MAX_RECORD`].
     #[error(
         "a ledger record of {0} bytes is over the journal's 64 MiB limit (huge overrides lists?)"
     )]
     TooLarge(usize),
+    /// A new experiment would not fit an [`ExperimentId`].
     #[error("more than 65536 experiments")]
     TooManyExperiments,
+    /// An epoch that is not its experiment's next one.
     #[error("epoch {got} for {experiment:?} does not follow {want}")]
     OutOfOrder {
+        /// The experiment's name.
         experiment: String,
+        /// The epoch the event carries.
         got: u32,
+        /// The epoch that would follow the experiment's current one.
         want: u32,
     },
 }
 
 impl Ledger {
+    /// The experiment named `name`, if it was ever applied.
     pub fn get(&self, name: &str) -> Option<&ExperimentLedger> {
         self.experiments.iter().find(|e| e.name == name)
     }
 
+    /// The experiment a journal record's `id` refers to.
     pub fn by_id(&self, id: ExperimentId) -> Option<&ExperimentLedger> {
         self.experiments.get(usize::from(id))
     }
@@ -142,7 +182,7 @@ impl Ledger {
 
     /// Applies `ev` whole or not at all; returns the id of the experiment
     /// it concerns, if any.
-    pub fn apply(&mut self, ev: &LedgerEvent) -> Result<Option<ExperimentId>, LedgerError> {
+    pub(crate) fn apply(&mut self, ev: &LedgerEvent) -> Result<Option<ExperimentId>, LedgerError> {
         match ev {
             LedgerEvent::Epoch { experiment, record } => {
                 self.start_epoch(experiment, record).map(Some)
@@ -222,11 +262,16 @@ impl Ledger {
 
 /// Stored units of (experiment, variant); from the store, a fixture in tests.
 pub trait UnitCounts {
+    /// How many stored units `experiment` holds in the variant with
+    /// dictionary index `variant`.
     fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64;
 }
 
 /// Stored units of each variant name `l` has ever had, in dictionary order.
-pub fn units_by_variant(l: &ExperimentLedger, counts: &dyn UnitCounts) -> Vec<(String, u64)> {
+pub(crate) fn units_by_variant(
+    l: &ExperimentLedger,
+    counts: &dyn UnitCounts,
+) -> Vec<(String, u64)> {
     l.variants
         .iter()
         .enumerate()

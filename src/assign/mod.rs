@@ -12,7 +12,7 @@
 //!    durable before the response goes out.
 //!
 //! Assignment never imports the config: [`Assigner`] takes its own
-//! [`ExperimentSpec`] and the ledger records [`epoch::Rule`]s, both built
+//! `ExperimentSpec` and the ledger records [`epoch::Rule`]s, both built
 //! from the validated config by the layers above (`snapshot`, `reload`).
 //! Applied configs reach the ledger as opaque JSON documents.
 
@@ -57,6 +57,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The access log's spelling of the reason (part of its schema).
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Stored => "stored",
@@ -78,7 +79,10 @@ pub struct Served {
     pub variant: usize,
     /// The unit's assignment epoch (0 when it has none).
     pub epoch: Epoch,
+    /// Why this variant: the access log's `reason`.
     pub reason: Reason,
+    /// Whether this request created the unit's assignment (it was stored
+    /// before the response left).
     pub first_exposure: bool,
     /// Whether the unit holds an assignment (stored, or created now).
     pub in_experiment: bool,
@@ -90,21 +94,24 @@ pub struct Served {
 /// input type: the snapshot builds it from the validated config, so this
 /// module never depends on the config's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExperimentSpec {
-    pub name: String,
+pub(crate) struct ExperimentSpec {
+    pub(crate) name: String,
     /// Salt, coverage and the ordered (variant, weight) list.
-    pub rule: Rule,
+    pub(crate) rule: Rule,
     /// Per configured variant, in order: whether it is disabled.
-    pub disabled: Vec<bool>,
+    pub(crate) disabled: Vec<bool>,
     /// Forced units: unit id -> index of the configured variant.
-    pub overrides: HashMap<Vec<u8>, usize>,
+    pub(crate) overrides: HashMap<Vec<u8>, usize>,
     /// The file's kill switch (an admin pause lives in the store).
-    pub paused: bool,
+    pub(crate) paused: bool,
 }
 
 /// One experiment's assignment logic under one applied config.
 pub struct Assigner {
+    /// The experiment's ledger id.
     pub id: ExperimentId,
+    /// The epoch new units are assigned under: the ledger's current one when
+    /// this config was applied.
     pub epoch: Epoch,
     name: String,
     salt: String,
@@ -122,7 +129,11 @@ pub struct Assigner {
 
 impl Assigner {
     /// `ledger` must already hold the epoch this config applies.
-    pub fn new(spec: ExperimentSpec, ledger: &ExperimentLedger, table: Arc<Table>) -> Assigner {
+    pub(crate) fn new(
+        spec: ExperimentSpec,
+        ledger: &ExperimentLedger,
+        table: Arc<Table>,
+    ) -> Assigner {
         let ExperimentSpec {
             name,
             rule,
@@ -165,6 +176,8 @@ impl Assigner {
         self.paused_in_file || self.table.admin_paused()
     }
 
+    /// What a request without a valid unit id is served: the first
+    /// variant, epoch 0, nothing stored.
     pub fn unassigned(&self) -> Served {
         Served {
             variant: 0,

@@ -1,21 +1,20 @@
 //! The files a config names (admin token, log-unit key, overrides lists),
 //! read through [`Files`] so that validation is a pure function of its
 //! inputs: the process reads the disk ([`Disk`]), tests hand in
-//! [`InMemory`] files.
+//! `InMemory` files.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where validation reads the files a config names.
-pub trait Files {
+pub(crate) trait Files {
     /// The bytes of `path` (already resolved against the config's folder).
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
 }
 
 /// The real file system.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Disk;
+pub(crate) struct Disk;
 
 impl Files for Disk {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -24,19 +23,26 @@ impl Files for Disk {
 }
 
 /// Files held in memory: any other path is not found.
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
-pub struct InMemory {
-    files: BTreeMap<PathBuf, Vec<u8>>,
+pub(crate) struct InMemory {
+    files: std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>,
 }
 
+#[cfg(test)]
 impl InMemory {
     /// Adds (or replaces) the file at `path`.
-    pub fn with(mut self, path: impl Into<PathBuf>, bytes: impl Into<Vec<u8>>) -> InMemory {
+    pub(crate) fn with(
+        mut self,
+        path: impl Into<std::path::PathBuf>,
+        bytes: impl Into<Vec<u8>>,
+    ) -> InMemory {
         self.files.insert(path.into(), bytes.into());
         self
     }
 }
 
+#[cfg(test)]
 impl Files for InMemory {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.files

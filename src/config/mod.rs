@@ -1,24 +1,27 @@
-//! Configuration: YAML text -> [`raw`] serde structs -> validated [`Config`].
+//! Configuration: YAML text -> `raw` serde structs -> validated [`Config`].
 //!
 //! Unknown keys are found first, over the YAML itself (`schema`, with a
 //! did-you-mean), then serde reads the rest and `validate` collects every
 //! semantic problem, so all of a file's errors are reported at once, each
 //! with the file, line, column and YAML path of the offending value. Loading
 //! does no network I/O and reads only the file and the files it names
-//! (overrides, admin token, log-unit key, through [`files::Files`]), so
+//! (overrides, admin token, log-unit key, through `files::Files`), so
 //! `cohort check`, `cohort plan` and a reload share exactly this code.
 //!
 //! A leaf: it depends on no assignment code (what both speak is in
 //! [`crate::terms`]). The applied config's recorded form and version hash
 //! are [`record`]; how a config is planned and applied is `crate::reload`.
 
-pub mod files;
-pub mod positions;
-pub mod raw;
+pub(crate) mod files;
+pub(crate) mod positions;
+pub(crate) mod raw;
 pub mod record;
 mod schema;
 mod syntax;
 mod validate;
+
+#[cfg(test)]
+mod docs_test;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,71 +32,117 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::terms::Weight;
-pub use positions::{Position, PositionIndex};
+pub use positions::Position;
+pub(crate) use positions::PositionIndex;
 
 /// The config cohort runs when none is given (`cohort demo`).
-pub const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
+pub(crate) const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
 
+/// A validated config: every rule of `config/reference.yaml` holds, every
+/// name it refers to exists, and the files it names have been read.
+/// Built only by [`load_file`] and [`parse`].
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the proxy listens (`listen`); `--listen` overrides it without
+    /// changing the config.
     pub listen: SocketAddr,
+    /// The assignment store's directory (`store.path`), resolved against the
+    /// config's folder.
     pub store_path: PathBuf,
+    /// Where the access log goes and how it shows units.
     pub access_log: AccessLogConfig,
+    /// The backends, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The upstream (a key of `upstreams`) for paths no experiment routes;
+    /// none answers them 404.
     pub default_upstream: Option<String>,
+    /// The experiments, in file order.
     pub experiments: Vec<ExperimentConfig>,
+    /// Process settings: threads, client timeouts, shutdown.
     pub runtime: RuntimeConfig,
+    /// The admin API; none runs without the `admin` block.
     pub admin: Option<AdminConfig>,
     /// Where each value sat in the file, for errors found after validation.
-    pub positions: Arc<PositionIndex>,
+    pub(crate) positions: Arc<PositionIndex>,
     /// The file this came from (`<embedded>` for the demo).
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// Other files the config reads (overrides, token, log-unit key): a
     /// change to any of them reloads, like a change to the config itself.
-    pub watched: Vec<PathBuf>,
+    pub(crate) watched: Vec<PathBuf>,
 }
 
+/// The `access_log` block.
 #[derive(Debug, Clone)]
 pub struct AccessLogConfig {
+    /// Where the lines go (`path`; `-` or no block is stdout).
     pub target: LogTarget,
+    /// How the `unit` field shows the unit id (`log_unit`).
     pub unit: LogUnit,
 }
 
+/// Where access log lines are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    /// The process's standard output.
     Stdout,
+    /// This file, appended to (parent folders created; SIGUSR1 reopens it).
     File(PathBuf),
 }
 
+/// How the access log shows unit ids (`log_unit`).
 #[derive(Clone)]
 pub enum LogUnit {
+    /// The header value as received.
     Raw,
     /// HMAC-SHA-256 of the unit under `key`; the key itself is never logged
     /// nor part of the config version (its digest is).
     Hashed {
+        /// The HMAC key, from `log_unit_key_file` or `COHORT_LOG_UNIT_KEY`.
         key: Vec<u8>,
+        /// Hex of the first 6 bytes of SHA-256(key): what the config version
+        /// records, so a new key is a change.
         key_digest: String,
     },
 }
 
+/// One entry of `upstreams`. Routing only: no field here changes who gets
+/// which variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
+    /// Its key in `upstreams`.
     pub name: String,
-    /// `http://host:port`, without a path.
+    /// The `url`'s `host:port` (port 80 when the URL names none); requests
+    /// go there over plain HTTP/1.1.
     pub authority: String,
+    /// How long the TCP connect may take before the client gets 502.
     pub connect_timeout: Duration,
+    /// How long the response head may take after the request was sent
+    /// before the client gets 504 (the body's streaming is not limited).
     pub timeout: Duration,
+    /// Idle keep-alive connections kept open to it.
     pub max_idle_per_host: usize,
 }
 
+/// One entry of `experiments`: which paths it serves, how units are read,
+/// the rule that assigns them and the routing of each variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExperimentConfig {
+    /// Its name, unique in the file: the key of its ledger in the store and
+    /// the `x-cohort-experiment` stamp.
     pub name: String,
+    /// The request paths it serves (at least one).
     pub routes: Vec<Route>,
+    /// The request header carrying the unit id, lower-case.
     pub unit_header: String,
+    /// The bucket hash's salt (the experiment's name unless set).
     pub salt: String,
+    /// Its variants in order: the order lays out their bucket ranges, and
+    /// the first is the control served whenever a unit is not assigned.
     pub variants: Vec<VariantConfig>,
+    /// What a request without a valid unit id gets.
     pub on_missing_unit: MissingUnitPolicy,
+    /// The explicit reset counter: raising it drops every stored assignment
+    /// and starts a new epoch; it never goes down.
     pub reset: u64,
     /// Kill switch from the file (an admin pause is kept in the store).
     pub paused: bool,
@@ -103,15 +152,21 @@ pub struct ExperimentConfig {
     pub overrides: BTreeMap<String, usize>,
 }
 
+/// One variant of an experiment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariantConfig {
+    /// Its name, unique in the experiment: the `x-cohort-variant` stamp.
     pub name: String,
+    /// The upstream (a key of [`Config::upstreams`]) its requests go to.
     pub upstream: String,
+    /// Its share of new units, in basis points; an experiment's weights sum
+    /// to exactly 100 %, and 0 closes it to new units.
     pub weight: Weight,
     /// Instant rollback of one arm: its units are served the first variant.
     pub disabled: bool,
 }
 
+/// What to do with a request whose unit header is missing or invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingUnitPolicy {
     /// Serve the first variant, stamped epoch 0, never stored.
@@ -123,14 +178,20 @@ pub enum MissingUnitPolicy {
 /// An exact path, or a prefix (written with a trailing `*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// The path must equal this (the query string is not part of it).
     Exact(String),
+    /// The path must start with this (the route without its `*`); the
+    /// longest matching prefix wins, and any exact route beats it.
     Prefix(String),
 }
 
 /// The admin API's own listener. Never started without a token.
 #[derive(Clone)]
 pub struct AdminConfig {
+    /// The admin listener's address (plain HTTP: keep it private).
     pub listen: SocketAddr,
+    /// The bearer token every `/admin/*` call must present, from
+    /// `token_file` or `COHORT_ADMIN_TOKEN`; never empty, never logged.
     pub token: String,
     /// Part of the config version, so a rotated token is a change.
     pub token_digest: String,
@@ -155,8 +216,12 @@ impl std::fmt::Debug for LogUnit {
     }
 }
 
+/// The `runtime` block: process settings, applied at start-up only (a
+/// reload that changes one warns that it needs a restart).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    /// Tokio worker threads; none means one per usable CPU
+    /// ([`RuntimeConfig::workers`]).
     pub worker_threads: Option<usize>,
     /// Serve plain HTTP/1.1 requests on the lean path (`proxy::lean`);
     /// `false` sends every connection through hyper.
@@ -167,6 +232,8 @@ pub struct RuntimeConfig {
     pub client_header_timeout: Duration,
     /// Lean path: how long a buffered request body may take after its head.
     pub client_body_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish
+    /// before their connections are cut.
     pub shutdown_timeout: Duration,
 }
 
@@ -187,12 +254,18 @@ impl Config {
         record::ConfigRecord::of(self).version()
     }
 
-    pub fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
+    pub(crate) fn experiment(&self, name: &str) -> Option<&ExperimentConfig> {
         self.experiments.iter().find(|e| e.name == name)
     }
 
-    /// Renders `path` with a message as `file:line:col: path: message`.
-    pub fn error_at(&self, path: &str, message: String, hint: Option<String>) -> ConfigError {
+    /// An error about the value at `path`, placed where that value (or its
+    /// nearest written ancestor) sits in the file.
+    pub(crate) fn error_at(
+        &self,
+        path: &str,
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigError {
         ConfigError {
             position: self.positions.find(path),
             path: path.to_string(),
@@ -205,10 +278,18 @@ impl Config {
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
+    /// The YAML path of the offending value
+    /// (`experiments[0].variants[1].weight`); empty for a problem with the
+    /// file as a whole (unreadable, not YAML).
     pub path: String,
+    /// Where that value sits in the file (0:0 when the file could not be
+    /// read).
     #[serde(skip)]
     pub position: Position,
+    /// What is wrong, in a sentence.
     pub message: String,
+    /// How to fix it, when there is a likely fix (a did-you-mean, the
+    /// expected form).
     pub hint: Option<String>,
 }
 
@@ -234,7 +315,10 @@ impl std::fmt::Display for ConfigError {
 /// Every problem found in one file.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigErrors {
+    /// The config file, as it was named.
     pub file: PathBuf,
+    /// Every problem found, never empty (validation lists them in file
+    /// order, each once).
     pub errors: Vec<ConfigError>,
 }
 
@@ -276,7 +360,7 @@ pub fn parse(text: &str, file: &Path, base: &Path, env: &Env) -> Result<Config, 
 }
 
 /// [`parse`], reading the files the config names from `files`.
-pub fn parse_with(
+pub(crate) fn parse_with(
     text: &str,
     file: &Path,
     base: &Path,
@@ -293,11 +377,16 @@ pub fn parse_with(
 /// What loading may read from outside the file, injectable for tests.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
+    /// `COHORT_LOG_UNIT_KEY`: the HMAC key for `log_unit: hashed` when the
+    /// file names no `log_unit_key_file`.
     pub log_unit_key: Option<String>,
+    /// `COHORT_ADMIN_TOKEN` (an empty one counts as unset): the admin token
+    /// when the file names no `token_file`.
     pub admin_token: Option<String>,
 }
 
 impl Env {
+    /// Both, read from this process's environment.
     pub fn process() -> Env {
         Env {
             log_unit_key: std::env::var("COHORT_LOG_UNIT_KEY").ok(),

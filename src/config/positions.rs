@@ -13,7 +13,9 @@ use yaml_rust2::scanner::Marker;
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
+    /// The line, counted from 1.
     pub line: usize,
+    /// The character in the line, counted from 1.
     pub column: usize,
 }
 
@@ -22,7 +24,7 @@ const MAX_LONE_DASHES: usize = 16;
 
 /// YAML path (`experiments[0].variants[1].weight`) to the position of its value.
 #[derive(Debug, Default)]
-pub struct PositionIndex {
+pub(crate) struct PositionIndex {
     values: HashMap<String, Position>,
     keys: HashMap<String, Position>,
 }
@@ -30,7 +32,7 @@ pub struct PositionIndex {
 impl PositionIndex {
     /// Indexes `text`. A document that does not parse is indexed up to its
     /// error; serde_yaml reports that error with its own position.
-    pub fn build(text: &str) -> PositionIndex {
+    pub(crate) fn build(text: &str) -> PositionIndex {
         let mut text = std::borrow::Cow::Borrowed(text);
         // serde_yaml (libyaml) reads a lone `-` in a flow collection
         // (`access_log: { path: - }`, stdout) as the string "-", where
@@ -56,13 +58,13 @@ impl PositionIndex {
     /// Where the key of the mapping entry at `path` is written
     /// (`experiments[0].salt` -> the `salt` of `salt: abc`), if it is a
     /// plain key of an indexed mapping.
-    pub fn key(&self, path: &str) -> Option<Position> {
+    pub(crate) fn key(&self, path: &str) -> Option<Position> {
         self.keys.get(path).copied()
     }
 
     /// The position of `path`, or of its nearest indexed ancestor (a missing
     /// field is reported at the mapping that should hold it).
-    pub fn find(&self, path: &str) -> Position {
+    pub(crate) fn find(&self, path: &str) -> Position {
         let mut p = path;
         loop {
             if let Some(pos) = self.values.get(p) {

@@ -9,83 +9,83 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub listen: Option<String>,
-    pub store: Option<RawStore>,
-    pub access_log: Option<RawAccessLog>,
+pub(crate) struct RawConfig {
+    pub(crate) listen: Option<String>,
+    pub(crate) store: Option<RawStore>,
+    pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, RawUpstream>,
-    pub default_upstream: Option<String>,
+    pub(crate) upstreams: BTreeMap<String, RawUpstream>,
+    pub(crate) default_upstream: Option<String>,
     #[serde(default)]
-    pub experiments: Vec<RawExperiment>,
-    pub runtime: Option<RawRuntime>,
-    pub admin: Option<RawAdmin>,
+    pub(crate) experiments: Vec<RawExperiment>,
+    pub(crate) runtime: Option<RawRuntime>,
+    pub(crate) admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Option<String>,
-    pub token_file: Option<String>,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<String>,
+    pub(crate) token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStore {
-    pub path: String,
+pub(crate) struct RawStore {
+    pub(crate) path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAccessLog {
-    pub path: String,
-    pub log_unit: Option<String>,
-    pub log_unit_key_file: Option<String>,
+pub(crate) struct RawAccessLog {
+    pub(crate) path: String,
+    pub(crate) log_unit: Option<String>,
+    pub(crate) log_unit_key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    pub url: String,
-    pub connect_timeout: Option<String>,
-    pub timeout: Option<String>,
-    pub max_idle_per_host: Option<usize>,
+pub(crate) struct RawUpstream {
+    pub(crate) url: String,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) max_idle_per_host: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawExperiment {
-    pub name: String,
+pub(crate) struct RawExperiment {
+    pub(crate) name: String,
     #[serde(default)]
-    pub routes: Vec<String>,
-    pub unit_header: Option<String>,
-    pub salt: Option<String>,
+    pub(crate) routes: Vec<String>,
+    pub(crate) unit_header: Option<String>,
+    pub(crate) salt: Option<String>,
     #[serde(default)]
-    pub variants: Vec<RawVariant>,
-    pub on_missing_unit: Option<String>,
-    pub reset: Option<u64>,
-    pub paused: Option<bool>,
-    pub coverage: Option<f64>,
-    pub overrides: Option<BTreeMap<String, Vec<String>>>,
-    pub overrides_file: Option<String>,
+    pub(crate) variants: Vec<RawVariant>,
+    pub(crate) on_missing_unit: Option<String>,
+    pub(crate) reset: Option<u64>,
+    pub(crate) paused: Option<bool>,
+    pub(crate) coverage: Option<f64>,
+    pub(crate) overrides: Option<BTreeMap<String, Vec<String>>>,
+    pub(crate) overrides_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawVariant {
-    pub name: String,
-    pub upstream: String,
-    pub weight: f64,
-    pub disabled: Option<bool>,
+pub(crate) struct RawVariant {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
+    pub(crate) weight: f64,
+    pub(crate) disabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRuntime {
-    pub worker_threads: Option<usize>,
-    pub http1_fast_path: Option<bool>,
-    pub client_idle_timeout: Option<String>,
-    pub client_header_timeout: Option<String>,
-    pub client_body_timeout: Option<String>,
-    pub shutdown_timeout: Option<String>,
+pub(crate) struct RawRuntime {
+    pub(crate) worker_threads: Option<usize>,
+    pub(crate) http1_fast_path: Option<bool>,
+    pub(crate) client_idle_timeout: Option<String>,
+    pub(crate) client_header_timeout: Option<String>,
+    pub(crate) client_body_timeout: Option<String>,
+    pub(crate) shutdown_timeout: Option<String>,
 }

@@ -37,30 +37,30 @@ pub const RECORD_VERSION: u32 = 1;
 /// One applied config. Field order is part of the version hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRecord {
-    pub listen: SocketAddr,
-    pub store_path: PathBuf,
-    pub access_log: AccessLogRecord,
-    pub upstreams: BTreeMap<String, UpstreamRecord>,
-    pub default_upstream: Option<String>,
-    pub experiments: Vec<ExperimentRecord>,
-    pub runtime: RuntimeRecord,
-    pub admin: Option<AdminRecord>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) store_path: PathBuf,
+    pub(crate) access_log: AccessLogRecord,
+    pub(crate) upstreams: BTreeMap<String, UpstreamRecord>,
+    pub(crate) default_upstream: Option<String>,
+    pub(crate) experiments: Vec<ExperimentRecord>,
+    pub(crate) runtime: RuntimeRecord,
+    pub(crate) admin: Option<AdminRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessLogRecord {
-    pub target: LogTargetRecord,
-    pub unit: LogUnitRecord,
+pub(crate) struct AccessLogRecord {
+    pub(crate) target: LogTargetRecord,
+    pub(crate) unit: LogUnitRecord,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogTargetRecord {
+pub(crate) enum LogTargetRecord {
     Stdout,
     File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogUnitRecord {
+pub(crate) enum LogUnitRecord {
     Raw,
     /// The key's digest only: the key is never recorded.
     Hashed {
@@ -70,53 +70,53 @@ pub enum LogUnitRecord {
 
 /// Durations are whole milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamRecord {
-    pub name: String,
-    pub authority: String,
-    pub connect_timeout: u64,
-    pub timeout: u64,
-    pub max_idle_per_host: usize,
+pub(crate) struct UpstreamRecord {
+    pub(crate) name: String,
+    pub(crate) authority: String,
+    pub(crate) connect_timeout: u64,
+    pub(crate) timeout: u64,
+    pub(crate) max_idle_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExperimentRecord {
-    pub name: String,
-    pub routes: Vec<RouteRecord>,
-    pub unit_header: String,
-    pub salt: String,
-    pub variants: Vec<VariantRecord>,
-    pub on_missing_unit: MissingUnitRecord,
-    pub reset: u64,
-    pub paused: bool,
-    pub coverage: Weight,
-    pub overrides: OverridesRecord,
+pub(crate) struct ExperimentRecord {
+    pub(crate) name: String,
+    pub(crate) routes: Vec<RouteRecord>,
+    pub(crate) unit_header: String,
+    pub(crate) salt: String,
+    pub(crate) variants: Vec<VariantRecord>,
+    pub(crate) on_missing_unit: MissingUnitRecord,
+    pub(crate) reset: u64,
+    pub(crate) paused: bool,
+    pub(crate) coverage: Weight,
+    pub(crate) overrides: OverridesRecord,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RouteRecord {
+pub(crate) enum RouteRecord {
     Exact(String),
     Prefix(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MissingUnitRecord {
+pub(crate) enum MissingUnitRecord {
     Control,
     Reject,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VariantRecord {
-    pub name: String,
-    pub upstream: String,
-    pub weight: Weight,
-    pub disabled: bool,
+pub(crate) struct VariantRecord {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
+    pub(crate) weight: Weight,
+    pub(crate) disabled: bool,
 }
 
 /// Forced units: in full for the version hash, summarized on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum OverridesRecord {
+pub(crate) enum OverridesRecord {
     Summary(OverridesSummary),
     /// Unit id -> index of the variant it is forced into.
     Units(BTreeMap<String, usize>),
@@ -124,15 +124,15 @@ pub enum OverridesRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverridesSummary {
-    pub count: usize,
+pub(crate) struct OverridesSummary {
+    pub(crate) count: usize,
     /// The first 8 bytes of SHA-256 of the overrides' JSON, in hex.
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 impl OverridesRecord {
     /// The summarized form (already summarized: unchanged).
-    pub fn summary(&self) -> OverridesSummary {
+    pub(crate) fn summary(&self) -> OverridesSummary {
         match self {
             OverridesRecord::Summary(s) => s.clone(),
             OverridesRecord::Units(units) => {
@@ -149,20 +149,20 @@ impl OverridesRecord {
 
 /// Durations are whole milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuntimeRecord {
-    pub worker_threads: Option<usize>,
-    pub http1_fast_path: bool,
-    pub client_idle_timeout: u64,
-    pub client_header_timeout: u64,
-    pub client_body_timeout: u64,
-    pub shutdown_timeout: u64,
+pub(crate) struct RuntimeRecord {
+    pub(crate) worker_threads: Option<usize>,
+    pub(crate) http1_fast_path: bool,
+    pub(crate) client_idle_timeout: u64,
+    pub(crate) client_header_timeout: u64,
+    pub(crate) client_body_timeout: u64,
+    pub(crate) shutdown_timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdminRecord {
-    pub listen: SocketAddr,
+pub(crate) struct AdminRecord {
+    pub(crate) listen: SocketAddr,
     /// The token's digest only: a rotated token is a new version.
-    pub token_digest: String,
+    pub(crate) token_digest: String,
 }
 
 /// The on-disk document: the record with its format version.
@@ -176,8 +176,10 @@ struct Stored {
 /// Why a stored config record cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// Written by a newer cohort, in a format this one does not know.
     #[error("config record version {0} is newer than this cohort reads ({RECORD_VERSION})")]
     UnknownVersion(u64),
+    /// Not JSON of any record version this cohort reads.
     #[error("unreadable config record: {0}")]
     Malformed(#[from] serde_json::Error),
 }

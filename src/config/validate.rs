@@ -58,7 +58,7 @@ struct Upstreams<'a>(&'a BTreeMap<String, RawUpstream>);
 
 impl Upstreams<'_> {
     /// Reports `name` at `path` unless it is a defined upstream.
-    fn check(&self, path: &str, name: &str, e: &mut Errors) {
+    fn check(&self, path: &str, name: &str, e: &mut Errors<'_>) {
         if !self.0.contains_key(name) {
             e.push(
                 path,
@@ -98,7 +98,7 @@ pub(super) fn parse_and_validate(
 /// `text` as [`RawConfig`]. Unknown keys are all reported and taken out (see
 /// [`schema::remove_unknown_keys`]), so that what remains is still
 /// deserialized and validated; serde then reports its first error, if any.
-fn deserialize(text: &str, e: &mut Errors) -> Option<RawConfig> {
+fn deserialize(text: &str, e: &mut Errors<'_>) -> Option<RawConfig> {
     let pruned = serde_yaml::from_str::<serde_yaml::Value>(text)
         .ok()
         .and_then(|mut doc| {
@@ -186,7 +186,12 @@ fn strip_locations(msg: &str) -> String {
     out
 }
 
-fn validate(raw: RawConfig, sources: &Sources<'_>, e: &mut Errors, file: &Path) -> Option<Config> {
+fn validate(
+    raw: RawConfig,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+    file: &Path,
+) -> Option<Config> {
     let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = match listen_text.parse() {
         Ok(a) => Some(a),
@@ -290,7 +295,11 @@ fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
 }
 
 /// `None` on error; `Some(None)` when there is no admin block.
-fn admin(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors) -> Option<Option<AdminConfig>> {
+fn admin(
+    raw: &RawConfig,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+) -> Option<Option<AdminConfig>> {
     let Some(a) = &raw.admin else {
         return Some(None);
     };
@@ -346,7 +355,11 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn access_log(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors) -> Option<AccessLogConfig> {
+fn access_log(
+    raw: &RawConfig,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+) -> Option<AccessLogConfig> {
     let Some(a) = &raw.access_log else {
         return Some(AccessLogConfig {
             target: LogTarget::Stdout,
@@ -421,7 +434,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn upstream(name: &str, u: &RawUpstream, e: &mut Errors) -> Option<UpstreamConfig> {
+fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamConfig> {
     let p = format!("upstreams.{name}");
     let mut ok = true;
     if !valid_name(name) {
@@ -499,7 +512,12 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-fn duration(path: &str, s: Option<&str>, default: Duration, e: &mut Errors) -> Option<Duration> {
+fn duration(
+    path: &str,
+    s: Option<&str>,
+    default: Duration,
+    e: &mut Errors<'_>,
+) -> Option<Duration> {
     match s {
         None => Some(default),
         Some(s) => match parse_duration(s) {
@@ -530,7 +548,7 @@ fn experiment(
     x: &RawExperiment,
     sources: &Sources<'_>,
     upstreams: &Upstreams<'_>,
-    e: &mut Errors,
+    e: &mut Errors<'_>,
 ) -> Option<ExperimentConfig> {
     let before = e.list.len();
     if !valid_name(&x.name) {
@@ -569,7 +587,7 @@ fn experiment(
 }
 
 /// Exact paths, or prefixes written with a trailing `*`.
-fn routes(p: &str, raw: &[String], e: &mut Errors) -> Vec<Route> {
+fn routes(p: &str, raw: &[String], e: &mut Errors<'_>) -> Vec<Route> {
     if raw.is_empty() {
         e.push(
             format!("{p}.routes"),
@@ -601,7 +619,7 @@ fn routes(p: &str, raw: &[String], e: &mut Errors) -> Vec<Route> {
 }
 
 /// The unit header, lower-cased (default `x-user-id`).
-fn unit_header(p: &str, raw: Option<&str>, e: &mut Errors) -> String {
+fn unit_header(p: &str, raw: Option<&str>, e: &mut Errors<'_>) -> String {
     let unit_header = raw.unwrap_or("x-user-id").to_ascii_lowercase();
     if http::HeaderName::from_bytes(unit_header.as_bytes()).is_err() {
         e.push(
@@ -619,7 +637,7 @@ fn unit_header(p: &str, raw: Option<&str>, e: &mut Errors) -> String {
     unit_header
 }
 
-fn on_missing_unit(p: &str, raw: Option<&str>, e: &mut Errors) -> MissingUnitPolicy {
+fn on_missing_unit(p: &str, raw: Option<&str>, e: &mut Errors<'_>) -> MissingUnitPolicy {
     match raw.unwrap_or("control") {
         "control" => MissingUnitPolicy::Control,
         "reject" => MissingUnitPolicy::Reject,
@@ -640,7 +658,7 @@ fn variants(
     p: &str,
     x: &RawExperiment,
     upstreams: &Upstreams<'_>,
-    e: &mut Errors,
+    e: &mut Errors<'_>,
 ) -> Vec<VariantConfig> {
     if x.variants.is_empty() {
         e.push(
@@ -722,7 +740,7 @@ fn variants(
 }
 
 /// The share of units that enter, in basis points (default: everyone).
-fn coverage(p: &str, raw: Option<f64>, e: &mut Errors) -> Weight {
+fn coverage(p: &str, raw: Option<f64>, e: &mut Errors<'_>) -> Weight {
     let Some(c) = raw else {
         return Weight(WHOLE);
     };
@@ -746,7 +764,7 @@ fn overrides(
     x: &RawExperiment,
     variants: &[VariantConfig],
     sources: &Sources<'_>,
-    e: &mut Errors,
+    e: &mut Errors<'_>,
 ) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let (lists, at) = match (&x.overrides, &x.overrides_file) {
@@ -843,7 +861,7 @@ fn weight_hint(sum_bp: u64) -> String {
     }
 }
 
-fn runtime(raw: &RawConfig, e: &mut Errors) -> Option<RuntimeConfig> {
+fn runtime(raw: &RawConfig, e: &mut Errors<'_>) -> Option<RuntimeConfig> {
     let r = raw.runtime.as_ref();
     let worker_threads = r.and_then(|r| r.worker_threads);
     if worker_threads == Some(0) {

@@ -23,22 +23,28 @@ use super::diff::diff;
 use super::plan::{canonical, plan, Plan, Previous};
 use crate::config::record::ConfigRecord;
 
+/// Why the proxy could not start serving a config.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The store could not be opened, replayed or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The access log could not be opened.
     #[error("cannot open the access log {target}: {source}")]
     Log {
         /// The file (or `stdout`).
         target: String,
+        /// Why the OS refused.
         source: std::io::Error,
     },
+    /// The config is valid on its own but the ledger refuses it (judged
+    /// exactly like a reload).
     #[error("{0}")]
     Rejected(ConfigErrors),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("invalid config, keeping the applied one: {0}")]
     Invalid(ConfigErrors),
     #[error("config rejected, keeping the applied one: {0}")]
@@ -50,7 +56,7 @@ pub enum ReloadError {
 }
 
 #[derive(Debug)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     /// The parsed config equals the applied one (e.g. a comment-only edit).
     Unchanged,
     Applied {
@@ -97,21 +103,17 @@ impl State {
     }
 
     /// Re-reads the config file and applies it.
-    pub async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         let path = self.config_path().ok_or(ReloadError::NoFile)?;
         let cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
         self.apply(cfg, trigger).await
     }
 
-    /// What applying `config` would do, without applying it.
-    pub fn plan(&self, config: &Config) -> Result<Plan, ConfigErrors> {
-        plan_against(&self.store.ledger(), &self.store, config).map_err(|errors| ConfigErrors {
-            file: config.source.clone(),
-            errors,
-        })
-    }
-
-    pub async fn apply(&self, config: Config, trigger: &str) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn apply(
+        &self,
+        config: Config,
+        trigger: &str,
+    ) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.lock_changes().await;
         let cur = self.snapshot();
         if *config.version() == *cur.version {

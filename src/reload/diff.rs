@@ -25,15 +25,15 @@ use crate::config::record::{
 
 /// What differs between two configs, beside the rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigDiff {
+pub(crate) struct ConfigDiff {
     /// Settings bound at start-up that changed: they wait for a restart.
-    pub restart_needed: Vec<&'static str>,
+    pub(crate) restart_needed: Vec<&'static str>,
     /// Upstreams added, removed or changed (live).
-    pub upstreams: Vec<String>,
+    pub(crate) upstreams: Vec<String>,
     /// Other config-wide settings that changed (live).
-    pub settings: Vec<String>,
+    pub(crate) settings: Vec<String>,
     /// Live changes of each experiment present in both, by name.
-    pub experiments: BTreeMap<String, Vec<String>>,
+    pub(crate) experiments: BTreeMap<String, Vec<String>>,
 }
 
 /// `field: old -> new`, values as compact JSON (strings quoted).
@@ -43,7 +43,7 @@ fn change<T: Serialize + ?Sized>(field: &str, old: &T, new: &T) -> String {
 }
 
 /// Every live and restart-only difference from `old` to `new`.
-pub fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
+pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
     let ConfigRecord {
         listen: listen_a,
         store_path: store_a,

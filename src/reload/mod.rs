@@ -11,10 +11,11 @@
 //! its store), which never import each other. Start-up is judged exactly
 //! like a reload, against the ledger the store replayed.
 
-pub mod apply;
-pub mod diff;
+pub(crate) mod apply;
+pub(crate) mod diff;
 pub mod plan;
-pub mod report;
-pub mod watch;
+pub(crate) mod report;
+pub(crate) mod watch;
 
-pub use apply::{ReloadError, Reloaded, StartError};
+pub use apply::StartError;
+pub(crate) use apply::{ReloadError, Reloaded};

@@ -7,7 +7,7 @@
 //! still holds units). Epochs are judged against the ledger, not against the
 //! previous file, so a restart with an edited file is held to exactly the
 //! same rules; the previous config (its stored record) is only used to name
-//! routing changes, through the typed [`super::diff`].
+//! routing changes, through the typed `super::diff`.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -20,6 +20,7 @@ use crate::config::record::ConfigRecord;
 use crate::config::{Config, ConfigError};
 use crate::snapshot::rule;
 
+/// What the new config does to one experiment's epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Decision {
@@ -29,7 +30,9 @@ pub enum Decision {
     Same,
     /// Rule changed, or an explicit reset: the next epoch.
     NewEpoch {
+        /// Every way the new rule differs (empty for a reset alone).
         changes: Vec<RuleChange>,
+        /// Whether `reset` was raised: every stored assignment is dropped.
         reset: bool,
     },
 }
@@ -43,13 +46,20 @@ pub struct ShareChanged {
     pub exact: bool,
 }
 
+/// What applying the config does to one of its experiments.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExperimentPlan {
+    /// The experiment's name.
     pub name: String,
+    /// First epoch, same epoch or a new one (and why).
     pub decision: Decision,
+    /// Its current epoch in the ledger; none if it was never applied.
     pub epoch_before: Option<Epoch>,
+    /// The epoch new units are assigned under once it is applied.
     pub epoch_after: Epoch,
+    /// The current rule's (variant, weight) list, in order; empty if new.
     pub weights_before: Vec<(String, Weight)>,
+    /// The new rule's (variant, weight) list, in order.
     pub weights_after: Vec<(String, Weight)>,
     /// For a new epoch: the share of new units that now land elsewhere.
     pub new_unit_share_changed: Option<ShareChanged>,
@@ -57,13 +67,20 @@ pub struct ExperimentPlan {
     pub units: Vec<(String, u64)>,
     /// Changes that move no assignment (upstreams, routes, pause, overrides).
     pub routing_changes: Vec<String>,
+    /// What an operator should know before applying it (a salt or unit
+    /// header change, re-ordered variants, a reset), one sentence each.
     pub warnings: Vec<String>,
 }
 
+/// What applying a config would do, as `cohort plan`, `POST /admin/reload`
+/// and the reload log show it; applying it journals [`Plan::events`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The new config's version.
     pub config_version: String,
+    /// The version of the config applied before, if any.
     pub previous_version: Option<String>,
+    /// One entry per experiment of the new config, in file order.
     pub experiments: Vec<ExperimentPlan>,
     /// Experiments in the ledger that the new config no longer has.
     pub absent: Vec<String>,
@@ -72,11 +89,14 @@ pub struct Plan {
     /// Other config-wide settings changed live (default upstream, log unit,
     /// admin token).
     pub settings_changes: Vec<String>,
+    /// The epochs to journal before the new config takes effect, one per
+    /// experiment that is new or gets a new epoch.
     #[serde(skip)]
     pub events: Vec<LedgerEvent>,
 }
 
 impl Plan {
+    /// Whether some experiment starts an epoch.
     pub fn changes_epochs(&self) -> bool {
         !self.events.is_empty()
     }
@@ -90,10 +110,17 @@ impl Plan {
 
 /// The previously applied config, as its stored record with its version.
 pub struct Previous<'a> {
+    /// Its config version.
     pub version: &'a str,
+    /// Its stored record ([`crate::config::record::ConfigRecord::to_stored`]).
     pub config: &'a Value,
 }
 
+/// Judges `new` against `ledger`: each experiment's epoch decision, the
+/// units it holds (`counts`) and the routing changes since `previous`.
+/// `now` (RFC 3339) stamps the epochs it starts. Errs with every reason the
+/// config must be rejected (a lowered `reset`, a removed variant that still
+/// holds units, a ledger limit), each placed in `new`'s file.
 pub fn plan(
     ledger: &Ledger,
     counts: &dyn UnitCounts,
@@ -260,7 +287,7 @@ pub fn plan(
 /// rules. Same salt and header: exact, from the bucket ranges and the nested
 /// coverage thresholds. Otherwise the hash itself changed, and the expected
 /// share is 1 - sum over outcomes of P_old * P_new.
-pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
+pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
     let outcome_probs = |r: &Rule| -> Vec<(Option<String>, f64)> {
         let c = f64::from(r.coverage.0) / f64::from(BUCKETS);
         let mut v: Vec<(Option<String>, f64)> = r
@@ -315,7 +342,7 @@ pub fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
 
 /// The record of `config` as the ledger stores it and `plan` reads it back
 /// as the previous config ([`ConfigRecord::to_stored`]).
-pub fn canonical(config: &Config) -> Value {
+pub(crate) fn canonical(config: &Config) -> Value {
     ConfigRecord::of(config).to_stored()
 }
 

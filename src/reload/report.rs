@@ -6,7 +6,7 @@ use super::apply::{ReloadError, Reloaded};
 use super::plan::Decision;
 
 /// Logs a reload's outcome: the plan when applied, every error when not.
-pub fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
+pub(crate) fn report(trigger: &str, outcome: Result<Reloaded, ReloadError>) {
     match outcome {
         Ok(Reloaded::Unchanged) => tracing::info!(
             trigger,

@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// Runs forever: reloads `path` whenever its content changes, and on
 /// SIGHUP (`hup`, registered by the caller before start-up finished).
 /// Without a file (the embedded demo config), SIGHUP is logged and ignored.
-pub async fn watch(
+pub(crate) async fn watch(
     state: Arc<State>,
     path: Option<PathBuf>,
     loaded: Option<Fingerprint>,
@@ -62,11 +62,11 @@ pub async fn watch(
     }
 }
 
-pub type Fingerprint = [u8; 32];
+pub(crate) type Fingerprint = [u8; 32];
 
 /// The content of the config file and of the files it reads (`watched`,
 /// a missing one hashes as empty).
-pub fn fingerprint(path: &Path, watched: &[PathBuf]) -> Option<Fingerprint> {
+pub(crate) fn fingerprint(path: &Path, watched: &[PathBuf]) -> Option<Fingerprint> {
     let mut h = Sha256::new();
     h.update(std::fs::read(path).ok()?);
     for f in watched {

@@ -80,6 +80,8 @@ impl Store {
         self.shared.ledger.lock().expect("ledger lock").clone()
     }
 
+    /// The assignments of experiment `id`, created empty if it has none
+    /// yet; the same table for the life of the store (a reset clears it).
     pub fn table(&self, id: ExperimentId) -> Arc<Table> {
         self.shared.table(id)
     }

@@ -37,7 +37,7 @@ mod writer;
 
 pub use embedded::Store;
 pub use error::StoreError;
-pub use table::{Assigned, Assignment, DigestHasher, Table, MAX_EPOCH};
+pub use table::{Assigned, Assignment, Table};
 pub use view::StoreView;
 
 #[cfg(test)]

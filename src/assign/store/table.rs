@@ -15,7 +15,9 @@ use crate::assign::ledger::VariantId;
 /// A unit's stored assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
+    /// The variant's index in its experiment's ledger dictionary.
     pub variant: VariantId,
+    /// The epoch whose rule assigned it (never [`Epoch::UNASSIGNED`]).
     pub epoch: Epoch,
     /// Unix seconds of the first exposure.
     pub first_seen: u32,
@@ -37,9 +39,6 @@ impl Assignment {
     }
 }
 
-/// The largest epoch the packed form holds.
-pub const MAX_EPOCH: u32 = Epoch::MAX.0;
-
 impl Hash for UnitKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Already a uniform digest: one word is all the hasher needs.
@@ -49,7 +48,7 @@ impl Hash for UnitKey {
 
 /// Passes a digest word through: the key is already uniformly distributed.
 #[derive(Default)]
-pub struct DigestHasher(u64);
+struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {
@@ -86,6 +85,7 @@ impl Table {
         }
     }
 
+    /// The unit's stored assignment, if it has one.
     pub fn get(&self, key: &UnitKey) -> Option<Assignment> {
         self.map.get(key).map(|v| Assignment::unpack(*v))
     }
@@ -95,6 +95,7 @@ impl Table {
         self.units[usize::from(variant)].load(Ordering::Relaxed)
     }
 
+    /// Units stored, all variants together.
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -104,6 +105,7 @@ impl Table {
         self.admin_paused.load(Ordering::Relaxed)
     }
 
+    /// Whether no unit is stored (a new experiment, or just reset).
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -133,6 +135,7 @@ impl Table {
 /// The result of asking for a new unit's assignment.
 #[derive(Debug, Clone, Copy)]
 pub struct Assigned {
+    /// The unit's assignment as stored: the one asked for, or the winner's.
     pub assignment: Assignment,
     /// False when a concurrent first request of the same unit won the race.
     pub created: bool,

@@ -153,7 +153,7 @@ async fn a_reset_event_drops_the_experiments_assignments_durably() {
 fn packing_keeps_every_field() {
     let a = Assignment {
         variant: 255,
-        epoch: Epoch(MAX_EPOCH),
+        epoch: Epoch::MAX,
         first_seen: u32::MAX,
     };
     assert_eq!(Assignment::unpack(a.pack()), a);

@@ -18,6 +18,8 @@ pub struct StoreView {
 }
 
 impl StoreView {
+    /// Replays the journal in the store directory `dir` as it is now; later
+    /// writes by its owner are not seen.
     pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
         let path = dir.join(JOURNAL_FILE);
         let shared = Shared {
@@ -33,6 +35,7 @@ impl StoreView {
         Ok(StoreView { shared })
     }
 
+    /// A copy of the replayed epoch ledger.
     pub fn ledger(&self) -> Ledger {
         self.shared.ledger.lock().expect("ledger lock").clone()
     }
