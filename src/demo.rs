@@ -45,9 +45,13 @@ pub const DEMO_UPSTREAMS: [&str; 2] = ["old-model", "new-model"];
 #[derive(Debug, thiserror::Error)]
 #[error("demo backend {upstream} cannot listen on {addr}: {reason} (hint: {hint})")]
 pub struct BackendError {
+    /// The upstream the backend plays.
     pub upstream: String,
+    /// Where it tried to listen.
     pub addr: String,
+    /// The OS's reason.
     pub reason: std::io::Error,
+    /// The way out (another port, or another URL in the user's file).
     pub hint: String,
 }
 

@@ -10,18 +10,36 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+/// Why an admin API call failed, in words a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No connection (or no complete answer): nothing listens there, or
+    /// the connection broke.
     #[error("cannot reach the admin API at {addr}: {reason}; is cohort running, with its admin API on {addr}?")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        /// `host:port` as given.
+        addr: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        reason: String,
+    },
+    /// The API answered with an error status (a wrong token: 401).
     #[error("the admin API at {url} answered {status}: {body}")]
     Status {
+        /// The full URL called.
         url: String,
+        /// The status it answered.
         status: StatusCode,
+        /// Its body, trimmed (the API's JSON error).
         body: String,
     },
+    /// The answer was not JSON.
     #[error("the admin API at {url} sent a body that is not JSON: {reason}")]
-    NotJson { url: String, reason: String },
+    NotJson {
+        /// The full URL called.
+        url: String,
+        /// serde_json's reason.
+        reason: String,
+    },
 }
 
 /// How long a connection to the admin API may take.
@@ -37,6 +55,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// A client for one admin API, authenticated with its bearer token.
 pub struct AdminClient {
     base: String,
     token: String,
@@ -54,10 +73,12 @@ impl AdminClient {
         AdminClient { base, token }
     }
 
+    /// `GET path` (e.g. `/admin/config`), its JSON answer.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path).await
     }
 
+    /// `POST path` with an empty body, its JSON answer.
     pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::POST, path).await
     }

@@ -13,8 +13,11 @@ pub use plan::{admin_of, plan_command, PlanAgainst};
 
 /// A command's output and exit code.
 pub struct Outcome {
+    /// What to print on stdout (the result).
     pub stdout: String,
+    /// What to print on stderr (errors).
     pub stderr: String,
+    /// The process exit code.
     pub code: u8,
 }
 

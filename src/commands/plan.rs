@@ -21,7 +21,12 @@ pub enum PlanAgainst {
     /// A store directory (the proxy may be running on it).
     Store(PathBuf),
     /// A running proxy's admin API.
-    Admin { url: String, token: String },
+    Admin {
+        /// `host:port` or `http://host:port`.
+        url: String,
+        /// The bearer token.
+        token: String,
+    },
 }
 
 struct NoUnits;
