@@ -88,6 +88,9 @@ pub struct Served {
     pub in_experiment: bool,
     /// The unit's bucket under the current rule.
     pub bucket: Option<Bucket>,
+    /// The shared store was unreachable: assigned by the contract hash
+    /// under the current epoch, to be written back (`serve_by_hash`).
+    pub store_degraded: bool,
 }
 
 /// What assignment needs of one configured experiment. Assignment's own
@@ -186,6 +189,7 @@ impl Assigner {
             first_exposure: false,
             in_experiment: false,
             bucket: None,
+            store_degraded: false,
         }
     }
 
@@ -195,7 +199,13 @@ impl Assigner {
         let key = hash::unit_key(&self.name, unit);
         let b = hash::bucket(&self.salt, unit);
         let bucket = Some(b);
-        let stored = self.table.get(&key);
+        let mut stored = self.table.get(&key);
+        if stored.is_none() && !self.would_store(unit, b) {
+            // A shared store may hold the unit though this process has not
+            // seen it; a new unit's assignment asks the store anyway. If the
+            // store cannot answer, the unit is served as if it had none.
+            stored = store.lookup(self.id, key).await.unwrap_or(None);
+        }
         let kept = |variant, reason| Served {
             variant,
             epoch: stored.map_or(Epoch::UNASSIGNED, |a| a.epoch),
@@ -203,6 +213,7 @@ impl Assigner {
             first_exposure: false,
             in_experiment: stored.is_some(),
             bucket,
+            store_degraded: false,
         };
         if !self.overrides.is_empty() {
             if let Some(&v) = self.overrides.get(unit) {
@@ -227,12 +238,24 @@ impl Assigner {
         let got = store
             .assign(self.id, key, self.ledger_ids[v], self.epoch)
             .await?;
-        Ok(self.stored(
+        let mut served = self.stored(
             got.assignment.variant,
             got.assignment.epoch,
             bucket,
             got.created,
-        ))
+        );
+        served.store_degraded = got.degraded;
+        Ok(served)
+    }
+
+    /// Whether a unit without a stored assignment would get a new one now
+    /// (no override, not paused, covered, its bucket's variant enabled).
+    fn would_store(&self, unit: &[u8], b: Bucket) -> bool {
+        (self.overrides.is_empty() || !self.overrides.contains_key(unit))
+            && !self.paused()
+            && (self.coverage.0 >= hash::BUCKETS
+                || hash::coverage_bucket(&self.salt, unit).0 < self.coverage.0)
+            && !self.disabled[self.buckets.variant_for(b)]
     }
 
     fn stored(&self, id: VariantId, epoch: Epoch, bucket: Option<Bucket>, created: bool) -> Served {
@@ -248,6 +271,7 @@ impl Assigner {
             first_exposure: created,
             in_experiment: true,
             bucket,
+            store_degraded: false,
         }
     }
 }

@@ -139,4 +139,7 @@ pub struct Assigned {
     pub assignment: Assignment,
     /// False when a concurrent first request of the same unit won the race.
     pub created: bool,
+    /// The shared store could not be reached: the assignment was made by
+    /// the contract hash and will be written back later (`serve_by_hash`).
+    pub degraded: bool,
 }

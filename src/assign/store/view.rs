@@ -25,6 +25,7 @@ impl StoreView {
         let shared = Shared {
             path: path.clone(),
             ledger: Mutex::new(Ledger::default()),
+            ledger_events: Default::default(),
             tables: Mutex::new(Vec::new()),
         };
         let mut file = File::open(&path).map_err(|source| StoreError::Io {
