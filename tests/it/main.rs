@@ -10,4 +10,5 @@ mod newcomer;
 mod operator;
 mod proxy;
 mod reload;
+mod replicas;
 mod util;

@@ -9,11 +9,13 @@ mod backends;
 mod clients;
 mod load;
 mod process;
+mod redis;
 
 pub use backends::*;
 pub use clients::*;
 pub use load::*;
 pub use process::*;
+pub use redis::*;
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

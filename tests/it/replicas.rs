@@ -1,0 +1,409 @@
+//! Several replicas on one shared store (`store.kind: redis`): real
+//! `redis-server` processes on free ports, real cohort processes. Each test
+//! is skipped (with a message) where `redis-server` is not installed;
+//! `.ci/run` installs it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Skips the test when redis-server is missing (CI installs it).
+macro_rules! need_redis {
+    () => {
+        if !redis_available() {
+            eprintln!("redis-server not installed: skipped (.ci/run installs it)");
+            return;
+        }
+    };
+}
+
+/// One replica: its own test dir (config, log), the shared Redis store.
+fn replica(yaml: &str) -> (TestDir, Cohort) {
+    let dir = TestDir::new();
+    let c = Cohort::start(&dir, yaml);
+    (dir, c)
+}
+
+/// Waits until the access log of `dir` has at least `n` lines.
+fn log_lines(dir: &TestDir, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = dir.access_log();
+        if log.len() >= n {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} log lines", log.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The ledger's events as Redis holds them.
+fn ledger(redis: &RedisServer, prefix: &str) -> Vec<serde_json::Value> {
+    redis
+        .cli(&["--no-raw", "LRANGE", &format!("{prefix}:ledger"), "0", "-1"])
+        .lines()
+        .map(|l| {
+            // --no-raw prints `N) "json"` with the JSON quoted.
+            let q = &l[l.find('"').unwrap()..];
+            let s: String = serde_json::from_str(q).unwrap();
+            serde_json::from_str(&s).unwrap()
+        })
+        .collect()
+}
+
+/// The epoch numbers the ledger started for `experiment`, in order.
+fn epochs(events: &[serde_json::Value], experiment: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "epoch" && e["experiment"] == experiment)
+        .map(|e| e["record"]["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_give_every_new_unit_one_variant_one_epoch_and_one_first_exposure() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let yaml = with_redis(
+        &config(&[("old", &old), ("new", &new)], &ranker("50", "50")),
+        &redis.url(),
+        "t1",
+    );
+    let (dir_a, a) = replica(&yaml);
+    let (dir_b, b) = replica(&yaml);
+    let n = 10_000;
+    let units = users("pair", n);
+    let client = TestClient::new();
+    // Each unit goes to both replicas at the same moment.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let got = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, units, next, got) = (client.clone(), units.clone(), next.clone(), got.clone());
+        let (aa, ba) = (a.addr, b.addr);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(u) = units.get(i) else { break };
+                let (ra, rb) = tokio::join!(
+                    client.post(aa, "/predict", Some(u)),
+                    client.post(ba, "/predict", Some(u))
+                );
+                got.lock().unwrap().insert(u.clone(), (ra, rb));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = got.lock().unwrap();
+    let mut treatment = 0;
+    for (u, (ra, rb)) in got.iter() {
+        assert_eq!(ra.status, 200, "{u}: {ra:?}");
+        assert_eq!(rb.status, 200, "{u}: {rb:?}");
+        assert_eq!(ra.variant(), rb.variant(), "{u}: the replicas disagree");
+        assert_eq!(ra.epoch(), rb.epoch(), "{u}");
+        assert_eq!(ra.epoch(), 1, "{u}");
+        treatment += usize::from(ra.variant() == "treatment");
+    }
+    // The split is still the rule's (the winner was bucketed by it).
+    let bound = binomial_bound(n, 0.5);
+    assert!(
+        (treatment as f64 - n as f64 / 2.0).abs() < bound,
+        "{treatment} of {n} in treatment"
+    );
+    // Exactly one of the two log lines of each unit is its first exposure.
+    let mut firsts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in log_lines(&dir_a, n).into_iter().chain(log_lines(&dir_b, n)) {
+        let u = l["unit"].as_str().unwrap().to_string();
+        *firsts.entry(u).or_default() += usize::from(l["first_exposure"] == true);
+    }
+    assert_eq!(firsts.len(), n);
+    let wrong: Vec<_> = firsts.iter().filter(|(_, c)| **c != 1).take(5).collect();
+    assert!(
+        wrong.is_empty(),
+        "units without exactly one first exposure: {wrong:?}"
+    );
+    // An operator finds a unit with redis-cli: the documented key.
+    use sha2::{Digest, Sha256};
+    let u = &units[0];
+    let d = Sha256::digest(format!("cohort-unit\0ranker\0{u}").as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let stored = redis.cli(&["GET", &format!("t1:u:ranker:0:{hex}")]);
+    let (ra, _) = &got[u];
+    assert_eq!(
+        stored.trim().split(' ').nth(2),
+        Some(ra.variant()),
+        "{stored}"
+    );
+    assert!(stored.starts_with("1 "), "{stored}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staggered_ramp_moves_no_unit_and_both_replicas_stamp_the_ledgers_epoch() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let before = with_redis(&config(&ups, &ranker("50", "50")), &redis.url(), "t2");
+    let after = with_redis(&config(&ups, &ranker("20", "80")), &redis.url(), "t2");
+    let (dir_a, a) = replica(&before);
+    let (dir_b, b) = replica(&before);
+    let seen: Arc<Mutex<HashMap<String, (String, u32)>>> = Arc::default();
+    let differ = Arc::new(Mutex::new(Vec::new()));
+    let answer = {
+        let (seen, differ) = (seen.clone(), differ.clone());
+        move |u: String, r: &Resp| {
+            let now = (r.variant().to_string(), r.epoch());
+            let mut s = seen.lock().unwrap();
+            match s.get(&u) {
+                Some(prev) if *prev != now => differ.lock().unwrap().push((u, prev.clone(), now)),
+                Some(_) => {}
+                None => {
+                    s.insert(u, now);
+                }
+            }
+        }
+    };
+    // Both replicas serve an overlapping stream of new and returning units.
+    let unit = |w: usize, i: usize| format!("ramp-{}", (w * 7919 + i) % 3000);
+    let load_a = Load::spawn(a.addr, 4, unit, answer.clone());
+    let load_b = Load::spawn(b.addr, 4, unit, answer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dir_a.write_config(&after);
+    a.wait_reloads(1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    dir_b.write_config(&after);
+    b.wait_reloads(1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (la, lb) = (load_a.stop().await, load_b.stop().await);
+    assert_eq!(la.failed() + lb.failed(), 0);
+    let differ = differ.lock().unwrap().clone();
+    assert!(
+        differ.is_empty(),
+        "{} units changed, e.g. {:?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+    // Both replicas stamp epoch 2 for a new unit now, and the ledger has
+    // exactly one epoch 2.
+    let client = TestClient::new();
+    for i in 0..20 {
+        let u = format!("late-{i}");
+        let ra = client.post(a.addr, "/predict", Some(&u)).await;
+        let rb = client.post(b.addr, "/predict", Some(&u)).await;
+        assert_eq!((ra.epoch(), rb.epoch()), (2, 2), "{u}");
+        assert_eq!(ra.variant(), rb.variant(), "{u}");
+    }
+    assert_eq!(epochs(&ledger(&redis, "t2"), "ranker"), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_applying_different_yamls_at_once_end_with_one_ledger() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let with = |c: &str, t: &str| with_redis(&config(&ups, &ranker(c, t)), &redis.url(), "t3");
+    let (dir_a, a) = replica(&with("50", "50"));
+    let (dir_b, b) = replica(&with("50", "50"));
+    // Same YAML on both: one epoch.
+    assert_eq!(epochs(&ledger(&redis, "t3"), "ranker"), vec![1]);
+    dir_a.write_config(&with("20", "80"));
+    dir_b.write_config(&with("30", "70"));
+    a.wait_reloads(1);
+    b.wait_reloads(1);
+    let events = ledger(&redis, "t3");
+    // One linear ledger: epochs 1, 2, 3, each once, whoever won the CAS.
+    assert_eq!(epochs(&events, "ranker"), vec![1, 2, 3]);
+    let applied = events.iter().filter(|e| e["event"] == "applied").count();
+    // Each replica's start-up is recorded (their access-log paths differ, so
+    // their config versions do), then each replica's apply.
+    assert_eq!(applied, 4);
+    // A replica that joins later adopts the ledger instead of starting its own.
+    let (_dir_c, c) = replica(&with("30", "70"));
+    let client = TestClient::new();
+    let r = client.post(c.addr, "/predict", Some("joiner")).await;
+    let last = *epochs(&ledger(&redis, "t3"), "ranker").last().unwrap();
+    assert!(last <= 4, "{last}");
+    assert_eq!(u64::from(r.epoch()), last);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_on_one_replica_reaches_the_other_within_the_poll_bound() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let before = with_redis(&config(&ups, &ranker("50", "50")), &redis.url(), "t4");
+    let reset = before.replace(
+        "    salt: ranker-salt\n",
+        "    salt: ranker-salt\n    reset: 1\n",
+    );
+    assert_ne!(before, reset);
+    let (dir_a, a) = replica(&before);
+    let (_dir_b, b) = replica(&before);
+    let client = TestClient::new();
+    let units = users("reset", 50);
+    for u in &units {
+        let ra = client.post(a.addr, "/predict", Some(u)).await;
+        let rb = client.post(b.addr, "/predict", Some(u)).await;
+        assert_eq!((ra.epoch(), rb.epoch()), (1, 1));
+    }
+    // Reset on A only; B's file is unchanged.
+    dir_a.write_config(&reset);
+    a.wait_reloads(1);
+    for u in &units {
+        let r = client.post(a.addr, "/predict", Some(u)).await;
+        assert_eq!(r.epoch(), 2, "{u}: re-assigned under the reset's epoch");
+    }
+    // B stops serving the cached epoch-1 assignments within the bound
+    // (one ledger poll, 250 ms, plus a round trip): it adopts A's.
+    let started = Instant::now();
+    loop {
+        let mut stale = 0;
+        for u in &units {
+            let r = client.post(b.addr, "/predict", Some(u)).await;
+            stale += usize::from(r.epoch() != 2);
+        }
+        if stale == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{stale} units still served their pre-reset assignment by B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("reset reached replica B after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_fails_no_request_with_serve_by_hash_and_loses_no_stored_unit() {
+    need_redis!();
+    let mut redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let yaml = with_store(
+        &config(&ups, &ranker("50", "50")),
+        &format!(
+            "kind: redis, url: '{}', key_prefix: t5, timeout: 50ms",
+            redis.url()
+        ),
+    );
+    let (_dir_a, a) = replica(&yaml);
+    // Units stored before the outage.
+    let client = TestClient::new();
+    let stored = users("before", 200);
+    let mut want = HashMap::new();
+    for u in &stored {
+        let r = client.post(a.addr, "/predict", Some(u)).await;
+        want.insert(u.clone(), (r.variant().to_string(), r.epoch()));
+    }
+    let served: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let s2 = served.clone();
+    let load = Load::spawn(
+        a.addr,
+        4,
+        |w, i| format!("outage-{w}-{i}"),
+        move |u, r| {
+            s2.lock().unwrap().insert(u, r.variant().to_string());
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let load = load.stop().await;
+    assert!(load.sent() > 0);
+    assert_eq!(load.failed(), 0, "failed requests with serve_by_hash");
+    assert!(
+        a.count_log("redis store unavailable") > 0,
+        "the outage was not noticed: {}",
+        a.stderr()
+    );
+    // After recovery a fresh replica (empty cache) finds every unit stored
+    // before the outage unchanged (AOF with appendfsync always), and the
+    // units served degraded were written back by the contract hash.
+    let (_dir_c, c) = replica(&yaml);
+    for (u, w) in &want {
+        let r = client.post(c.addr, "/predict", Some(u)).await;
+        assert_eq!((r.variant().to_string(), r.epoch()), *w, "{u}");
+        assert_eq!(r.header("x-cohort-epoch"), "1");
+    }
+    let served = served.lock().unwrap().clone();
+    for (u, v) in served.iter().take(300) {
+        let r = client.post(c.addr, "/predict", Some(u)).await;
+        assert_eq!(r.variant(), v, "{u}: degraded assignment not kept");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_reject_a_dead_redis_answers_503_stamped_and_assigns_nothing() {
+    need_redis!();
+    let mut redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let yaml = with_store(
+        &config(&ups, &ranker("50", "50")),
+        &format!(
+            "kind: redis, url: '{}', key_prefix: t6, on_store_error: reject, timeout: 50ms",
+            redis.url()
+        ),
+    );
+    let (_dir, a) = replica(&yaml);
+    let client = TestClient::new();
+    let known = client.post(a.addr, "/predict", Some("known")).await;
+    assert_eq!(known.status, 200);
+    redis.kill();
+    let r = client.post(a.addr, "/predict", Some("newcomer")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-cohort-experiment"), "ranker");
+    // A returning unit is served from the cache without Redis.
+    let again = client.post(a.addr, "/predict", Some("known")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.variant(), known.variant());
+    redis.restart();
+    let keys = redis.cli(&["--scan", "--pattern", "t6:u:*"]);
+    assert_eq!(keys.lines().count(), 1, "only `known` is stored: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_a_three_master_cluster_agree_and_units_spread_over_every_node() {
+    need_redis!();
+    let cluster = RedisCluster::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+    let yaml = with_store(
+        &config(&ups, &ranker("50", "50")),
+        &format!(
+            "kind: redis, urls: [{}], key_prefix: t7, timeout: 2s",
+            urls.join(", ")
+        ),
+    );
+    let (_da, a) = replica(&yaml);
+    let (_db, b) = replica(&yaml);
+    let client = TestClient::new();
+    for u in users("cl", 300) {
+        let (ra, rb) = tokio::join!(
+            client.post(a.addr, "/predict", Some(&u)),
+            client.post(b.addr, "/predict", Some(&u))
+        );
+        assert_eq!((ra.status.as_u16(), rb.status.as_u16()), (200, 200));
+        assert_eq!(
+            (ra.variant(), ra.epoch()),
+            (rb.variant(), rb.epoch()),
+            "{u}"
+        );
+    }
+    let per_node = cluster.keys_per_node("t7:u:*");
+    assert_eq!(per_node.iter().sum::<usize>(), 300);
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+}
