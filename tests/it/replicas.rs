@@ -407,3 +407,62 @@ async fn two_replicas_on_a_three_master_cluster_agree_and_units_spread_over_ever
     assert_eq!(per_node.iter().sum::<usize>(), 300);
     assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrating_an_embedded_store_keeps_every_units_variant_and_epoch() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let dir = TestDir::new();
+    let embedded = Cohort::start(&dir, &config(&ups, &ranker("50", "50")));
+    let client = TestClient::new();
+    let mut want = HashMap::new();
+    for u in users("m1", 150) {
+        let r = client.post(embedded.addr, "/predict", Some(&u)).await;
+        want.insert(u, (r.variant().to_string(), r.epoch()));
+    }
+    dir.write_config(&config(&ups, &ranker("10", "90")));
+    embedded.wait_reloads(1);
+    for u in users("m2", 150) {
+        let r = client.post(embedded.addr, "/predict", Some(&u)).await;
+        assert_eq!(r.epoch(), 2);
+        want.insert(u, (r.variant().to_string(), r.epoch()));
+    }
+    assert!(embedded.terminate().success());
+    let store = dir.path().join("data");
+    let migrate = |expect: &str| {
+        let (code, out, err) = cohort_cmd(&[
+            "store",
+            "migrate",
+            "--from",
+            store.to_str().unwrap(),
+            "--to",
+            &redis.url(),
+            "--key-prefix",
+            "t8",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(expect), "{out}");
+    };
+    migrate("assignments: 300 written, 0 already there");
+    // Idempotent.
+    migrate("assignments: 0 written, 300 already there");
+    // Two replicas on Redis serve every unit as the embedded store did, and
+    // new units under the migrated ledger's epoch 2.
+    let yaml = with_redis(&config(&ups, &ranker("10", "90")), &redis.url(), "t8");
+    let (_da, a) = replica(&yaml);
+    let (_db, b) = replica(&yaml);
+    for (u, w) in &want {
+        for addr in [a.addr, b.addr] {
+            let r = client.post(addr, "/predict", Some(u)).await;
+            assert_eq!((r.variant().to_string(), r.epoch()), *w, "{u}");
+            assert_eq!(r.header("x-cohort-epoch"), w.1.to_string());
+        }
+    }
+    let r = client
+        .post(a.addr, "/predict", Some("after-migration"))
+        .await;
+    assert_eq!(r.epoch(), 2);
+    assert_eq!(epochs(&ledger(&redis, "t8"), "ranker"), vec![1, 2]);
+}

@@ -607,6 +607,12 @@ impl RedisStore {
         self.pending.lock().expect("pending lock").len()
     }
 
+    /// Whether the shared ledger is empty (nothing applied to it yet).
+    pub async fn ledger_is_empty(&self) -> Result<bool, StoreError> {
+        let (l, _) = self.fresh_ledger().await?;
+        Ok(l.experiments.is_empty() && l.history.is_empty())
+    }
+
     /// Writes one assignment as `cohort store migrate` does: `SET NX` of
     /// the embedded store's record; returns whether it was new.
     pub async fn import(
@@ -616,16 +622,33 @@ impl RedisStore {
         key: UnitKey,
         a: Assignment,
         variant: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Imported, StoreError> {
         let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         let rkey = self.key(format_args!("u:{experiment}:{reset}:{hex}"));
         let value = format!("{} {} {variant}", a.epoch.0, a.first_seen);
-        let set: Option<String> = self
+        let had: Option<String> = self
             .conn
-            .query(redis::cmd("SET").arg(&rkey).arg(&value).arg("NX"))
+            .query(
+                redis::cmd("SET")
+                    .arg(&rkey)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("GET"),
+            )
             .await
             .map_err(redis_err)?;
-        if set.is_some() {
+        if let Some(had) = had {
+            // Idempotent: the same record is already there (an earlier
+            // run). first_seen may differ only if another writer won.
+            let same = had.split(' ').next() == value.split(' ').next()
+                && had.splitn(3, ' ').nth(2) == value.splitn(3, ' ').nth(2);
+            return Ok(if same {
+                Imported::AlreadyThere
+            } else {
+                Imported::Differs(had)
+            });
+        }
+        {
             let counter = self.key(format_args!("n:{experiment}:{reset}:{variant}"));
             let _: i64 = self
                 .conn
@@ -633,8 +656,19 @@ impl RedisStore {
                 .await
                 .map_err(redis_err)?;
         }
-        Ok(set.is_some())
+        Ok(Imported::Written)
     }
+}
+
+/// What importing one assignment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    /// It was not in Redis and now is.
+    Written,
+    /// The same variant and epoch were already stored.
+    AlreadyThere,
+    /// Redis holds another assignment for the unit (kept: first writer wins).
+    Differs(String),
 }
 
 impl UnitCounts for RedisStore {

@@ -123,6 +123,14 @@ impl Table {
         (Assignment::unpack(v), created)
     }
 
+    /// Every stored (unit key, assignment), in no order.
+    pub(super) fn entries(&self) -> Vec<(UnitKey, Assignment)> {
+        self.map
+            .iter()
+            .map(|e| (*e.key(), Assignment::unpack(*e.value())))
+            .collect()
+    }
+
     pub(super) fn clear(&self) {
         self.map.clear();
         self.map.shrink_to_fit();
