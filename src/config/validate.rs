@@ -1628,6 +1628,82 @@ experiments:
     }
 
     #[test]
+    fn a_redis_store_block_is_read_with_its_defaults_and_secrets_from_files() {
+        let yaml = format!("store: {{ kind: redis, url: 'redis://u:secret@r:6379/2', password_file: pw, tls_ca_file: /ca.pem }}\n{GOOD}");
+        let files = InMemory::default()
+            .with("/base/pw", "from-file\n")
+            .with("/ca.pem", "PEM");
+        let c = check_files(&yaml, &Env::default(), &files).unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.urls, ["redis://u:secret@r:6379/2"]);
+        assert!(!r.cluster);
+        assert_eq!(r.key_prefix, "cohort");
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert_eq!(r.on_store_error, OnStoreError::ServeByHash);
+        assert_eq!(r.wait_replicas, 0);
+        assert_eq!(r.password.as_deref(), Some("from-file"));
+        assert_eq!(r.tls_ca.as_deref(), Some(&b"PEM"[..]));
+        // Neither the password nor the URL's reaches Debug or the record.
+        let shown = format!("{r:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("from-file"),
+            "{shown}"
+        );
+        let record = serde_json::to_string(&crate::config::record::ConfigRecord::of(&c)).unwrap();
+        assert!(
+            !record.contains("secret") && !record.contains("from-file"),
+            "{record}"
+        );
+        assert!(record.contains("redis://u:***@r:6379/2"), "{record}");
+        // Several urls mean a cluster.
+        let yaml = format!("store: {{ kind: redis, urls: ['redis://a:1', 'redis://b:1'], key_prefix: exp-1, on_store_error: reject, timeout: 20ms, wait_replicas: 1 }}\n{GOOD}");
+        let c = check(&yaml).unwrap();
+        let r = c.redis.unwrap();
+        assert!(r.cluster);
+        assert_eq!(r.on_store_error, OnStoreError::Reject);
+        assert_eq!((r.timeout, r.wait_replicas), (Duration::from_millis(20), 1));
+        // The embedded store stays the default, `store: { path }` as before.
+        let c = check(&format!("store: {{ path: ./d }}\n{GOOD}")).unwrap();
+        assert!(c.redis.is_none());
+        assert_eq!(c.store_path, PathBuf::from("/base/./d"));
+    }
+
+    #[test]
+    fn store_block_errors_are_each_reported_with_their_path() {
+        let cases = [
+            ("kind: postgres", "store.kind"),
+            ("kind: redis", "store"),
+            ("kind: redis, url: 'http://x'", "store.url"),
+            ("kind: redis, url: 'redis://x', path: ./d", "store.path"),
+            (
+                "kind: redis, url: 'redis://x', key_prefix: 'a{b}'",
+                "store.key_prefix",
+            ),
+            (
+                "kind: redis, url: 'redis://x', timeout: fast",
+                "store.timeout",
+            ),
+            (
+                "kind: redis, url: 'redis://x', on_store_error: retry",
+                "store.on_store_error",
+            ),
+            (
+                "kind: redis, url: 'redis://x', password_file: nope",
+                "store.password_file",
+            ),
+            ("url: 'redis://x'", "store.url"),
+            (
+                "kind: redis, url: 'redis://x', urls: ['redis://y']",
+                "store.urls",
+            ),
+        ];
+        for (block, path) in cases {
+            let errs = check(&format!("store: {{ {block} }}\n{GOOD}")).unwrap_err();
+            assert!(errs.iter().any(|e| e.path == path), "{block}: {errs:?}");
+        }
+    }
+
+    #[test]
     fn named_files_are_read_relative_to_the_config_through_the_source() {
         let yaml = GOOD
             .replace(

@@ -466,3 +466,73 @@ async fn migrating_an_embedded_store_keeps_every_units_variant_and_epoch() {
     assert_eq!(r.epoch(), 2);
     assert_eq!(epochs(&ledger(&redis, "t8"), "ranker"), vec![1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_from_a_file_and_wait_replicas_hold_a_response_for_a_redis_replica() {
+    need_redis!();
+    // No diskless-sync delay: the replica is online at once.
+    let primary = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret",
+        "--appendonly",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    let port = primary.port.to_string();
+    let mut replica_redis =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &port, "--masterauth", "s3cret"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !primary
+        .cli(&["INFO", "replication"])
+        .contains("state=online")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Redis replica did not attach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("redis.password"), "s3cret\n").unwrap();
+    let yaml = with_store(
+        &config(&ups, &ranker("50", "50")),
+        &format!(
+            "kind: redis, url: '{}', key_prefix: t9, password_file: redis.password, wait_replicas: 1, on_store_error: reject, timeout: 1s",
+            primary.url()
+        ),
+    );
+    let a = Cohort::start(&dir, &yaml);
+    let client = TestClient::new();
+    // Online, and acknowledging writes.
+    while primary.cli(&["WAIT", "1", "500"]).trim() != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the Redis replica does not acknowledge"
+        );
+    }
+    let r = client.post(a.addr, "/predict", Some("held")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The assignment is on the Redis replica too.
+    let keys = replica_redis.cli(&["--scan", "--pattern", "t9:u:*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    // Without a Redis replica to acknowledge, `reject` answers 503.
+    replica_redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !primary
+        .cli(&["INFO", "replication"])
+        .contains("connected_slaves:0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the primary still sees its replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = client
+        .post(a.addr, "/predict", Some("unacknowledged"))
+        .await;
+    assert_eq!(r.status, 503, "{r:?}");
+}

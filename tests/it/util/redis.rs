@@ -82,9 +82,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Runs `redis-cli` against this server; returns its stdout.
+    /// Runs `redis-cli` against this server (with its `--requirepass`,
+    /// if any); returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        let pass = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .map(|i| self.extra[i + 1].as_str());
+        cli(self.port, pass, args)
     }
 
     /// SIGKILL (no save on shutdown: only what AOF had is kept).
@@ -108,8 +114,12 @@ impl Drop for RedisServer {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    if let Some(p) = password {
+        cmd.env("REDISCLI_AUTH", p);
+    }
+    let out = cmd
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
