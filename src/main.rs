@@ -155,6 +155,16 @@ fn main() -> ExitCode {
             let store = match (store, config) {
                 (Some(s), _) => s,
                 (None, Some(c)) => match cohort::config::load_file(&c) {
+                    Ok(cfg) if cfg.redis.is_some() => {
+                        let unit = experiment.as_deref().zip(unit.as_deref());
+                        let opts =
+                            cohort::reload::redis_options(cfg.redis.as_ref().expect("checked"));
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("a tokio runtime");
+                        return emit(rt.block_on(cohort::commands::history_redis(opts, unit)));
+                    }
                     Ok(cfg) => cfg.store_path,
                     Err(e) => {
                         eprintln!("{e}");

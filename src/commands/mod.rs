@@ -9,7 +9,7 @@ pub mod migrate;
 pub mod plan;
 
 pub use check::check_command;
-pub use history::history_command;
+pub use history::{history_command, history_redis};
 pub use migrate::{migrate_command, MigrateTo};
 pub use plan::{admin_of, plan_command, PlanAgainst};
 

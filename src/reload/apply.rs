@@ -222,7 +222,7 @@ const LEDGER_RETRIES: u32 = 8;
 
 /// The store's view of the config's `store` block (assignment never
 /// imports the config).
-fn redis_options(r: &crate::config::RedisStoreConfig) -> RedisOptions {
+pub fn redis_options(r: &crate::config::RedisStoreConfig) -> RedisOptions {
     RedisOptions {
         urls: r.urls.clone(),
         cluster: r.cluster,

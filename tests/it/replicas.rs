@@ -465,6 +465,26 @@ async fn migrating_an_embedded_store_keeps_every_units_variant_and_epoch() {
         .await;
     assert_eq!(r.epoch(), 2);
     assert_eq!(epochs(&ledger(&redis, "t8"), "ranker"), vec![1, 2]);
+    // `cohort history --config` reads the shared ledger and a unit from Redis.
+    let cfg = _da.config_path();
+    let (code, out, err) = cohort_cmd(&["history", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config "), "{out}");
+    let (code, out, err) = cohort_cmd(&[
+        "history",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--experiment",
+        "ranker",
+        "--unit",
+        "m1-0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let w = &want["m1-0"];
+    assert!(
+        out.contains(&format!("variant {}, epoch {}", w.0, w.1)),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

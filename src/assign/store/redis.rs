@@ -353,7 +353,7 @@ impl RedisStore {
     }
 
     fn skipping(&self) -> bool {
-        self.born.elapsed().as_millis() as u64 <= self.down_until.load(Ordering::Relaxed)
+        (self.born.elapsed().as_millis() as u64) < self.down_until.load(Ordering::Relaxed)
     }
 
     fn failed(&self, why: &str) {
