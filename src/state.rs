@@ -240,6 +240,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.runtime.worker_threads != new.runtime.worker_threads {
         v.push("runtime.worker_threads");
     }
+    if old.runtime.max_request_head != new.runtime.max_request_head {
+        v.push("runtime.max_request_head");
+    }
     if old.runtime.http1_fast_path != new.runtime.http1_fast_path {
         v.push("runtime.http1_fast_path");
     }

@@ -193,6 +193,8 @@ pub struct RuntimeConfig {
     /// Lean path: how long a buffered request body may take after its head.
     #[serde(with = "millis")]
     pub client_body_timeout: Duration,
+    /// Both paths: the most bytes a request head may take (431 past it).
+    pub max_request_head: usize,
     #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
 }

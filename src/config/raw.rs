@@ -87,5 +87,6 @@ pub struct RawRuntime {
     pub client_idle_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
+    pub max_request_head: Option<usize>,
     pub shutdown_timeout: Option<String>,
 }

@@ -19,8 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::UpstreamBody;
 use crate::config::UpstreamConfig;
+use crate::proxy::hyper::body::UpstreamBody;
 
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
