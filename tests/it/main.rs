@@ -3,6 +3,7 @@
 
 mod access_log;
 mod durability;
+mod hostile;
 mod http1;
 mod operator;
 mod proxy;

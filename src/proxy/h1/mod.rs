@@ -135,10 +135,9 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead, max_head: usize) -> Par
                 }
             }
         } else if kind == Name::Host {
-            hosts += 1;
-            if !names::valid_host(h.value) {
-                return Parsed::Reject(Reject::Host);
-            }
+            // Counted as two when invalid: refused after the loop, with
+            // every field parsed (the answer carries the request id).
+            hosts += if names::valid_host(h.value) { 1 } else { 2 };
         }
         head.fields.push(Field {
             name: offsets(buf, name),
