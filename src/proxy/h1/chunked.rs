@@ -31,8 +31,6 @@ fn chunk_line(out: &mut Vec<u8>, len: usize) {
 pub struct ChunkedScan {
     state: Chunk,
     data: u64,
-    /// Where, in the bytes of the last `feed`, the trailer section began.
-    trailers_at: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -77,7 +75,6 @@ impl ChunkedScan {
         data: &[u8],
         payload: &mut dyn FnMut(&[u8]),
     ) -> Result<Option<usize>, BadChunk> {
-        self.trailers_at = None;
         let mut i = 0;
         while i < data.len() {
             if let Chunk::Data(left) = self.state {
@@ -111,10 +108,7 @@ impl ChunkedScan {
                 (Chunk::Extension(n), b) if b == b'\t' || b >= b' ' && b != 0x7f => {
                     Chunk::Extension(n)
                 }
-                (Chunk::SizeLf(0), b'\n') => {
-                    self.trailers_at = Some(i);
-                    Chunk::TrailerStart
-                }
+                (Chunk::SizeLf(0), b'\n') => Chunk::TrailerStart,
                 (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
                 (Chunk::DataCr, b'\r') => Chunk::DataLf,
                 (Chunk::DataLf, b'\n') => Chunk::Size,
@@ -138,24 +132,6 @@ impl ChunkedScan {
     /// Payload bytes seen so far, framing excluded.
     pub fn data_bytes(&self) -> u64 {
         self.data
-    }
-
-    /// How many of the `fed` bytes of the last `feed` came before the
-    /// trailer section: all if it has not begun, none if it had already.
-    pub fn before_trailers(&self, fed: usize, was_in_trailers: bool) -> usize {
-        match (was_in_trailers, self.trailers_at) {
-            (true, _) => 0,
-            (false, Some(at)) => at,
-            (false, None) => fed,
-        }
-    }
-
-    /// Whether the last chunk has been read (trailers, if any, follow).
-    pub fn in_trailers(&self) -> bool {
-        matches!(
-            self.state,
-            Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf | Chunk::EndLf | Chunk::Done
-        )
     }
 }
 

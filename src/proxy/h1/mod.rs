@@ -528,3 +528,6 @@ pub fn write_own_response(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod random_tests;
