@@ -21,6 +21,7 @@ fn faulty(request_line: &str, _: usize) -> Answer {
     let bytes: &str = match request_line.split(' ').nth(1).unwrap_or("") {
         "/r/switch" => "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
         "/r/length-list" => "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+        "/r/chunk-ext" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
         "/r/cl-and-te" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nSMUGGLED",
         _ => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     };
@@ -332,4 +333,50 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The header policy and the response framing, seen from both ends:
+/// underscore look-alikes of the proxy's special headers never reach the
+/// upstream (a CGI-style backend would read `Transfer_Encoding` as
+/// framing) while other underscored names pass, and a chunked response
+/// reaches the client with canonical chunk lines, no extensions and no
+/// trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_lookalikes_are_dropped_and_chunks_reemitted_canonically() {
+    let good = Backend::spawn("good").await;
+    let raw = RawBackend::spawn(faulty).await;
+    for lean in [true, false] {
+        let dir = TestDir::new();
+        let yaml = config_on_path(
+            &[("good", good.url()), ("raw", raw.url())],
+            EXPERIMENTS,
+            lean,
+        );
+        let cohort = Cohort::start(&dir, &yaml);
+        let req = format!(
+            "{}transfer_encoding: chunked\r\nx_forwarded_for: 6.6.6.6\r\nx_team: blue\r\ncontent-length: 2\r\n\r\nhi",
+            head("POST /predict", "u-1", "")
+        );
+        let got = raw_exchange(cohort.addr, req.as_bytes(), 1).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "lean={lean}: {got}");
+        let seen = good.last_headers();
+        assert!(
+            seen.get("transfer_encoding").is_none(),
+            "lean={lean}: {seen:?}"
+        );
+        assert!(
+            seen.get("x_forwarded_for").is_none(),
+            "lean={lean}: {seen:?}"
+        );
+        assert_eq!(seen["x_team"], "blue", "lean={lean}");
+
+        let got = raw_exchange(
+            cohort.addr,
+            format!("{}\r\n", head("GET /r/chunk-ext", "u-2", "")).as_bytes(),
+            1,
+        )
+        .await;
+        let body = &got[got.find("\r\n\r\n").expect("a head") + 4..];
+        assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "lean={lean}: {got}");
+    }
 }
