@@ -31,7 +31,14 @@ fuzz_target!(|data: &[u8]| {
         false,
     );
     let mut again = ResponseHead::default();
-    assert_eq!(h1::parse_response(&out, head_request, &mut again), Ok(true));
+    let reparsed = h1::parse_response(&out, head_request, &mut again);
+    // The proxy adds up to four headers (date, request id, framing,
+    // connection): a head at the parser's own limits may not fit twice.
+    let at_limits = head.fields.len() + 4 > h1::MAX_HEADERS || out.len() >= h1::MAX_HEAD;
+    if reparsed == Err(h1::BadResponse::TooLarge) && at_limits {
+        return;
+    }
+    assert_eq!(reparsed, Ok(true));
     assert_eq!(again.status, head.status);
     let expect = match framing {
         Framing::UntilClose => Framing::Chunked,
