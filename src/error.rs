@@ -27,8 +27,8 @@ pub enum ProxyError {
     UnsupportedCoding,
     #[error("request target too long")]
     UriTooLong,
-    #[error("request head over {0} bytes")]
-    HeadTooLarge(usize),
+    #[error("request head over the limit (runtime.max_request_head)")]
+    HeadTooLarge,
     #[error("the client did not send its request in time")]
     RequestTimeout,
     #[error("the client closed the connection before the response")]
@@ -135,7 +135,7 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientGone => {
                 StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code")
@@ -161,7 +161,7 @@ impl ProxyError {
             ProxyError::Connect => Cause::MethodNotAllowed,
             ProxyError::UnsupportedCoding => Cause::UnsupportedCoding,
             ProxyError::UriTooLong => Cause::UriTooLong,
-            ProxyError::HeadTooLarge(_) => Cause::HeadTooLarge,
+            ProxyError::HeadTooLarge => Cause::HeadTooLarge,
             ProxyError::RequestTimeout => Cause::RequestTimeout,
             ProxyError::ClientGone => Cause::ClientGone,
             ProxyError::UpstreamConnect(_) => Cause::UpstreamConnect,

@@ -22,6 +22,13 @@
 //! client's own fault (bad framing, a slow or abandoned body) is answered
 //! 4xx and logged as the client's, never as an `upstream_*` error.
 //!
+//! Upgrades are not tunnelled: `Upgrade` is hop-by-hop, so a client's
+//! `Upgrade: websocket` (or `h2c`) is dropped and the request served as a
+//! plain one (RFC 9110 §7.8 lets a server ignore it) — the client gets the
+//! upstream's ordinary answer, never a 101 and a dead connection — and an
+//! upstream's 101 to a request that cannot have asked for one is refused
+//! (502 `upstream_invalid`) on both paths.
+//!
 //! Paths are routed as they arrive, byte for byte: no percent-decoding,
 //! no dot-segment or slash folding (`/%70redict`, `/predict/` and
 //! `//predict` do not match a `/predict` route). Normalising would make

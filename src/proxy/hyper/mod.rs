@@ -93,7 +93,7 @@ pub async fn serve<I>(
         if e.to_string().contains("URI too long") {
             ProxyError::UriTooLong
         } else {
-            ProxyError::HeadTooLarge(0)
+            ProxyError::HeadTooLarge
         }
     } else if e.is_parse() && !e.is_parse_version_h2() {
         // hyper answered 400 itself.

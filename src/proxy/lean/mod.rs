@@ -379,8 +379,7 @@ impl Connection {
         match r {
             Reject::HeadTooLarge => {
                 let _ = self.client.write_all(HEAD_TOO_LARGE).await;
-                let e = ProxyError::HeadTooLarge(self.timeouts.max_head);
-                core::log_unparsed(&self.state, &e);
+                core::log_unparsed(&self.state, &ProxyError::HeadTooLarge);
             }
             Reject::Host => {
                 // The head is whole (only its Host was wrong); its body,
