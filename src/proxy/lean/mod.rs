@@ -625,18 +625,41 @@ async fn try_round_trip(
     head: &mut ResponseHead,
 ) -> Result<(), Failure> {
     buf.clear();
-    write_both(&mut conn.stream, request_head, body)
+    if write_both(&mut conn.stream, request_head, body)
         .await
-        .map_err(|_| Failure::Io {
-            responded: false,
-            sent: false,
-        })?;
+        .is_err()
+    {
+        // An upstream may answer before it has read the whole request (an
+        // early 413) and close: that answer is relayed, as NGINX relays
+        // it, and the connection is not reused (the request was cut).
+        return match read_head(conn, is_head, buf, head, false).await {
+            Ok(()) => {
+                head.close = true;
+                Ok(())
+            }
+            Err(_) => Err(Failure::Io {
+                responded: false,
+                sent: false,
+            }),
+        };
+    }
+    read_head(conn, is_head, buf, head, true).await
+}
+
+/// Reads the final response head into `head`, skipping 1xx answers.
+async fn read_head(
+    conn: &mut Checkout,
+    is_head: bool,
+    buf: &mut BytesMut,
+    head: &mut ResponseHead,
+    sent: bool,
+) -> Result<(), Failure> {
     let mut responded = false;
     loop {
         buf.reserve(READ_CHUNK);
         let failed = Failure::Io {
             responded: responded || !buf.is_empty(),
-            sent: true,
+            sent,
         };
         match conn.stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(failed),

@@ -19,10 +19,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub use self::early::EarlyAnswerConnector;
 use crate::config::UpstreamConfig;
 use crate::proxy::hyper::body::UpstreamBody;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+mod early;
+
+pub type UpstreamClient = Client<EarlyAnswerConnector, UpstreamBody>;
 
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -77,7 +80,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_idle_per_host)
-            .build(connector);
+            .build(EarlyAnswerConnector(connector));
         Upstream {
             authority: config.authority.parse().expect("validated authority"),
             address: std::sync::Arc::from(config.authority.as_str()),
