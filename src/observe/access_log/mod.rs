@@ -16,8 +16,8 @@
 //! SIGUSR1 reopens the file (logrotate). A line that cannot be written is
 //! counted ([`AccessLog::failed_lines`]) and reported, never dropped silently.
 //!
-//! Split by job: [`record`] is the struct filled on the request path,
-//! [`json`] renders it as one line, [`writer`] moves lines to the sink.
+//! Split by job: `record` is the struct filled on the request path,
+//! `json` renders it as one line, `writer` moves lines to the sink.
 
 mod json;
 mod record;

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use self::early::EarlyAnswerConnector;
+pub use self::early::{EarlyAnswerConnector, EarlyIo};
 use crate::config::UpstreamConfig;
 use crate::proxy::hyper::body::UpstreamBody;
 
