@@ -427,3 +427,32 @@ async fn underscore_lookalikes_are_dropped_and_chunks_reemitted_canonically() {
         assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "lean={lean}: {got}");
     }
 }
+
+/// `runtime.max_request_head` is one limit for both paths: a head of the
+/// limit's size is served, one byte more is answered 431 and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_head_limit_is_configurable_and_the_same_on_both_paths() {
+    let good = Backend::spawn("good").await;
+    for lean in [true, false] {
+        let dir = TestDir::new();
+        let ups = [
+            ("good", good.url()),
+            ("raw", good.url()),
+            ("early", good.url()),
+        ];
+        let yaml = config_on_path(&ups, EXPERIMENTS, lean).replace(
+            &format!("http1_fast_path: {lean} }}"),
+            &format!("http1_fast_path: {lean}, max_request_head: 2048 }}"),
+        );
+        let cohort = Cohort::start(&dir, &yaml);
+        let with_pad = |total: usize| {
+            let base = format!("{}x-pad: \r\n\r\n", head("GET /predict", "lim", ""));
+            let pad = "p".repeat(total - base.len());
+            format!("{}x-pad: {pad}\r\n\r\n", head("GET /predict", "lim", ""))
+        };
+        let fits = raw_exchange(cohort.addr, with_pad(2048).as_bytes(), 1).await;
+        assert!(fits.starts_with("HTTP/1.1 200"), "lean={lean}: {fits}");
+        let over = raw_exchange(cohort.addr, with_pad(2049).as_bytes(), 1).await;
+        assert!(over.starts_with("HTTP/1.1 431"), "lean={lean}: {over}");
+    }
+}

@@ -10,7 +10,10 @@
 //! a `Content-Length` body small enough to buffer, no `Expect`, `Upgrade`
 //! or `Transfer-Encoding` — and [`parse_request`] says [`Parsed::Hand`] for
 //! anything else, before a byte is consumed, so hyper serves the rest of
-//! that connection with its full HTTP/1 machinery (and its error answers).
+//! that connection with its full HTTP/1 machinery. A head no path may
+//! serve — over the request head limit, or without exactly one valid Host
+//! — is [`Parsed::Reject`]ed, and the lean path answers it as hyper's path
+//! answers the same request.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -24,8 +27,6 @@ use names::{classify, eq, Forward, Name};
 /// The most a response head may take (a request head's limit is
 /// `runtime.max_request_head`, passed to [`parse_request`]).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The default request head limit.
-pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// The three stamp values (experiment, variant, epoch), as bytes.
 pub type StampBytes<'a> = [&'a [u8]; 3];
