@@ -21,9 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use self::early::{EarlyAnswerConnector, EarlyIo};
 use crate::config::UpstreamConfig;
-use crate::proxy::hyper::body::UpstreamBody;
 
+pub mod body;
 mod early;
+
+use self::body::UpstreamBody;
 
 pub type UpstreamClient = Client<EarlyAnswerConnector, UpstreamBody>;
 
