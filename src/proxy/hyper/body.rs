@@ -1,14 +1,12 @@
-//! Bodies that stream through the proxy, counted on the way.
-//!
-//! [`UpstreamBody`] wraps the client's request body on its way to the
-//! upstream and counts `bytes_in`. [`ResponseBody`] carries either the
-//! upstream's response or a body the proxy made itself, counts `bytes_out`,
-//! and writes the request's access-log line when hyper drops it — after the
-//! last byte went out, or when the client went away — so each response
-//! gets exactly one line with its final size and duration.
+//! The response side of hyper's front end: [`ResponseBody`] carries
+//! either the upstream's response or a body the proxy made itself, counts
+//! `bytes_out`, and writes the request's access-log line (through
+//! [`core::finish`]) when hyper drops it — after the last byte went out,
+//! or when the client went away — so each response gets exactly one line
+//! with its final size and duration. The request side (the client's body
+//! on its way upstream) is [`crate::proxy::upstream::body`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -17,44 +15,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::error::{Cause, CLIENT_CLOSED};
 use crate::observe::access_log::{AccessLog, AccessRecord};
-
-pub struct UpstreamBody {
-    inner: Incoming,
-    bytes: Arc<AtomicU64>,
-}
-
-impl UpstreamBody {
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> UpstreamBody {
-        UpstreamBody { inner, bytes }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use crate::proxy::core;
+pub use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
 
 enum Inner {
     Upstream(Incoming),
@@ -66,7 +30,8 @@ pub struct PendingLog {
     pub log: AccessLog,
     pub record: AccessRecord,
     pub started: Instant,
-    pub bytes_in: Arc<AtomicU64>,
+    /// The request body, for `bytes_in`.
+    pub body: Arc<BodyWatch>,
 }
 
 pub struct ResponseBody {
@@ -147,14 +112,11 @@ impl PendingLog {
     fn finish(self, bytes_out: u64) {
         let PendingLog {
             log,
-            mut record,
+            record,
             started,
-            bytes_in,
+            body,
         } = self;
-        record.bytes_out = bytes_out;
-        record.bytes_in = bytes_in.load(Ordering::Relaxed);
-        record.total_time = started.elapsed();
-        log.record(&record);
+        core::finish(&log, record, started.elapsed(), body.bytes(), bytes_out);
     }
 }
 
@@ -162,7 +124,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
             if self.upstream_failed {
-                p.record.error = Some("upstream_body");
+                p.record.error = Some(Cause::UpstreamBody);
             }
             p.finish(self.bytes_out);
         }
@@ -189,8 +151,8 @@ impl CancelLog {
 impl Drop for CancelLog {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
-            p.record.status = 499;
-            p.record.error = Some("client_gone");
+            p.record.status = CLIENT_CLOSED;
+            p.record.error = Some(Cause::ClientGone);
             p.finish(0);
         }
     }

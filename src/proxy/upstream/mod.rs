@@ -19,10 +19,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::UpstreamBody;
+pub use self::early::{EarlyAnswerConnector, EarlyIo};
 use crate::config::UpstreamConfig;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub mod body;
+mod early;
+
+use self::body::UpstreamBody;
+
+pub type UpstreamClient = Client<EarlyAnswerConnector, UpstreamBody>;
 
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -77,7 +82,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_idle_per_host)
-            .build(connector);
+            .build(EarlyAnswerConnector(connector));
         Upstream {
             authority: config.authority.parse().expect("validated authority"),
             address: std::sync::Arc::from(config.authority.as_str()),
