@@ -7,7 +7,7 @@
 use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     // The client's fault: 4xx, never stamped as an upstream failure.
     #[error("no experiment or default_upstream serves {0}")]
     NoRoute(String),
@@ -121,10 +121,10 @@ impl Cause {
 
 /// 499: nginx's code for "the client closed the connection"; never sent,
 /// only logged.
-pub const CLIENT_CLOSED: u16 = 499;
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::MissingUnit(_)
@@ -150,7 +150,7 @@ impl ProxyError {
     }
 
     /// A stable machine-readable cause, for the JSON body and the log.
-    pub fn cause(&self) -> Cause {
+    pub(crate) fn cause(&self) -> Cause {
         match self {
             ProxyError::NoRoute(_) => Cause::NoRoute,
             ProxyError::MissingUnit(_) => Cause::MissingUnit,
@@ -176,11 +176,11 @@ impl ProxyError {
 
     /// Whether the connection must close after answering: the request's
     /// framing (or the client) can no longer be trusted.
-    pub fn closes(&self) -> bool {
+    pub(crate) fn closes(&self) -> bool {
         self.cause().is_client_fault()
     }
 
-    pub fn body(&self, request_id: &str) -> String {
+    pub(crate) fn body(&self, request_id: &str) -> String {
         serde_json::json!({
             "error": self.cause().as_str(),
             "message": self.to_string(),

@@ -17,13 +17,13 @@
 //! snapshot. [`config`] and [`assign`] never import each other; what both
 //! speak lives in [`terms`].
 
-pub mod admin;
+mod admin;
 pub mod assign;
 pub mod commands;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod observe;
+mod error;
+mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod snapshot;

@@ -57,10 +57,10 @@ use crate::observe::access_log::{AccessLog, AccessRecord, LoggedUnit};
 use crate::snapshot::{ExperimentRoute, Snapshot, Target};
 use crate::state::State;
 
-pub const STAMP_EXPERIMENT: HeaderName = HeaderName::from_static("x-cohort-experiment");
-pub const STAMP_VARIANT: HeaderName = HeaderName::from_static("x-cohort-variant");
-pub const STAMP_EPOCH: HeaderName = HeaderName::from_static("x-cohort-epoch");
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const STAMP_EXPERIMENT: HeaderName = HeaderName::from_static("x-cohort-experiment");
+pub(crate) const STAMP_VARIANT: HeaderName = HeaderName::from_static("x-cohort-variant");
+pub(crate) const STAMP_EPOCH: HeaderName = HeaderName::from_static("x-cohort-epoch");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
 /// How often a new unit is re-assigned when a reload overtook it (1 ms apart).
 const STALE_RETRIES: u32 = 100;
@@ -69,21 +69,21 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the response (and the upstream request) is stamped with.
-pub struct Stamps {
+pub(crate) struct Stamps {
     pub experiment: HeaderValue,
     pub variant: HeaderValue,
     pub epoch: HeaderValue,
 }
 
 impl Stamps {
-    pub fn apply(&self, h: &mut HeaderMap) {
+    pub(crate) fn apply(&self, h: &mut HeaderMap) {
         h.insert(STAMP_EXPERIMENT, self.experiment.clone());
         h.insert(STAMP_VARIANT, self.variant.clone());
         h.insert(STAMP_EPOCH, self.epoch.clone());
     }
 
     /// The values as the byte writers take them.
-    pub fn bytes(&self) -> StampBytes<'_> {
+    pub(crate) fn bytes(&self) -> StampBytes<'_> {
         [
             self.experiment.as_bytes(),
             self.variant.as_bytes(),
@@ -93,13 +93,13 @@ impl Stamps {
 }
 
 /// Facts about the client connection, computed once per connection.
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's IP, ready to append to `x-forwarded-for`.
     pub ip: HeaderValue,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Peer {
         Peer {
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a header value"),
         }
@@ -108,7 +108,7 @@ impl Peer {
 
 /// Request headers as either front end holds them: hyper's `HeaderMap`,
 /// or the lean HTTP/1 path's parsed head.
-pub trait HeaderLookup {
+pub(crate) trait HeaderLookup {
     /// Every value of `name`, in order.
     fn each<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
 
@@ -135,7 +135,7 @@ impl HeaderLookup for h1::Request<'_> {
 /// exactly one valid Host (400, RFC 9112 §3.2), and a transfer coding
 /// other than chunked (501, RFC 9112 §6.1). The lean path's parser
 /// applies the Host rule itself and hands the rest to hyper's path.
-pub fn check_request(
+pub(crate) fn check_request(
     method: &Method,
     http11: bool,
     headers: &impl HeaderLookup,
@@ -159,7 +159,7 @@ pub fn check_request(
 }
 
 /// The client's `x-request-id` when it is usable, else a fresh one.
-pub fn request_id(state: &State, headers: &impl HeaderLookup) -> HeaderValue {
+pub(crate) fn request_id(state: &State, headers: &impl HeaderLookup) -> HeaderValue {
     headers
         .header(&REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128)
@@ -168,13 +168,13 @@ pub fn request_id(state: &State, headers: &impl HeaderLookup) -> HeaderValue {
 }
 
 /// Where a request goes: the upstream, and the stamps on an experiment route.
-pub struct Routed {
+pub(crate) struct Routed {
     pub upstream: Arc<Upstream>,
     pub stamps: Option<Stamps>,
 }
 
 /// A request the proxy answers itself, still stamped on an experiment route.
-pub struct Refused {
+pub(crate) struct Refused {
     pub error: ProxyError,
     pub stamps: Option<Stamps>,
 }
@@ -189,7 +189,7 @@ impl From<ProxyError> for Refused {
 }
 
 /// Routes a request by path and assigns its unit, filling in `rec`.
-pub async fn route_request(
+pub(crate) async fn route_request(
     state: &State,
     snap: Arc<Snapshot>,
     path: &str,
@@ -328,7 +328,7 @@ fn logged_unit(how: &LogUnit, unit: &[u8]) -> LoggedUnit {
 
 /// How an exchange with an upstream failed, as either front end saw it.
 #[derive(Debug)]
-pub enum UpstreamFailure {
+pub(crate) enum UpstreamFailure {
     /// No connection within `connect_timeout`.
     ConnectTimeout,
     /// Refused or unreachable.
@@ -345,7 +345,7 @@ pub enum UpstreamFailure {
 
 /// The one mapping from an upstream failure to the error answered and
 /// logged (status by [`ProxyError::status`]).
-pub fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyError {
+pub(crate) fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyError {
     let name = upstream.config.name.clone();
     match f {
         UpstreamFailure::ConnectTimeout => {
@@ -368,7 +368,7 @@ pub fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyError {
 /// `x-forwarded-for` gains the client's IP; `x-forwarded-proto`, the
 /// stamps and the request id are set. (`host` itself comes from the
 /// upstream URI hyper's client writes.)
-pub fn rewrite_upstream_headers(
+pub(crate) fn rewrite_upstream_headers(
     h: &mut HeaderMap,
     peer: &Peer,
     stamps: Option<&Stamps>,
@@ -404,7 +404,7 @@ pub fn rewrite_upstream_headers(
 /// [`h1::write_client_head`] does: names listed in Connection, hop-by-hop
 /// headers and the upstream's stamps or request id dropped; the proxy's
 /// stamps and request id set.
-pub fn rewrite_response_headers(
+pub(crate) fn rewrite_response_headers(
     h: &mut HeaderMap,
     stamps: Option<&Stamps>,
     request_id: &HeaderValue,
@@ -454,7 +454,7 @@ fn retain(h: &mut HeaderMap, keep: impl Fn(&[u8]) -> bool) {
 
 /// One of the proxy's own answers (an error, as JSON): what either front
 /// end writes, its way.
-pub struct ErrorAnswer {
+pub(crate) struct ErrorAnswer {
     pub status: http::StatusCode,
     pub body: String,
     /// The connection closes after it.
@@ -463,7 +463,7 @@ pub struct ErrorAnswer {
 
 impl ErrorAnswer {
     /// Fills `rec` with `e`'s status and cause, and makes the answer.
-    pub fn new(e: &ProxyError, rec: &mut AccessRecord) -> ErrorAnswer {
+    pub(crate) fn new(e: &ProxyError, rec: &mut AccessRecord) -> ErrorAnswer {
         let status = e.status();
         rec.status = status.as_u16();
         rec.error = Some(e.cause());
@@ -477,7 +477,7 @@ impl ErrorAnswer {
 
 /// Completes `rec` with the final sizes and duration and logs it: the one
 /// way a request's access-log line is written.
-pub fn finish(
+pub(crate) fn finish(
     log: &AccessLog,
     mut rec: AccessRecord,
     took: Duration,
@@ -492,7 +492,7 @@ pub fn finish(
 
 /// Logs an answer the HTTP/1 layer made before a request head could be
 /// read whole (400, 408, 431...): no method, path or routing to tell.
-pub fn log_unparsed(state: &State, e: &ProxyError) {
+pub(crate) fn log_unparsed(state: &State, e: &ProxyError) {
     let mut rec = AccessRecord::unparsed(
         std::time::SystemTime::now(),
         state.next_request_id(),

@@ -19,7 +19,7 @@ use crate::state::State;
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
 /// requests; `timeouts` bound how long clients may take. Returns the number of connections cut at the deadline.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,

@@ -12,9 +12,9 @@
 //! Imports run one way: `listener` -> `lean`, `hyper` -> `core` -> `h1`,
 //! `upstream`; `h1` imports nothing from the proxy.
 
-pub mod core;
+pub(crate) mod core;
 pub mod h1;
-pub mod hyper;
-pub mod lean;
-pub mod listener;
-pub mod upstream;
+pub(crate) mod hyper;
+pub(crate) mod lean;
+pub(crate) mod listener;
+pub(crate) mod upstream;

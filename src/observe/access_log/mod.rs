@@ -23,8 +23,8 @@ mod json;
 mod record;
 mod writer;
 
-pub use record::{AccessRecord, LoggedUnit, SCHEMA_VERSION};
-pub use writer::{AccessLog, MAX_PENDING};
+pub(crate) use record::{AccessRecord, LoggedUnit};
+pub(crate) use writer::AccessLog;
 
 #[cfg(test)]
 pub(crate) use record::tests::sample as sample_record;

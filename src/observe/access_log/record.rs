@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::error::Cause;
 
 /// Bumped when a field changes meaning or is removed (adding one is not).
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// One request, as the warehouse sees it. Field meanings are documented in
 /// docs/access-log.md. The fields are cheap to fill on the request path

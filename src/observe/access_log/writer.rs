@@ -18,7 +18,7 @@ const BUFFER: usize = 64 * 1024;
 /// Per thread, what may wait for the writer: about 30 s of this thread's
 /// lines at 50k requests/s, far more than a healthy disk ever lags by.
 /// (The buffer grows by doubling, so its memory can reach twice this.)
-pub const MAX_PENDING: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 enum Msg {
     Reopen,

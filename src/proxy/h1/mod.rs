@@ -39,17 +39,24 @@ pub const MAX_LEAN_BODY: usize = 256 * 1024;
 /// One header of a head, as offsets into the bytes it was parsed from.
 #[derive(Clone, Debug)]
 pub struct Field {
+    /// The header name's bytes.
     pub name: Range<usize>,
+    /// The value's bytes, without surrounding whitespace.
     pub value: Range<usize>,
 }
 
 /// A parsed request head, as offsets into the connection's buffer.
 #[derive(Default, Debug)]
 pub struct RequestHead {
+    /// The method token's bytes.
     pub method: Range<usize>,
+    /// The request target's bytes (origin form: path and query).
     pub target: Range<usize>,
+    /// Every header, in order.
     pub fields: Vec<Field>,
+    /// Bytes from the request line through the blank line.
     pub head_len: usize,
+    /// Bytes of body that follow the head (`Content-Length`; 0 if none).
     pub body_len: usize,
     /// The client asked to close after this exchange.
     pub close: bool,
@@ -182,10 +189,12 @@ pub fn response_length<'a>(
     Ok(length)
 }
 
-/// The lean path's own answers to a request it cannot read whole, as
-/// hyper's path sends them.
+/// The lean path's own answer to a request it cannot read whole (bad
+/// framing), as hyper's path sends it; the connection closes.
 pub const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// The lean path's answer to a request whose head or body stalled past
+/// its timeout, as hyper's path sends it; the connection closes.
 pub const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
@@ -198,14 +207,18 @@ fn parse_length(v: &[u8]) -> Option<usize> {
 
 /// A request head together with the bytes it indexes.
 pub struct Request<'a> {
+    /// The buffer the head was parsed from (head and buffered body).
     pub bytes: &'a [u8],
+    /// Offsets into `bytes`.
     pub head: &'a RequestHead,
 }
 
 impl Request<'_> {
+    /// The method token, e.g. `POST`.
     pub fn method(&self) -> &[u8] {
         &self.bytes[self.head.method.clone()]
     }
+    /// The request target as sent: path and query.
     pub fn target(&self) -> &[u8] {
         &self.bytes[self.head.target.clone()]
     }
@@ -216,6 +229,7 @@ impl Request<'_> {
         // httparse admits only visible ASCII in a target.
         std::str::from_utf8(&t[..end]).unwrap_or("/")
     }
+    /// The buffered body (`body_len` bytes after the head).
     pub fn body(&self) -> &[u8] {
         let start = self.head.head_len;
         &self.bytes[start..start + self.head.body_len]
@@ -241,9 +255,13 @@ impl Request<'_> {
 
 /// What the proxy adds to a request on its way upstream.
 pub struct Hop<'a> {
+    /// The upstream's `host:port`: the new `Host`.
     pub authority: &'a str,
+    /// The `x-cohort-*` stamps, on an experiment route.
     pub stamps: Option<StampBytes<'a>>,
+    /// The `x-request-id` to send (the client's, or a new one).
     pub request_id: &'a [u8],
+    /// The client's IP, appended to `x-forwarded-for`.
     pub peer_ip: &'a [u8],
 }
 
@@ -310,7 +328,9 @@ fn stamps(out: &mut Vec<u8>, [experiment, variant, epoch]: StampBytes<'_>) {
 pub enum Framing {
     /// No body (a HEAD answer, 204, 304).
     Empty,
+    /// Exactly this many bytes (`Content-Length`).
     Length(u64),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
     /// Until the upstream closes the connection.
     UntilClose,
@@ -319,10 +339,15 @@ pub enum Framing {
 /// A parsed response head, as offsets into the upstream read buffer.
 #[derive(Default, Debug)]
 pub struct ResponseHead {
+    /// The status code (100..=999).
     pub status: u16,
+    /// The reason phrase's bytes (may be empty).
     pub reason: Range<usize>,
+    /// Every header, in order.
     pub fields: Vec<Field>,
+    /// Bytes from the status line through the blank line.
     pub head_len: usize,
+    /// How the body is delimited; `None` for an interim (1xx) response.
     pub framing: Option<Framing>,
     /// The upstream will close the connection after this response.
     pub close: bool,
@@ -333,14 +358,20 @@ pub struct ResponseHead {
 /// A response head the upstream sent that the proxy cannot pass on.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum BadResponse {
+    /// Not a valid HTTP/1.1 status line and headers.
     #[error("malformed response head")]
     Malformed,
+    /// Longer than the parser's limit.
     #[error("response head over {MAX_HEAD} bytes")]
     TooLarge,
+    /// Several or invalid `Content-Length` values (even equal ones).
     #[error("conflicting content-length")]
     Length,
+    /// A 101 to a request that asked for no upgrade.
     #[error("a protocol switch the proxy never asked for")]
     Switch,
+    /// `Content-Length` and `Transfer-Encoding` together (RFC 9112 §6.3:
+    /// a smuggling shape; the connection is never reused).
     #[error("both content-length and transfer-encoding")]
     Ambiguous,
 }

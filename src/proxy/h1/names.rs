@@ -8,21 +8,33 @@
 /// The header names the proxy treats specially.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Name {
+    /// `content-length`.
     ContentLength,
+    /// `transfer-encoding`.
     TransferEncoding,
+    /// `connection`.
     Connection,
+    /// `upgrade`.
     Upgrade,
+    /// `expect`.
     Expect,
+    /// `host`.
     Host,
+    /// `date`.
     Date,
     /// Other headers that concern one hop only (RFC 9110 §7.6.1).
     HopByHop,
     /// `x-cohort-*`: only the proxy sets these.
     Stamp,
+    /// `x-forwarded-for`.
     XForwardedFor,
+    /// `x-forwarded-host`.
     XForwardedHost,
+    /// `x-forwarded-proto`.
     XForwardedProto,
+    /// `x-request-id`.
     XRequestId,
+    /// Any other header: passed on unchanged.
     Other,
 }
 
@@ -81,7 +93,9 @@ pub fn is_stamp(name: &[u8]) -> bool {
 /// What becomes of a client's request header on its way upstream.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Forward {
+    /// Passed on as it is.
     Keep,
+    /// Not passed on (hop-by-hop, a stamp, or a look-alike of one).
     Drop,
     /// `host`: the upstream's replaces it; the client's goes on as
     /// `x-forwarded-host`.

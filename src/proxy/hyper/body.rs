@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use crate::error::{Cause, CLIENT_CLOSED};
 use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::proxy::core;
-pub use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
+pub(crate) use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
 
 enum Inner {
     Upstream(Incoming),
@@ -26,7 +26,7 @@ enum Inner {
 }
 
 /// The access-log line of a response, completed when its body ends.
-pub struct PendingLog {
+pub(crate) struct PendingLog {
     pub log: AccessLog,
     pub record: AccessRecord,
     pub started: Instant,
@@ -34,7 +34,7 @@ pub struct PendingLog {
     pub body: Arc<BodyWatch>,
 }
 
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
     /// The upstream's body failed mid-stream: the client got a cut response.
@@ -43,7 +43,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> ResponseBody {
+    pub(crate) fn upstream(body: Incoming) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             bytes_out: 0,
@@ -52,7 +52,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody {
             inner: Inner::Full(Some(bytes.into())),
             bytes_out: 0,
@@ -61,7 +61,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn with_log(mut self, pending: PendingLog) -> ResponseBody {
+    pub(crate) fn with_log(mut self, pending: PendingLog) -> ResponseBody {
         self.pending = Some(pending);
         self
     }
@@ -135,15 +135,15 @@ impl Drop for ResponseBody {
 /// (the client went away while the upstream was answering): status 499,
 /// error `client_gone`. Without it a unit's first exposure could vanish
 /// from the log while its assignment is stored.
-pub struct CancelLog(Option<PendingLog>);
+pub(crate) struct CancelLog(Option<PendingLog>);
 
 impl CancelLog {
-    pub fn new(p: PendingLog) -> CancelLog {
+    pub(crate) fn new(p: PendingLog) -> CancelLog {
         CancelLog(Some(p))
     }
 
     /// The handler produced a response; that response logs the request.
-    pub fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }

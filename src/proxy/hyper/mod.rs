@@ -7,7 +7,7 @@
 //! happened to [`core`]'s errors and access record. It is generic over
 //! the request body, so it is unit-tested without sockets.
 
-pub mod body;
+pub(crate) mod body;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,7 +34,7 @@ use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
 /// What the handler knows of its connection, made once per connection.
-pub struct Conn {
+pub(crate) struct Conn {
     pub peer: Peer,
     /// How long the client may pause while sending a request body.
     pub body_timeout: Duration,
@@ -45,7 +45,7 @@ pub struct Conn {
 /// itself (a malformed or oversized head, a head that took too long) get
 /// an access-log line here, and a head that timed out part-way gets the
 /// 408 the lean path sends too.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<State>,
@@ -106,7 +106,7 @@ pub async fn serve<I>(
 
 /// The service: check, route, assign, forward, stamp, and leave one
 /// access-log record.
-pub async fn handle<B>(
+pub(crate) async fn handle<B>(
     state: Arc<State>,
     conn: Arc<Conn>,
     req: Request<B>,

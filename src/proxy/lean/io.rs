@@ -34,7 +34,7 @@ impl Deadline {
 
 /// The client socket with the bytes the lean path already read put back
 /// in front, for hyper to serve.
-pub struct Rewind {
+pub(crate) struct Rewind {
     pub(super) rest: Bytes,
     pub(super) io: TcpStream,
 }

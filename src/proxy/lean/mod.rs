@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::io::Deadline;
-pub use self::io::Rewind;
+pub(crate) use self::io::Rewind;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, ResponseHead};
 use super::upstream::{Checkout, ConnectError, Upstream};
@@ -44,13 +44,13 @@ use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
 /// The old name of [`ClientLimits`].
-pub type ClientTimeouts = ClientLimits;
+pub(crate) type ClientTimeouts = ClientLimits;
 
 /// How long a client may take and how much head it may send, from
 /// `runtime.client_*_timeout` and `runtime.max_request_head`; both front
 /// ends hold clients to these.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientLimits {
+pub(crate) struct ClientLimits {
     /// Idle between requests on a keep-alive connection.
     pub idle: Duration,
     /// For a request head, from its first byte (hyper's
@@ -64,7 +64,7 @@ pub struct ClientLimits {
 }
 
 impl ClientLimits {
-    pub fn of(r: &crate::config::RuntimeConfig) -> ClientLimits {
+    pub(crate) fn of(r: &crate::config::RuntimeConfig) -> ClientLimits {
         ClientLimits {
             idle: r.client_idle_timeout,
             header: r.client_header_timeout,
@@ -77,10 +77,10 @@ impl ClientLimits {
 const READ_CHUNK: usize = 8 * 1024;
 const COPY_BODY_UP_TO: usize = 4 * 1024;
 /// How far ahead of the bytes received a body buffer may grow.
-pub const GROW_BY: usize = 64 * 1024;
+pub(crate) const GROW_BY: usize = 64 * 1024;
 
 /// How the lean path let go of a connection.
-pub enum LeanExit {
+pub(crate) enum LeanExit {
     /// It is closed (or will be, when dropped).
     Closed,
     /// Its next request is not for the lean path: hyper's front end
@@ -89,7 +89,7 @@ pub enum LeanExit {
 }
 
 /// A connection for hyper's front end, with the bytes already read.
-pub struct HandOff {
+pub(crate) struct HandOff {
     pub io: Rewind,
     pub stop: watch::Receiver<bool>,
     pub state: Arc<State>,
@@ -99,7 +99,7 @@ pub struct HandOff {
 
 /// Serves one client connection until it closes or until a request the
 /// lean path does not take, which it hands back untouched.
-pub async fn serve(
+pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     state: Arc<State>,

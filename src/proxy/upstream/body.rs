@@ -15,11 +15,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a client's request body failed.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum BodyFault {
+pub(crate) enum BodyFault {
     /// Its framing was broken (a bad chunk line or size): 400.
     Framing,
     /// The client paused longer than `client_body_timeout`: 408.
@@ -31,22 +31,22 @@ pub enum BodyFault {
 /// What the handler learns of the request body as it streams: its size,
 /// whether it ended, and how it failed.
 #[derive(Default)]
-pub struct BodyWatch {
+pub(crate) struct BodyWatch {
     bytes: AtomicU64,
     ended: AtomicBool,
     fault: AtomicU8,
 }
 
 impl BodyWatch {
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         self.ended.load(Ordering::Relaxed)
     }
 
-    pub fn fault(&self) -> Option<BodyFault> {
+    pub(crate) fn fault(&self) -> Option<BodyFault> {
         match self.fault.load(Ordering::Relaxed) {
             1 => Some(BodyFault::Framing),
             2 => Some(BodyFault::Timeout),
@@ -68,7 +68,7 @@ impl BodyWatch {
 /// Why a body read failed, from the error's source chain: hyper reports
 /// broken chunked framing as `InvalidData`/`InvalidInput` I/O errors, and a
 /// body cut short as `UnexpectedEof` or an incomplete message.
-pub fn classify_body_error(e: &(dyn std::error::Error + 'static)) -> BodyFault {
+pub(crate) fn classify_body_error(e: &(dyn std::error::Error + 'static)) -> BodyFault {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -91,11 +91,11 @@ pub fn classify_body_error(e: &(dyn std::error::Error + 'static)) -> BodyFault {
 /// The client paused its body longer than `client_body_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the client paused its request body longer than the body timeout")]
-pub struct BodyTimedOut;
+pub(crate) struct BodyTimedOut;
 
 type DynBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: DynBody,
     watch: Arc<BodyWatch>,
     timeout: Duration,
@@ -105,7 +105,7 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new<B>(inner: B, watch: Arc<BodyWatch>, timeout: Duration) -> UpstreamBody
+    pub(crate) fn new<B>(inner: B, watch: Arc<BodyWatch>, timeout: Duration) -> UpstreamBody
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,

@@ -26,7 +26,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// [`HttpConnector`], handing out [`EarlyIo`] sockets.
 #[derive(Clone)]
-pub struct EarlyAnswerConnector(pub HttpConnector);
+pub(crate) struct EarlyAnswerConnector(pub HttpConnector);
 
 impl tower_service::Service<Uri> for EarlyAnswerConnector {
     type Response = EarlyIo;
@@ -50,7 +50,7 @@ impl tower_service::Service<Uri> for EarlyAnswerConnector {
 }
 
 /// An upstream socket whose writes after the peer closed are dropped.
-pub struct EarlyIo {
+pub(crate) struct EarlyIo {
     io: TokioIo<TcpStream>,
     /// A write found the peer gone: later writes are dropped.
     peer_closed: bool,
