@@ -10,7 +10,7 @@
 //! Lines of one thread keep their order; lines of different threads
 //! interleave by collection (each line carries its `ts`).
 //!
-//! A thread's buffer holds at most [`MAX_PENDING`] bytes: past that (the
+//! A thread's buffer holds at most [`writer::MAX_PENDING`] bytes: past that (the
 //! disk cannot keep up) lines are counted as failed instead of growing
 //! memory without bound. On shutdown every buffer is collected and flushed;
 //! SIGUSR1 reopens the file (logrotate). A line that cannot be written is
