@@ -101,6 +101,7 @@ const RUNTIME: Shape = Fields(&[
     ("client_idle_timeout", Leaf),
     ("client_header_timeout", Leaf),
     ("client_body_timeout", Leaf),
+    ("max_request_head", Leaf),
     ("shutdown_timeout", Leaf),
 ]);
 
@@ -286,7 +287,7 @@ experiments:
     coverage: 0.5
     overrides: { control: [alice] }
     overrides_file: o.yaml
-runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, shutdown_timeout: 1s }
+runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
 ";
 

@@ -11,11 +11,11 @@ mod load;
 mod process;
 mod redis;
 
-pub use backends::*;
-pub use clients::*;
-pub use load::*;
-pub use process::*;
-pub use redis::*;
+pub(crate) use backends::*;
+pub(crate) use clients::*;
+pub(crate) use load::*;
+pub(crate) use process::*;
+pub(crate) use redis::*;
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Whether `redis-server` is installed (`.ci/run` installs it).
-pub fn redis_available() -> bool {
+pub(crate) fn redis_available() -> bool {
     Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -33,8 +33,8 @@ fn free_port() -> u16 {
 }
 
 /// One `redis-server` process.
-pub struct RedisServer {
-    pub port: u16,
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
@@ -42,12 +42,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A standalone server with AOF on (`appendfsync always`).
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
     }
 
     /// A server with extra `redis-server` arguments.
-    pub fn start_with(extra: &[&str]) -> RedisServer {
+    pub(crate) fn start_with(extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
@@ -78,13 +78,13 @@ impl RedisServer {
     }
 
     /// `redis://127.0.0.1:PORT/0`
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// Runs `redis-cli` against this server (with its `--requirepass`,
     /// if any); returns its stdout.
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let pass = self
             .extra
             .iter()
@@ -94,7 +94,7 @@ impl RedisServer {
     }
 
     /// SIGKILL (no save on shutdown: only what AOF had is kept).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -102,7 +102,7 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port and data directory.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
@@ -128,12 +128,12 @@ fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
 }
 
 /// Three masters joined into one Redis Cluster (no replicas).
-pub struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
+pub(crate) struct RedisCluster {
+    pub(crate) nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    pub fn start() -> RedisCluster {
+    pub(crate) fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with(&[
@@ -175,7 +175,7 @@ impl RedisCluster {
     }
 
     /// The seed URLs.
-    pub fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| n.url().replace("/0", ""))
@@ -183,7 +183,7 @@ impl RedisCluster {
     }
 
     /// Keys held by each node matching `pattern`.
-    pub fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
+    pub(crate) fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
         self.nodes
             .iter()
             .map(|n| n.cli(&["--scan", "--pattern", pattern]).lines().count())
@@ -193,14 +193,14 @@ impl RedisCluster {
 
 /// The standard test config `yaml` with its `store:` line replaced by a
 /// Redis store block (`store` is the YAML flow mapping's inside).
-pub fn with_store(yaml: &str, store: &str) -> String {
+pub(crate) fn with_store(yaml: &str, store: &str) -> String {
     yaml.replace("store: { path: ./data }", &format!("store: {{ {store} }}"))
 }
 
 /// [`with_store`] on one Redis server. The timeout is generous: on a
 /// loaded 2-core CI machine a 50 ms bound would send tests that are not
 /// about degraded mode into it (the degraded tests set their own).
-pub fn with_redis(yaml: &str, url: &str, prefix: &str) -> String {
+pub(crate) fn with_redis(yaml: &str, url: &str, prefix: &str) -> String {
     with_store(
         yaml,
         &format!("kind: redis, url: '{url}', key_prefix: {prefix}, timeout: 2s"),
