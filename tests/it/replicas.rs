@@ -328,6 +328,16 @@ async fn redis_killed_under_load_fails_no_request_with_serve_by_hash_and_loses_n
         "the outage was not noticed: {}",
         a.stderr()
     );
+    // The lines served by hash are flagged, and only new units' lines.
+    let log = log_lines(&_dir_a, load.sent());
+    let degraded: Vec<_> = log.iter().filter(|l| l["store_degraded"] == true).collect();
+    assert!(!degraded.is_empty(), "no line flagged store_degraded");
+    for l in &degraded {
+        assert_eq!(l["status"], 200);
+        assert!(l["unit"].as_str().unwrap().starts_with("outage-"), "{l}");
+        assert_eq!(l["epoch"], 1);
+    }
+    assert!(a.count_log("degraded_total=") > 0, "{}", a.stderr());
     // After recovery a fresh replica (empty cache) finds every unit stored
     // before the outage unchanged (AOF with appendfsync always), and the
     // units served degraded were written back by the contract hash.

@@ -183,6 +183,7 @@ impl RedisStore {
         store.refresh_ledger().await?;
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
+            let mut reported = 0;
             loop {
                 tokio::time::sleep(LEDGER_POLL).await;
                 let Some(s) = weak.upgrade() else { return };
@@ -193,6 +194,15 @@ impl RedisStore {
                     tracing::debug!(error = %e, "shared ledger poll failed");
                 }
                 s.write_back().await;
+                let degraded = s.degraded_total.load(Ordering::Relaxed);
+                if degraded != reported {
+                    tracing::warn!(
+                        degraded_total = degraded,
+                        pending_write_back = s.pending(),
+                        "new units served by hash while the redis store was unavailable (store_degraded)"
+                    );
+                    reported = degraded;
+                }
             }
         });
         Ok(store)
