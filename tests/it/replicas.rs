@@ -566,3 +566,46 @@ async fn a_password_from_a_file_and_wait_replicas_hold_a_response_for_a_redis_re
         .await;
     assert_eq!(r.status, 503, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_units_stay_sticky_across_a_ramp_and_a_kill_9_of_a_replica() {
+    need_redis!();
+    let cluster = RedisCluster::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+    let store = format!(
+        "kind: redis, urls: [{}], key_prefix: t10, timeout: 2s",
+        urls.join(", ")
+    );
+    let before = with_store(&config(&ups, &ranker("50", "50")), &store);
+    let after = with_store(&config(&ups, &ranker("20", "80")), &store);
+    let dir = TestDir::new();
+    let a = Cohort::start(&dir, &before);
+    let client = TestClient::new();
+    let mut want = HashMap::new();
+    for u in users("k1", 200) {
+        let r = client.post(a.addr, "/predict", Some(&u)).await;
+        want.insert(u, (r.variant().to_string(), r.epoch()));
+    }
+    dir.write_config(&after);
+    a.wait_reloads(1);
+    for u in users("k2", 200) {
+        let r = client.post(a.addr, "/predict", Some(&u)).await;
+        assert_eq!(r.epoch(), 2);
+        want.insert(u, (r.variant().to_string(), r.epoch()));
+    }
+    a.kill9();
+    // The replica comes back (and a second one joins): every unit as it
+    // was, whichever replica serves it, and the ledger is not restarted.
+    let a = Cohort::start_existing(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    let (_db, b) = replica(&after);
+    for (u, w) in &want {
+        for addr in [a.addr, b.addr] {
+            let r = client.post(addr, "/predict", Some(u)).await;
+            assert_eq!((r.variant().to_string(), r.epoch()), *w, "{u}");
+        }
+    }
+    let r = client.post(b.addr, "/predict", Some("k3")).await;
+    assert_eq!(r.epoch(), 2);
+}
