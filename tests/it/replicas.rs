@@ -609,3 +609,111 @@ async fn on_a_cluster_units_stay_sticky_across_a_ramp_and_a_kill_9_of_a_replica(
     let r = client.post(b.addr, "/predict", Some("k3")).await;
     assert_eq!(r.epoch(), 2);
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// openssl CLI in `dir`; false when openssl is missing.
+fn make_certs(dir: &std::path::Path) -> bool {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cohort-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_private_ca_from_tls_ca_file() {
+    need_redis!();
+    let dir = TestDir::new();
+    if !make_certs(dir.path()) {
+        eprintln!("openssl not installed: skipped");
+        return;
+    }
+    let tls_port = free_port().to_string();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (p("srv.pem"), p("srv.key"), p("ca.pem"));
+    let _redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let yaml = with_store(
+        &config(&ups, &ranker("50", "50")),
+        &format!(
+            "kind: redis, url: 'rediss://127.0.0.1:{tls_port}/0', key_prefix: t11, tls_ca_file: ca.pem, timeout: 2s"
+        ),
+    );
+    let a = Cohort::start(&dir, &yaml);
+    let (_db, b) = replica(&yaml.replace("tls_ca_file: ca.pem", &format!("tls_ca_file: {ca}")));
+    let client = TestClient::new();
+    for u in users("tls", 20) {
+        let ra = client.post(a.addr, "/predict", Some(&u)).await;
+        let rb = client.post(b.addr, "/predict", Some(&u)).await;
+        assert_eq!(ra.status, 200, "{ra:?}");
+        assert_eq!((ra.variant(), ra.epoch()), (rb.variant(), rb.epoch()));
+    }
+    // Without the CA the server's certificate is not trusted: no start.
+    let plain = TestDir::new();
+    plain.write_config(&yaml.replace(", tls_ca_file: ca.pem", ""));
+    let Err((_, log)) = Cohort::start_existing(&plain) else {
+        panic!("started without trusting the server's CA")
+    };
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}

@@ -19,7 +19,7 @@ pub(crate) fn redis_available() -> bool {
 }
 
 /// A free loopback port whose cluster-bus twin (port + 10000) is free too.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
