@@ -68,6 +68,10 @@ use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, Varia
 /// Queued degraded assignments are retried as often.
 pub const LEDGER_POLL: Duration = Duration::from_millis(250);
 
+/// Degraded assignments kept for write-back at most (about 100 bytes
+/// each); beyond it new ones are served but not queued.
+const MAX_PENDING: usize = 1_000_000;
+
 /// The ledger CAS: append `ARGV[2..]` if the list still has `ARGV[1]`
 /// entries; returns the new length, or -1 when another replica appended
 /// first.
@@ -147,6 +151,8 @@ pub struct RedisStore {
     born: Instant,
     /// Requests served degraded so far.
     pub degraded_total: AtomicU64,
+    /// Degraded assignments not queued because the queue was full.
+    dropped_write_backs: AtomicU64,
     version: watch::Sender<u64>,
     /// Serialises this replica's ledger reads and appends.
     ledger_io: tokio::sync::Mutex<()>,
@@ -177,6 +183,7 @@ impl RedisStore {
             backoff_ms: AtomicU64::new(0),
             born: Instant::now(),
             degraded_total: AtomicU64::new(0),
+            dropped_write_backs: AtomicU64::new(0),
             version: watch::channel(0).0,
             ledger_io: tokio::sync::Mutex::new(()),
         });
@@ -199,6 +206,7 @@ impl RedisStore {
                     tracing::warn!(
                         degraded_total = degraded,
                         pending_write_back = s.pending(),
+                        not_queued = s.dropped_write_backs.load(Ordering::Relaxed),
                         "new units served by hash while the redis store was unavailable (store_degraded)"
                     );
                     reported = degraded;
@@ -547,11 +555,16 @@ impl RedisStore {
             }
             Err(e) if self.opts.serve_by_hash => {
                 self.degraded_total.fetch_add(1, Ordering::Relaxed);
-                self.pending
-                    .lock()
-                    .expect("pending lock")
-                    .entry(rkey)
-                    .or_insert((value, id, key));
+                let mut pending = self.pending.lock().expect("pending lock");
+                if pending.len() < MAX_PENDING {
+                    pending.entry(rkey).or_insert((value, id, key));
+                } else {
+                    // A very long outage: the unit is still served by hash
+                    // (the same answer each time under this epoch), and
+                    // stored by its first request after Redis returns.
+                    self.dropped_write_backs.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(pending);
                 tracing::debug!(error = %e, "serving by hash");
                 Ok(Assigned {
                     assignment: mine,
