@@ -176,7 +176,10 @@ async fn a_staggered_ramp_moves_no_unit_and_both_replicas_stamp_the_ledgers_epoc
     tokio::time::sleep(Duration::from_millis(500)).await;
     dir_a.write_config(&after);
     a.wait_reloads(1);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // B, still on the old file, sees the ledger move and says it keeps its
+    // own rule for new units until its file matches.
+    b.wait_for_log("the shared ledger moved", Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     dir_b.write_config(&after);
     b.wait_reloads(1);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -716,4 +719,39 @@ async fn rediss_with_a_private_ca_from_tls_ca_file() {
         panic!("started without trusting the server's CA")
     };
     assert!(log.to_lowercase().contains("certificate"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_reloading_one_file_at_the_same_moment_start_one_epoch() {
+    need_redis!();
+    let redis = RedisServer::start();
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let with = |c: &str, t: &str| {
+        with_redis(&config(&ups, &ranker(c, t)), &redis.url(), "t12").replace(
+            "access_log: { path: ./logs/access.jsonl }",
+            "access_log: { path: \"-\" }",
+        )
+    };
+    // Both processes run on the very same file, so both see each change
+    // at once and race to apply it.
+    let dir = TestDir::new();
+    let a = Cohort::start(&dir, &with("50", "50"));
+    let b = Cohort::start_existing(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    for (n, (c, t)) in [("20", "80"), ("10", "90")].into_iter().enumerate() {
+        dir.write_config(&with(c, t));
+        a.wait_reloads(n + 1);
+        b.wait_reloads(n + 1);
+    }
+    assert_eq!(epochs(&ledger(&redis, "t12"), "ranker"), vec![1, 2, 3]);
+    let client = TestClient::new();
+    for i in 0..10 {
+        let u = format!("race-{i}");
+        let (ra, rb) = (
+            client.post(a.addr, "/predict", Some(&u)).await,
+            client.post(b.addr, "/predict", Some(&u)).await,
+        );
+        assert_eq!((ra.epoch(), rb.epoch()), (3, 3));
+        assert_eq!(ra.variant(), rb.variant());
+    }
 }

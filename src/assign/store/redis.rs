@@ -36,6 +36,11 @@
 //! reset changes the key generation and clears the cache on every replica
 //! within one poll.
 //!
+//! **Durability** is Redis': an assignment counts as stored when Redis
+//! acknowledged the `SET`; what that survives depends on `appendfsync` and
+//! replication, stated in docs/replicas.md. `store.wait_replicas` adds a
+//! `WAIT` after each first write.
+//!
 //! **Degraded mode.** Every Redis call on the request path is bounded by
 //! `store.timeout`; after a failure Redis is skipped for a back-off (50 ms
 //! doubling to 2 s). With `serve_by_hash` a new unit is then assigned by the
