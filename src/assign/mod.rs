@@ -21,6 +21,7 @@ pub mod epoch;
 pub mod hash;
 pub mod journal;
 pub mod ledger;
+pub mod schemes;
 pub mod store;
 
 use std::collections::HashMap;
