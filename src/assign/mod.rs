@@ -31,6 +31,7 @@ use buckets::{BucketTable, Weight};
 use epoch::{Epoch, Rule};
 use hash::Bucket;
 use ledger::{ExperimentId, ExperimentLedger, VariantId};
+use schemes::Chooser;
 use store::{Store, StoreError, Table};
 
 pub use crate::terms::{valid_unit, MAX_UNIT_LEN};
@@ -87,7 +88,8 @@ pub struct Served {
     pub first_exposure: bool,
     /// Whether the unit holds an assignment (stored, or created now).
     pub in_experiment: bool,
-    /// The unit's bucket under the current rule.
+    /// The unit's bucket under the current rule (under a vendor scheme,
+    /// the vendor's own bucket value on its own scale).
     pub bucket: Option<Bucket>,
 }
 
@@ -118,6 +120,9 @@ pub struct Assigner {
     salt: String,
     coverage: Weight,
     buckets: BucketTable,
+    /// A vendor scheme's draw; `None` for cohort's own contract, whose path
+    /// is exactly the one it always was.
+    scheme: Option<Chooser>,
     /// Ledger id of each configured variant.
     ledger_ids: Vec<VariantId>,
     /// Configured index of each ledger id (None: not configured any more).
@@ -156,6 +161,8 @@ impl Assigner {
             by_ledger_id[usize::from(*id)] = Some(i);
         }
         let weights: Vec<_> = rule.variants.iter().map(|v| v.weight).collect();
+        let scheme = Chooser::new(&rule.bucketing, &weights, rule.coverage)
+            .expect("validated bucketing compiles for its rule");
         Assigner {
             id: ledger.id,
             epoch: ledger.current().epoch,
@@ -163,6 +170,7 @@ impl Assigner {
             salt: rule.salt,
             coverage: rule.coverage,
             buckets: BucketTable::new(&weights).expect("validated weights sum to 100"),
+            scheme,
             ledger_ids,
             by_ledger_id,
             disabled,
@@ -194,7 +202,13 @@ impl Assigner {
     /// pause, stored assignment, coverage, then a new durable assignment.
     pub async fn assign(&self, store: &Store, unit: &[u8]) -> Result<Served, StoreError> {
         let key = hash::unit_key(&self.name, unit);
-        let b = hash::bucket(&self.salt, unit);
+        // Under a vendor scheme the draw (and its coverage) is the vendor's;
+        // the bucket reported is on the vendor's own scale.
+        let draw = self.scheme.as_ref().map(|c| c.draw(unit));
+        let b = match draw {
+            None => hash::bucket(&self.salt, unit),
+            Some(d) => Bucket(d.bucket),
+        };
         let bucket = Some(b);
         let stored = self.table.get(&key);
         let kept = |variant, reason| Served {
@@ -216,12 +230,20 @@ impl Assigner {
         if let Some(a) = stored {
             return Ok(self.stored(a.variant, a.epoch, bucket, false));
         }
-        if self.coverage.0 < hash::BUCKETS
-            && hash::coverage_bucket(&self.salt, unit).0 >= self.coverage.0
-        {
-            return Ok(kept(0, Reason::NotCovered));
-        }
-        let v = self.buckets.variant_for(b);
+        let v = match draw {
+            None => {
+                if self.coverage.0 < hash::BUCKETS
+                    && hash::coverage_bucket(&self.salt, unit).0 >= self.coverage.0
+                {
+                    return Ok(kept(0, Reason::NotCovered));
+                }
+                self.buckets.variant_for(b)
+            }
+            Some(d) => match d.variant {
+                Some(v) => v,
+                None => return Ok(kept(0, Reason::NotCovered)),
+            },
+        };
         if self.disabled[v] {
             return Ok(kept(0, Reason::Disabled));
         }

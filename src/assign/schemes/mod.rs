@@ -25,142 +25,11 @@ pub mod optimizely;
 pub mod statsig;
 pub mod unleash;
 
-use serde::{Deserialize, Serialize};
-
-use super::buckets::Weight;
+use super::buckets::{BucketTable, Weight};
+use super::epoch::Rule;
+use super::hash;
 use crate::terms::WHOLE;
-
-/// A vendor weight as written in the config: an integer on the vendor's
-/// scale, or GrowthBook's fraction. Compared bit for bit, so a rule holding
-/// one is still `Eq`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct VendorWeight(pub f64);
-
-impl PartialEq for VendorWeight {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.to_bits() == other.0.to_bits()
-    }
-}
-impl Eq for VendorWeight {}
-
-/// How an experiment draws new units: part of its rule, so a change is a new
-/// epoch. Field names are the vendors' own (snake_case), as an operator
-/// copies them from the vendor's UI or export.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Bucketing {
-    /// cohort's own contract: SHA-256 of `salt:unit`, 10000 buckets.
-    #[default]
-    Cohort,
-    /// GrowthBook: FNV-1a over UTF-16 code units, hash version 1 or 2.
-    Growthbook {
-        /// The experiment's hash seed (GrowthBook's `seed`).
-        seed: String,
-        /// GrowthBook's `hashVersion` (1 or 2).
-        hash_version: u8,
-        /// GrowthBook's `weights` (fractions summing to 1), if given.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-    /// LaunchDarkly: SHA-1 of `flagKey.salt.key` (or `seed.key`).
-    Launchdarkly {
-        /// The flag's key.
-        flag_key: String,
-        /// The flag's salt (unused when `seed` is set).
-        #[serde(default)]
-        salt: String,
-        /// The rollout's seed, if it has one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        seed: Option<i64>,
-        /// The rollout's weights, in 100,000ths.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-    /// Statsig: SHA-256, first 8 bytes big-endian, dot-joined salts.
-    Statsig {
-        /// The experiment's salt.
-        salt: String,
-        /// The rule's salt (or id), for the pass percentage (coverage).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rule_salt: Option<String>,
-        /// Group sizes, in 1000ths (user buckets).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-    /// Optimizely: MurmurHash3 of `bucketingId + experimentId`, seed 1.
-    Optimizely {
-        /// The experiment's id (a string of digits in the datafile).
-        experiment_id: String,
-        /// Each variation's share of the 10,000 buckets (differences of its
-        /// `endOfRange`s; their sum is the traffic allocation).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-    /// Unleash: murmur3 of `groupId:stickiness`.
-    Unleash {
-        /// The strategy's `groupId` (the toggle's name by default in
-        /// Unleash).
-        group_id: String,
-        /// The variants' weights, out of their total (1000 in Unleash).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-    /// NGINX `split_clients`: MurmurHash2 of the split string.
-    Nginx {
-        /// The `split_clients` string, `${unit}` standing for the unit id.
-        key: String,
-        /// Each line's percentage in hundredths (`12.5%` is 1250).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vendor_weights: Option<Vec<VendorWeight>>,
-    },
-}
-
-impl Bucketing {
-    /// Whether this is the default scheme (left out of serialized rules so a
-    /// rule without `bucketing:` reads and hashes as before).
-    pub fn is_cohort(&self) -> bool {
-        matches!(self, Bucketing::Cohort)
-    }
-
-    /// The scheme's name, as written in `bucketing.scheme`.
-    pub fn scheme(&self) -> &'static str {
-        match self {
-            Bucketing::Cohort => "cohort",
-            Bucketing::Growthbook { .. } => "growthbook",
-            Bucketing::Launchdarkly { .. } => "launchdarkly",
-            Bucketing::Statsig { .. } => "statsig",
-            Bucketing::Optimizely { .. } => "optimizely",
-            Bucketing::Unleash { .. } => "unleash",
-            Bucketing::Nginx { .. } => "nginx",
-        }
-    }
-
-    /// The integer scale of the scheme's weights (`None`: no integer scale,
-    /// cohort's own basis points or GrowthBook's fractions).
-    pub fn scale(&self) -> Option<u64> {
-        match self {
-            Bucketing::Cohort | Bucketing::Growthbook { .. } => None,
-            Bucketing::Launchdarkly { .. } => Some(100_000),
-            Bucketing::Statsig { .. } => Some(1000),
-            Bucketing::Optimizely { .. } => Some(10_000),
-            Bucketing::Unleash { .. } => Some(1000),
-            Bucketing::Nginx { .. } => Some(10_000),
-        }
-    }
-
-    fn vendor_weights(&self) -> Option<&[VendorWeight]> {
-        match self {
-            Bucketing::Cohort => None,
-            Bucketing::Growthbook { vendor_weights, .. }
-            | Bucketing::Launchdarkly { vendor_weights, .. }
-            | Bucketing::Statsig { vendor_weights, .. }
-            | Bucketing::Optimizely { vendor_weights, .. }
-            | Bucketing::Unleash { vendor_weights, .. }
-            | Bucketing::Nginx { vendor_weights, .. } => vendor_weights.as_deref(),
-        }
-    }
-}
+pub use crate::terms::{Bucketing, VendorWeight};
 
 /// Cumulative range ends on a vendor's integer `scale`: `round(scale ×
 /// coverage × Σ_{j≤i} w_j)` with weights and coverage in basis points, in
@@ -522,6 +391,25 @@ impl Chooser {
             }
         }
     }
+}
+
+/// How `rule` draws a *new* unit, as a function from unit id to the index of
+/// its variant (`None`: outside coverage), whatever the scheme; `None` when
+/// the rule's weights do not compile. `plan` uses it to compare two rules
+/// unit by unit; serving uses [`super::Assigner`], which takes the same
+/// path.
+pub fn new_unit_draw(rule: &Rule) -> Option<impl Fn(&[u8]) -> Option<usize> + '_> {
+    let weights: Vec<Weight> = rule.variants.iter().map(|v| v.weight).collect();
+    let table = BucketTable::new(&weights)?;
+    let chooser = Chooser::new(&rule.bucketing, &weights, rule.coverage).ok()?;
+    Some(move |unit: &[u8]| match &chooser {
+        Some(c) => c.draw(unit).variant,
+        None => {
+            let covered = rule.coverage.0 >= hash::BUCKETS
+                || hash::coverage_bucket(&rule.salt, unit).0 < rule.coverage.0;
+            covered.then(|| table.variant_for(hash::bucket(&rule.salt, unit)))
+        }
+    })
 }
 
 #[cfg(test)]
