@@ -11,3 +11,4 @@ mod operator;
 mod proxy;
 mod reload;
 mod util;
+mod vendor;
