@@ -1,14 +1,16 @@
-//! The one-shot commands behind the CLI, one file each: [`check`], [`plan`]
-//! and [`history`]. Each returns an [`Outcome`] (its output and exit code)
+//! The one-shot commands behind the CLI, one file each: [`check`], [`plan`],
+//! [`history`] and [`import`]. Each returns an [`Outcome`] (its output and exit code)
 //! and prints nothing itself; `main` prints, so every command can be tested
 //! without a process.
 
 pub mod check;
 pub mod history;
+pub mod import;
 pub mod plan;
 
 pub use check::check_command;
 pub use history::history_command;
+pub use import::{import_command, ImportFormat};
 pub use plan::{admin_of, plan_command, PlanAgainst};
 
 /// A command's output and exit code.

@@ -222,7 +222,7 @@ async fn each_scheme_stamps_what_the_vendor_computes() {
     }
 
     // The access log carries the vendor's own bucket: optimizely's 0..10000.
-    drop(cohort);
+    assert!(cohort.terminate().success());
     let log = dir.access_log();
     let ppid1 = log
         .iter()
@@ -338,4 +338,133 @@ async fn stickiness_across_a_ramp_holds_in_every_mode() {
             );
         }
     }
+}
+
+/// `cohort import` of GrowthBook sticky-bucket documents and a CSV, then
+/// serving: every imported unit is served its imported variant as a stored
+/// epoch-1 assignment, whatever the current draw says; a bad file imports
+/// nothing; a running proxy's store is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_serve_keeps_every_imported_variant() {
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let yaml = config(
+        &ups,
+        &experiment(
+            "mig",
+            "{ scheme: growthbook, seed: mig, hash_version: 2 }",
+            "50",
+            "50",
+            "",
+        ),
+    );
+    let dir = TestDir::new();
+    dir.write_config(&yaml);
+    let cfg = dir.config_path();
+    let cfg = cfg.to_str().unwrap();
+
+    // GrowthBook: 40 units in variation "1" (treatment), under bucket
+    // versions 0 and 1 (the higher one wins), keyed as the SDKs save them.
+    let mut docs = serde_json::Map::new();
+    for i in 0..40 {
+        let unit = format!("gb-{i}");
+        docs.insert(
+            format!("id||{unit}"),
+            serde_json::json!({
+                "attributeName": "id",
+                "attributeValue": unit,
+                "assignments": { "gb-exp__0": "0", "gb-exp__1": "1" },
+            }),
+        );
+    }
+    let gb = dir.path().join("sticky.json");
+    std::fs::write(&gb, serde_json::Value::Object(docs).to_string()).unwrap();
+    let (code, out, err) = cohort_cmd(&[
+        "import",
+        "--config",
+        cfg,
+        "--experiment",
+        "mig",
+        "--growthbook",
+        gb.to_str().unwrap(),
+        "--experiment-key",
+        "gb-exp",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("40 recorded, 0 already stored"), "{out}");
+
+    // A CSV with a bad line imports nothing.
+    let csv = dir.path().join("assignments.csv");
+    std::fs::write(&csv, "unit,variant\ncsv-0,control\ncsv-1,nonexistent\n").unwrap();
+    let (code, _, err) = cohort_cmd(&[
+        "import",
+        "-c",
+        cfg,
+        "--experiment",
+        "mig",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 3") && err.contains("nothing imported"),
+        "{err}"
+    );
+
+    // The fixed CSV: 40 units in control, plus gb-0 again (already stored:
+    // it keeps treatment).
+    let mut text = String::from("unit,variant\n");
+    for i in 0..40 {
+        text.push_str(&format!("csv-{i},control\n"));
+    }
+    text.push_str("gb-0,control\n");
+    std::fs::write(&csv, text).unwrap();
+    let (code, out, err) = cohort_cmd(&[
+        "import",
+        "-c",
+        cfg,
+        "--experiment",
+        "mig",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("40 recorded, 1 already stored"), "{out}");
+
+    let cohort = Cohort::start(&dir, &yaml);
+    let client = TestClient::new();
+    for (prefix, want) in [("gb", "treatment"), ("csv", "control")] {
+        for i in 0..40 {
+            let r = client
+                .post(cohort.addr, "/mig", Some(&format!("{prefix}-{i}")))
+                .await;
+            assert_eq!((r.variant(), r.epoch()), (want, 1), "{prefix}-{i}");
+        }
+    }
+    let fresh = client.post(cohort.addr, "/mig", Some("fresh")).await;
+    assert_eq!(fresh.epoch(), 1);
+    // The store is the running proxy's: import refuses it.
+    let (code, _, err) = cohort_cmd(&[
+        "import",
+        "-c",
+        cfg,
+        "--experiment",
+        "mig",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("in use") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    let imported: Vec<_> = log.iter().filter(|l| l["unit"] != "fresh").collect();
+    assert_eq!(imported.len(), 80);
+    assert!(imported
+        .iter()
+        .all(|l| l["reason"] == "stored" && l["first_exposure"] == false));
+    let fresh = log.iter().find(|l| l["unit"] == "fresh").unwrap();
+    assert_eq!(fresh["reason"], "new");
 }
