@@ -125,8 +125,10 @@ pub enum Chooser {
     Nginx {
         /// The split string.
         key: String,
-        /// Per line: its threshold (0 for `*`) and the variant it serves.
-        lines: Vec<(u32, usize)>,
+        /// Per line: its threshold (0 for `*`).
+        thresholds: Vec<u32>,
+        /// Per line: the variant it serves.
+        variants: Vec<usize>,
     },
 }
 
@@ -309,7 +311,8 @@ impl Chooser {
                 })?;
                 Chooser::Nginx {
                     key: key.clone(),
-                    lines: t.into_iter().zip(spec.iter().map(|(_, i)| *i)).collect(),
+                    thresholds: t,
+                    variants: spec.iter().map(|(_, i)| *i).collect(),
                 }
             }
         }))
@@ -381,11 +384,14 @@ impl Chooser {
                     bucket: target,
                 }
             }
-            Chooser::Nginx { key, lines } => {
+            Chooser::Nginx {
+                key,
+                thresholds,
+                variants,
+            } => {
                 let h = nginx::hash(&nginx::subject(key, unit));
-                let t: Vec<u32> = lines.iter().map(|(t, _)| *t).collect();
                 Draw {
-                    variant: nginx::choose(h, &t).map(|i| lines[i].1),
+                    variant: nginx::choose(h, thresholds).map(|i| variants[i]),
                     bucket: h,
                 }
             }
