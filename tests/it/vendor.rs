@@ -151,6 +151,24 @@ async fn each_scheme_stamps_what_the_vendor_computes() {
             ),
             &[("999", "epoch0")],
         ),
+        // statsig-io/go-sdk tests on download_config_specs.json's
+        // sample_experiment (groups user_bucket < 500 control, < 1000
+        // test): some_user_id and statsig_user control, 123 test.
+        (
+            "st-sdk",
+            experiment(
+                "st-sdk",
+                "{ scheme: statsig, salt: f8aeba58-18fb-4f36-9bbd-4c611447a912 }",
+                "50",
+                "50",
+                "",
+            ),
+            &[
+                ("some_user_id", "control"),
+                ("statsig_user", "control"),
+                ("123", "treatment"),
+            ],
+        ),
         (
             "unl-edge",
             experiment(

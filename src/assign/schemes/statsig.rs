@@ -45,6 +45,27 @@ mod tests {
         assert_eq!(hash(&["unicode 🗻".as_bytes()]), 0xD460740C12959D83);
     }
 
+    // Group vectors: statsig-io/go-sdk (commit 490544e4), whose
+    // `download_config_specs.json` has `sample_experiment` (salt
+    // f8aeba58-18fb-4f36-9bbd-4c611447a912) with the groups
+    // `user_bucket lt 500` (rule 2RamGsERWbWMIMnSfOlQuX, control) and
+    // `lt 1000` (test); `evaluation_details_test.go` expects "some_user_id"
+    // in the first, `data_adapter_test.go` "statsig_user" in control and
+    // `client_initialize_response_test.go` "123" in test (a_layer, which
+    // delegates to sample_experiment).
+    #[test]
+    fn groups_match_the_sdk_tests() {
+        let salt = "f8aeba58-18fb-4f36-9bbd-4c611447a912";
+        let ends = [500u32, 1000];
+        let group = |u: &str| {
+            ends.iter()
+                .position(|&e| group_bucket(salt, u.as_bytes()) < e)
+        };
+        assert_eq!(group("some_user_id"), Some(0));
+        assert_eq!(group("statsig_user"), Some(0));
+        assert_eq!(group("123"), Some(1));
+    }
+
     #[test]
     fn layouts_join_with_dots() {
         assert_eq!(
