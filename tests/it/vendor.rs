@@ -169,6 +169,19 @@ async fn each_scheme_stamps_what_the_vendor_computes() {
                 ("123", "treatment"),
             ],
         ),
+        // Unleash/client-specification 08-variants.json: Feature.Variants.B
+        // (weights 1, 1): userId "2" -> variant2, "0" -> variant1.
+        (
+            "unl-var",
+            experiment(
+                "unl-var",
+                "{ scheme: unleash, group_id: Feature.Variants.B, vendor_weights: [1, 1] }",
+                "50",
+                "50",
+                "",
+            ),
+            &[("2", "treatment"), ("0", "control")],
+        ),
         (
             "unl-edge",
             experiment(

@@ -40,6 +40,56 @@ mod tests {
         assert_eq!(normalized(b"999", "groupX", 100, VARIANT_SEED), 60);
     }
 
+    // Unleash/client-specification (commit 931b695b)
+    // `specifications/10-flexible-rollout-strategy.json`: flexibleRollout
+    // with groupId = the toggle's name, default stickiness (userId).
+    #[test]
+    fn rollout_matches_the_client_specification() {
+        let cases: &[(&str, u32, &str, bool)] = &[
+            ("Feature.flexibleRollout.10", 10, "174", true),
+            ("Feature.flexibleRollout.10", 10, "499", false),
+            ("Feature.flexibleRollout.userId.55", 55, "25", true),
+            ("Feature.flexibleRollout.0", 0, "12", false),
+        ];
+        for (group, rollout, user, want) in cases {
+            assert_eq!(
+                normalized(user.as_bytes(), group, 100, 0) <= *rollout,
+                *want,
+                "{group} {user}"
+            );
+        }
+    }
+
+    // `specifications/08-variants.json`: feature variants, groupId = the
+    // toggle's name, normalized to the total weight with the variant seed.
+    #[test]
+    fn variants_match_the_client_specification() {
+        let cases: &[(&str, &[u64], &str, usize)] = &[
+            ("Feature.Variants.A", &[1], "0", 0),
+            ("Feature.Variants.B", &[1, 1], "2", 1),
+            ("Feature.Variants.B", &[1, 1], "0", 0),
+            ("Feature.Variants.C", &[33, 33, 33], "232", 0),
+            ("Feature.Variants.C", &[33, 33, 33], "607", 1),
+            ("Feature.Variants.C", &[33, 33, 33], "656", 2),
+            ("Feature.Variants.D", &[1, 49, 50], "712", 0),
+            ("Feature.Variants.D", &[1, 49, 50], "525", 1),
+            ("Feature.Variants.D", &[1, 49, 50], "537", 2),
+            ("Feature.Variants.override.D", &[33, 33, 34], "388", 1),
+        ];
+        for (group, weights, user, want) in cases {
+            let mut sum = 0;
+            let ends: Vec<u64> = weights
+                .iter()
+                .map(|w| {
+                    sum += w;
+                    sum
+                })
+                .collect();
+            let target = normalized(user.as_bytes(), group, sum as u32, VARIANT_SEED);
+            assert_eq!(choose(target, &ends), Some(*want), "{group} {user}");
+        }
+    }
+
     #[test]
     fn variant_is_first_cumulative_end_reaching_target() {
         let ends = [333, 666, 1000];
