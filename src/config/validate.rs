@@ -574,7 +574,7 @@ fn experiment(
     let overrides = overrides(p, x, &variants, sources, e);
     let bucketing = match &x.bucketing {
         None => Bucketing::Cohort,
-        Some(b) => bucketing(p, b, &salt, x.variants.len(), coverage, e),
+        Some(b) => bucketing(p, b, &salt, &variants, coverage, e),
     };
     (e.list.len() == before).then(|| ExperimentConfig {
         name: x.name.clone(),
@@ -599,10 +599,11 @@ fn bucketing(
     p: &str,
     raw: &RawBucketing,
     salt: &str,
-    n_variants: usize,
+    variants: &[VariantConfig],
     coverage: Weight,
     e: &mut Errors<'_>,
 ) -> Bucketing {
+    let n_variants = variants.len();
     let bp = format!("{p}.bucketing");
     let given: [(&str, bool); 9] = [
         ("seed", raw.seed.is_some()),
@@ -838,6 +839,26 @@ fn bucketing(
                 format!("growthbook weights sum to {sum}; they must sum to 1"),
                 Some("GrowthBook weights are fractions, e.g. [0.5, 0.5]".into()),
             );
+        }
+    }
+    // The percentages still give the log's `share` (and so SRM): they must
+    // say what the vendor weights do, to the percentages' precision.
+    let total: f64 = raw_w.iter().sum();
+    if raw_w.len() == n_variants && !bad && total > 0.0 {
+        for (j, (w, v)) in raw_w.iter().zip(variants).enumerate() {
+            let vendor = w / total;
+            let pct = f64::from(v.weight.0) / f64::from(WHOLE);
+            if (vendor - pct).abs() > 1e-4 + 1e-12 {
+                e.push(
+                    format!("{p}.variants[{j}].weight"),
+                    format!(
+                        "weight {} disagrees with vendor_weights, which give {:.4}%",
+                        v.weight,
+                        vendor * 100.0
+                    ),
+                    Some("set each weight to its vendor share rounded to two decimals (the log's share and SRM use the weights)".into()),
+                );
+            }
         }
     }
     let vw = Some(
@@ -1822,6 +1843,10 @@ experiments:
                 ])
             }
         );
+        // Vendor weights that the percentages round to are accepted.
+        let ld = with_experiment_line("bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [42157, 57843] }")
+            .replace("weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }", "weight: 42.16 }\n      - { name: treatment, upstream: new, weight: 57.84 }");
+        assert!(check(&ld).is_ok(), "{:?}", check(&ld).err());
         assert_eq!(
             x("bucketing: { scheme: unleash }"),
             Bucketing::Unleash {
@@ -1888,6 +1913,11 @@ experiments:
                 "bucketing: { scheme: unleash }\n    coverage: 0.255",
                 "experiments[0].coverage",
                 "whole percentage",
+            ),
+            (
+                "bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [42157, 57843] }",
+                "experiments[0].variants[0].weight",
+                "disagrees with vendor_weights, which give 42.1570%",
             ),
         ];
         for (line, path, msg) in cases {
