@@ -474,6 +474,21 @@ async fn import_then_serve_keeps_every_imported_variant() {
     }
     let fresh = client.post(cohort.addr, "/mig", Some("fresh")).await;
     assert_eq!(fresh.epoch(), 1);
+    // history names the scheme the unit's epoch drew with.
+    let (code, out, err) = cohort_cmd(&[
+        "history",
+        "-c",
+        cfg,
+        "--experiment",
+        "mig",
+        "--unit",
+        "fresh",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"bucketing {"scheme":"growthbook","seed":"mig","hash_version":2}"#),
+        "{out}"
+    );
     // The store is the running proxy's: import refuses it.
     let (code, _, err) = cohort_cmd(&[
         "import",
