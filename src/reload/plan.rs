@@ -630,6 +630,33 @@ mod tests {
         assert!(!s.exact && (s.share - 0.5).abs() < 1e-9, "{s:?}");
     }
 
+    /// Whatever validation accepts, the assigner compiles (it `expect`s it).
+    #[test]
+    fn every_valid_bucketing_compiles_for_its_rule() {
+        use crate::assign::schemes::Chooser;
+        let lines = [
+            "    bucketing: { scheme: growthbook, hash_version: 2 }\n    coverage: 0.3\n",
+            "    bucketing: { scheme: growthbook, vendor_weights: [0.5, 0.5] }\n",
+            "    bucketing: { scheme: launchdarkly, flag_key: f, seed: -3 }\n",
+            "    bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [50000, 50000] }\n",
+            "    bucketing: { scheme: statsig, rule_salt: r }\n    coverage: 0.1234\n",
+            "    bucketing: { scheme: statsig, vendor_weights: [500, 500] }\n",
+            "    bucketing: { scheme: optimizely, experiment_id: '9' }\n    coverage: 0.5\n",
+            "    bucketing: { scheme: optimizely, experiment_id: '9', vendor_weights: [2500, 2500] }\n",
+            "    bucketing: { scheme: unleash }\n    coverage: 0.07\n",
+            "    bucketing: { scheme: unleash, vendor_weights: [1, 1] }\n",
+            "    bucketing: { scheme: nginx, key: 'x${unit}' }\n    coverage: 0.25\n",
+            "    bucketing: { scheme: nginx, key: '${unit}', vendor_weights: [50, 50] }\n",
+        ];
+        for line in lines {
+            let c = cfg(AB, line);
+            let r = rule(&c.experiments[0]);
+            let w: Vec<Weight> = r.variants.iter().map(|v| v.weight).collect();
+            let got = Chooser::new(&r.bucketing, &w, r.coverage);
+            assert!(matches!(got, Ok(Some(_))), "{line}: {got:?}");
+        }
+    }
+
     #[test]
     fn bucketing_change_is_a_new_epoch_with_a_measured_share() {
         let gb1 = "    bucketing: { scheme: growthbook, seed: e, hash_version: 1 }\n";
