@@ -57,9 +57,45 @@ impl std::fmt::Display for Weight {
 /// A vendor weight as written in the config: an integer on the vendor's
 /// scale, or GrowthBook's fraction. Compared bit for bit, so a rule holding
 /// one is still `Eq`.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+///
+/// Recorded (journal, config record) as a string of its shortest exact
+/// decimal, because JSON number parsing is not guaranteed to be correctly
+/// rounded: a fraction read back one bit off would make every restart look
+/// like a rule change. Reads numbers too.
+#[derive(Debug, Clone, Copy)]
 pub struct VendorWeight(pub f64);
+
+impl serde::Serialize for VendorWeight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Rust prints the shortest decimal that parses back to the same f64.
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VendorWeight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = VendorWeight;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a vendor weight (a number, or a string of one)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<VendorWeight, E> {
+                v.parse().map(VendorWeight).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl PartialEq for VendorWeight {
     fn eq(&self, other: &Self) -> bool {

@@ -313,4 +313,32 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), v);
     }
+
+    /// A rule read back from the journal must equal the one written, or
+    /// every restart would see a rule change: vendor weights (GrowthBook's
+    /// fractions) round-trip bit for bit.
+    #[test]
+    fn vendor_weights_round_trip_exactly() {
+        use crate::terms::VendorWeight;
+        let mut r = rule("s", &[("a", 3333), ("b", 3333), ("c", 3334)]);
+        let mut x = 0.1f64;
+        let mut ws = vec![1.0 / 3.0, 0.1, 0.7, 2.0 / 3.0, 0.123_456_789_012_345_68];
+        for _ in 0..2000 {
+            x = (x * 997.0 + 0.123).fract();
+            ws.push(x);
+        }
+        for w in ws {
+            r.bucketing = Bucketing::Growthbook {
+                seed: "s".into(),
+                hash_version: 2,
+                vendor_weights: Some(vec![VendorWeight(w); 3]),
+            };
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Rule>(&json).unwrap(),
+                r,
+                "{w:?}: {json}"
+            );
+        }
+    }
 }

@@ -514,3 +514,39 @@ async fn import_then_serve_keeps_every_imported_variant() {
     let fresh = log.iter().find(|l| l["unit"] == "fresh").unwrap();
     assert_eq!(fresh["reason"], "new");
 }
+
+/// A rule with GrowthBook fractions that JSON number parsing could read
+/// back a bit off: a restart on the same file continues epoch 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_vendor_fractions_keeps_the_epoch() {
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let ups = [("old", &old), ("new", &new)];
+    let yaml = config(
+        &ups,
+        &experiment(
+            "frac",
+            "{ scheme: growthbook, seed: frac, vendor_weights: [0.21043244536122074, 0.7895675546387793] }",
+            "21.04",
+            "78.96",
+            "",
+        ),
+    );
+    let dir = TestDir::new();
+    let client = TestClient::new();
+    let cohort = Cohort::start(&dir, &yaml);
+    assert_eq!(
+        client.post(cohort.addr, "/frac", Some("u1")).await.epoch(),
+        1
+    );
+    assert!(cohort.terminate().success());
+    let cohort = Cohort::start(&dir, &yaml);
+    assert_eq!(
+        client.post(cohort.addr, "/frac", Some("u2")).await.epoch(),
+        1
+    );
+    assert!(
+        !cohort.stderr().contains("NEW EPOCH"),
+        "{}",
+        cohort.stderr()
+    );
+}
