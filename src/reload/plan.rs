@@ -208,7 +208,7 @@ pub fn plan(
                         RuleChange::Salt { .. } => warnings.push("SALT CHANGED: every new unit is bucketed afresh (the classic re-bucketing incident); stored units keep their variant".into()),
                         RuleChange::UnitHeader { .. } => warnings.push("UNIT HEADER CHANGED: the same person may now arrive as a different unit and be assigned again".into()),
                         RuleChange::Reordered => warnings.push("variants re-ordered: the bucket ranges of new units move".into()),
-                        RuleChange::Bucketing { from, to } => warnings.push(format!("BUCKETING CHANGED ({from} -> {to}): new units are drawn by another algorithm (see the share below); stored units keep their variant")),
+                        RuleChange::Bucketing { from, to } => warnings.push(format!("BUCKETING CHANGED ({from} -> {to}): new units are drawn by another algorithm (the share above is how many land elsewhere); stored units keep their variant")),
                         _ => {}
                     }
                 }
@@ -444,7 +444,7 @@ impl std::fmt::Display for Plan {
                     s.share * 100.0,
                     match (s.exact, s.sampled) {
                         (true, _) => "exact".to_string(),
-                        (false, Some(n)) => format!("measured on {n} sample unit ids: the bucketing scheme draws them"),
+                        (false, Some(n)) => format!("measured: {n} sample unit ids drawn by both rules"),
                         (false, None) => "expected: the hash changed".to_string(),
                     }
                 )?;
