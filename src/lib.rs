@@ -2,7 +2,7 @@
 //! of ML model backends.
 //!
 //! How a request flows: the [`proxy::listener`] accepts an HTTP/1.1
-//! connection and hands each request to [`proxy::forward`], which loads the
+//! connection and hands each request to [`proxy::core`], which loads the
 //! current [`snapshot::Snapshot`] (one atomic pointer read), routes the path
 //! to an experiment, and asks the experiment's [`assign::Assigner`] for the
 //! unit's variant: a stored assignment if there is one, else a new one made
@@ -17,13 +17,13 @@
 //! snapshot. [`config`] and [`assign`] never import each other; what both
 //! speak lives in [`terms`].
 
-pub mod admin;
+mod admin;
 pub mod assign;
 pub mod commands;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod observe;
+mod error;
+mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod snapshot;

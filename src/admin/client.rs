@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Why an admin API call failed, in words a person can act on.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// No connection (or no complete answer): nothing listens there, or
     /// the connection broke.
     #[error("cannot reach the admin API at {addr}: {reason}; is cohort running, with its admin API on {addr}?")]
@@ -56,14 +56,14 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A client for one admin API, authenticated with its bearer token.
-pub struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     token: String,
 }
 
 impl AdminClient {
     /// `base` is `host:port` or `http://host:port`.
-    pub fn new(base: &str, token: String) -> AdminClient {
+    pub(crate) fn new(base: &str, token: String) -> AdminClient {
         let base = base.trim_end_matches('/');
         let base = if base.starts_with("http://") {
             base.to_string()
@@ -74,13 +74,8 @@ impl AdminClient {
     }
 
     /// `GET path` (e.g. `/admin/config`), its JSON answer.
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path).await
-    }
-
-    /// `POST path` with an empty body, its JSON answer.
-    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
-        self.call(Method::POST, path).await
     }
 
     async fn call(&self, method: Method, path: &str) -> Result<Value, ClientError> {

@@ -5,7 +5,7 @@
 //!
 //! [`client`] is the other side, used by `cohort plan`.
 
-pub mod client;
+pub(crate) mod client;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,7 +29,7 @@ use crate::observe::time::rfc3339_millis;
 use crate::reload::{ReloadError, Reloaded};
 use crate::state::{PauseError, State};
 
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
     let mut http = http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
@@ -176,7 +176,7 @@ async fn ready(state: &State) -> Resp {
 
 /// What `GET /admin/config` returns; also what `cohort plan` plans against.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ConfigView {
+pub(crate) struct ConfigView {
     pub config_version: String,
     pub config: Value,
     pub ledger: Vec<ExperimentLedger>,
@@ -188,7 +188,7 @@ pub struct ConfigView {
 
 impl ConfigView {
     /// The ledger as the proxy holds it, with the applied config as history.
-    pub fn to_ledger(&self) -> Ledger {
+    pub(crate) fn to_ledger(&self) -> Ledger {
         Ledger {
             experiments: self.ledger.clone(),
             admin_paused: self.admin_paused.iter().cloned().collect(),
@@ -275,7 +275,7 @@ fn assignment(state: &State, experiment: &str, unit: &str) -> Resp {
     }
 }
 
-pub fn errors_json(errors: &[ConfigError]) -> Value {
+pub(crate) fn errors_json(errors: &[ConfigError]) -> Value {
     Value::Array(
         errors
             .iter()

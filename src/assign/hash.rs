@@ -95,7 +95,7 @@ mod tests {
     use super::*;
 
     /// Golden vectors: a change that moves any of these users turns this red.
-    /// Computed independently with `python3 -c 'import hashlib; ...'` (see README).
+    /// Computed independently with `python3 -c 'import hashlib; ...'` (see docs/assignment.md).
     #[test]
     fn bucket_contract_is_stable() {
         let golden: &[(&str, &str, u32)] = GOLDEN;

@@ -236,10 +236,15 @@ pub struct RuntimeConfig {
     pub client_header_timeout: Duration,
     /// Lean path: how long a buffered request body may take after its head.
     pub client_body_timeout: Duration,
+    /// Both paths: the most bytes a request head may take (431 past it).
+    pub max_request_head: usize,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish
     /// before their connections are cut.
     pub shutdown_timeout: Duration,
 }
+
+/// `runtime.max_request_head` when not set: 64 KiB.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 impl RuntimeConfig {
     /// The worker threads to run: as set, else one per CPU this process may

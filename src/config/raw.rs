@@ -106,5 +106,6 @@ pub(crate) struct RawRuntime {
     pub(crate) client_idle_timeout: Option<String>,
     pub(crate) client_header_timeout: Option<String>,
     pub(crate) client_body_timeout: Option<String>,
+    pub(crate) max_request_head: Option<usize>,
     pub(crate) shutdown_timeout: Option<String>,
 }

@@ -159,7 +159,22 @@ pub(crate) struct RuntimeRecord {
     pub(crate) client_idle_timeout: u64,
     pub(crate) client_header_timeout: u64,
     pub(crate) client_body_timeout: u64,
+    /// Bytes. Left out at its default, so a record (and the config version
+    /// hashed from it) is the same as before the setting existed.
+    #[serde(
+        default = "default_max_request_head",
+        skip_serializing_if = "is_default_max_request_head"
+    )]
+    pub(crate) max_request_head: usize,
     pub(crate) shutdown_timeout: u64,
+}
+
+fn default_max_request_head() -> usize {
+    super::DEFAULT_MAX_REQUEST_HEAD
+}
+
+fn is_default_max_request_head(n: &usize) -> bool {
+    *n == super::DEFAULT_MAX_REQUEST_HEAD
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +382,7 @@ fn runtime_record(r: &RuntimeConfig) -> RuntimeRecord {
         client_idle_timeout,
         client_header_timeout,
         client_body_timeout,
+        max_request_head,
         shutdown_timeout,
     } = r;
     RuntimeRecord {
@@ -375,6 +391,7 @@ fn runtime_record(r: &RuntimeConfig) -> RuntimeRecord {
         client_idle_timeout: millis(*client_idle_timeout),
         client_header_timeout: millis(*client_header_timeout),
         client_body_timeout: millis(*client_body_timeout),
+        max_request_head: *max_request_head,
         shutdown_timeout: millis(*shutdown_timeout),
     }
 }

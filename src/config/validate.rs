@@ -1184,6 +1184,23 @@ fn weight_hint(sum_bp: u64) -> String {
     }
 }
 
+/// `runtime.max_request_head`: 64 KiB unless set, within 1 KiB..=1 MiB.
+fn max_request_head(v: Option<usize>, e: &mut Errors<'_>) -> usize {
+    const DEFAULT: usize = super::DEFAULT_MAX_REQUEST_HEAD;
+    match v {
+        Some(n) if !(1024..=1024 * 1024).contains(&n) => {
+            e.push(
+                "runtime.max_request_head",
+                "must be between 1024 and 1048576 bytes",
+                Some("the default, 65536, fits any browser or model client".into()),
+            );
+            DEFAULT
+        }
+        Some(n) => n,
+        None => DEFAULT,
+    }
+}
+
 fn runtime(raw: &RawConfig, e: &mut Errors<'_>) -> Option<RuntimeConfig> {
     let r = raw.runtime.as_ref();
     let worker_threads = r.and_then(|r| r.worker_threads);
@@ -1224,6 +1241,7 @@ fn runtime(raw: &RawConfig, e: &mut Errors<'_>) -> Option<RuntimeConfig> {
         client_header_timeout: client_header_timeout?,
         client_body_timeout: client_body_timeout?,
         http1_fast_path: r.and_then(|r| r.http1_fast_path).unwrap_or(true),
+        max_request_head: max_request_head(r.and_then(|r| r.max_request_head), e),
         shutdown_timeout,
     })
 }

@@ -1,4 +1,4 @@
 //! What the proxy tells the outside world about each request.
 
-pub mod access_log;
-pub mod time;
+pub(crate) mod access_log;
+pub(crate) mod time;

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-12-01T09:03:25.123Z`
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let ms = d.subsec_millis();
@@ -22,7 +22,7 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 
 /// Appends [`rfc3339_millis`] of `t` to `out`, formatting the date and time
 /// of day once per second per thread: the access log asks for every request.
-pub fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
+pub(crate) fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
     use std::cell::Cell;
     thread_local! {
         static LAST: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
@@ -42,7 +42,7 @@ pub fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
 }
 
 /// `n` (below 1000) as three decimal digits, zero-padded.
-pub fn three_digits(n: u32) -> [u8; 3] {
+pub(crate) fn three_digits(n: u32) -> [u8; 3] {
     [
         b'0' + (n / 100) as u8,
         b'0' + (n / 10 % 10) as u8,
@@ -52,7 +52,7 @@ pub fn three_digits(n: u32) -> [u8; 3] {
 
 /// The IMF-fixdate of now (`Tue, 01 Dec 2026 11:49:43 GMT`, always 29
 /// bytes) for a `date` header, formatted once per second per thread.
-pub fn cached_http_date() -> [u8; 29] {
+pub(crate) fn cached_http_date() -> [u8; 29] {
     use std::cell::Cell;
     thread_local! {
         static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
@@ -72,7 +72,7 @@ pub fn cached_http_date() -> [u8; 29] {
     })
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339_millis(SystemTime::now())
 }
 

@@ -1,13 +1,20 @@
-//! The data plane: accept HTTP/1.1 connections, assign, forward, stamp.
+//! The data plane: accept HTTP/1.1 connections, check, route, assign,
+//! forward, stamp, log.
 //!
-//! Plain requests take the lean path ([`lean`], heads in [`h1`]); any other
-//! request hands its connection to hyper ([`listener::serve_hyper`], with
-//! the handler in [`forward`]). Routing and assignment are
-//! [`forward::route_request`] on both.
+//! One core, two front ends. [`core`] holds every rule a request's fate
+//! depends on (checks, routing and assignment, stamps, the header policy,
+//! upstream-failure mapping, error answers, the access record). Plain
+//! requests take the lean front end ([`lean`], over the pure-bytes
+//! HTTP/1 code in [`h1`]); any other request, or every one when the lean
+//! path is off, takes hyper's ([`hyper`]). [`listener`] accepts and picks;
+//! [`upstream`] holds the pools to the model backends.
+//!
+//! Imports run one way: `listener` -> `lean`, `hyper` -> `core` -> `h1`,
+//! `upstream`; `h1` imports nothing from the proxy.
 
-pub mod body;
-pub mod forward;
+pub(crate) mod core;
 pub mod h1;
-pub mod lean;
-pub mod listener;
-pub mod upstream;
+pub(crate) mod hyper;
+pub(crate) mod lean;
+pub(crate) mod listener;
+pub(crate) mod upstream;

@@ -121,6 +121,7 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
         client_idle_timeout: idle_a,
         client_header_timeout: header_a,
         client_body_timeout: body_a,
+        max_request_head: head_a,
         shutdown_timeout: shutdown_a,
     } = a;
     let RuntimeRecord {
@@ -129,6 +130,7 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
         client_idle_timeout: idle_b,
         client_header_timeout: header_b,
         client_body_timeout: body_b,
+        max_request_head: head_b,
         shutdown_timeout: shutdown_b,
     } = b;
     if workers_a != workers_b {
@@ -139,6 +141,9 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
     }
     if (idle_a, header_a, body_a) != (idle_b, header_b, body_b) {
         d.restart_needed.push("runtime.client_*_timeout");
+    }
+    if head_a != head_b {
+        d.restart_needed.push("runtime.max_request_head");
     }
     if shutdown_a != shutdown_b {
         d.restart_needed.push("runtime.shutdown_timeout");

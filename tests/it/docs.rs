@@ -270,7 +270,8 @@ fn the_readme_test_command_is_what_ci_runs() {
     );
     let ci = read(".ci/run");
     for step in [
-        "RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps --lib --locked",
+        "RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps --lib --document-private-items --locked",
+        "cargo check --quiet --manifest-path fuzz/Cargo.toml",
         "python3 .ci/licences.py",
         "cargo fmt --all -- --check",
         "cargo clippy --all-targets --locked -- -D warnings",

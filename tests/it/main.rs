@@ -5,6 +5,7 @@ mod access_log;
 mod docs;
 mod durability;
 mod golden;
+mod hostile;
 mod http1;
 mod newcomer;
 mod operator;

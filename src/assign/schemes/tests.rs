@@ -277,7 +277,7 @@ fn growthbook_experiments_match_cases_json_run() {
     let even = bp(&[5000, 5000]);
     let third = 1.0 / 3.0;
     type Case<'a> = (&'a str, Bucketing, Vec<Weight>, u32, &'a str, Option<usize>);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "default weights",
             gb("my-test", 1, None),

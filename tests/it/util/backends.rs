@@ -20,7 +20,7 @@ use super::find;
 
 /// A model backend on a real socket that answers with its name and records
 /// the headers of every request it received.
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<HeaderMap>>>,
     task: tokio::task::JoinHandle<()>,
@@ -33,12 +33,12 @@ struct Behaviour {
 }
 
 impl Backend {
-    pub async fn spawn(name: &str) -> Backend {
+    pub(crate) async fn spawn(name: &str) -> Backend {
         Backend::spawn_with(name, Duration::ZERO).await
     }
 
     /// A backend that waits `delay` before answering (for timeouts).
-    pub async fn spawn_with(name: &str, delay: Duration) -> Backend {
+    pub(crate) async fn spawn_with(name: &str, delay: Duration) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -64,11 +64,11 @@ impl Backend {
         Backend { addr, seen, task }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn last_headers(&self) -> HeaderMap {
+    pub(crate) fn last_headers(&self) -> HeaderMap {
         self.seen
             .lock()
             .unwrap()
@@ -78,7 +78,7 @@ impl Backend {
     }
 
     /// Stops accepting and closes the socket (connections then get refused).
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.task.abort();
     }
 }
@@ -106,7 +106,7 @@ async fn answer(
 /// bytes `script` returns for its request line and its index on the
 /// connection, for framings and faults a well-behaved server never produces. It reads `content-length` bodies
 /// and closes the connection when the answer is followed by `None`.
-pub struct RawBackend {
+pub(crate) struct RawBackend {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -114,14 +114,14 @@ pub struct RawBackend {
 }
 
 /// What a [`RawBackend`] does with one request.
-pub struct Answer {
+pub(crate) struct Answer {
     pub bytes: Vec<u8>,
     /// Close the connection after writing, after this long.
     pub close_after: Option<Duration>,
 }
 
 impl RawBackend {
-    pub async fn spawn(script: fn(&str, usize) -> Answer) -> RawBackend {
+    pub(crate) async fn spawn(script: fn(&str, usize) -> Answer) -> RawBackend {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -176,7 +176,7 @@ impl RawBackend {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }

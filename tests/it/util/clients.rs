@@ -16,28 +16,28 @@ use super::find;
 
 /// A response as the test client saw it.
 #[derive(Debug, Clone)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
 }
 
 impl Resp {
-    pub fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .map(|v| v.to_str().unwrap())
             .unwrap_or("")
     }
-    pub fn variant(&self) -> &str {
+    pub(crate) fn variant(&self) -> &str {
         self.header("x-cohort-variant")
     }
-    pub fn epoch(&self) -> u32 {
+    pub(crate) fn epoch(&self) -> u32 {
         self.header("x-cohort-epoch")
             .parse()
             .unwrap_or_else(|_| panic!("no epoch stamp: {self:?}"))
     }
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
@@ -45,18 +45,18 @@ impl Resp {
 
 /// A keep-alive HTTP/1.1 client.
 #[derive(Clone)]
-pub struct TestClient {
+pub(crate) struct TestClient {
     inner: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl TestClient {
-    pub fn new() -> TestClient {
+    pub(crate) fn new() -> TestClient {
         TestClient {
             inner: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
-    pub async fn post(&self, addr: SocketAddr, path: &str, user: Option<&str>) -> Resp {
+    pub(crate) async fn post(&self, addr: SocketAddr, path: &str, user: Option<&str>) -> Resp {
         self.send(
             addr,
             "POST",
@@ -67,7 +67,7 @@ impl TestClient {
         .await
     }
 
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         method: &str,
@@ -80,7 +80,7 @@ impl TestClient {
             .expect("request failed")
     }
 
-    pub async fn try_send(
+    pub(crate) async fn try_send(
         &self,
         addr: SocketAddr,
         method: &str,
@@ -113,7 +113,7 @@ impl TestClient {
 }
 
 /// Calls the admin API; `token` None sends no Authorization header.
-pub async fn admin_call(
+pub(crate) async fn admin_call(
     client: &TestClient,
     addr: SocketAddr,
     method: &str,
@@ -134,7 +134,7 @@ pub async fn admin_call(
 
 /// Writes `raw` on a new connection to `addr` and reads until the peer
 /// closes or `expect` responses (by status line) have fully arrived.
-pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], expect: usize) -> String {
+pub(crate) async fn raw_exchange(addr: SocketAddr, raw: &[u8], expect: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(raw).await.unwrap();
@@ -151,7 +151,7 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], expect: usize) -> String
 }
 
 /// How many whole responses `raw` holds (content-length or chunked bodies).
-pub fn complete_responses(raw: &[u8]) -> usize {
+pub(crate) fn complete_responses(raw: &[u8]) -> usize {
     let mut n = 0;
     let mut rest = raw;
     while let Some(end) = find(rest, b"\r\n\r\n") {

@@ -8,24 +8,24 @@ use std::sync::{Arc, Mutex};
 use super::{Resp, TestClient};
 
 /// Distinct unit ids for a test, deterministic.
-pub fn users(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn users(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 /// The public bucket contract, recomputed independently of the library.
-pub fn bucket(salt: &str, unit: &str) -> u32 {
+pub(crate) fn bucket(salt: &str, unit: &str) -> u32 {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(format!("{salt}:{unit}").as_bytes());
     (u64::from_be_bytes(d[..8].try_into().unwrap()) % 10_000) as u32
 }
 
 /// Half-width of a 5-sigma interval for a binomial count.
-pub fn binomial_bound(n: usize, p: f64) -> f64 {
+pub(crate) fn binomial_bound(n: usize, p: f64) -> f64 {
     5.0 * (n as f64 * p * (1.0 - p)).sqrt()
 }
 
 /// Sends one request per user, `concurrency` at a time; returns responses in user order.
-pub async fn post_all(
+pub(crate) async fn post_all(
     client: &TestClient,
     addr: SocketAddr,
     users: &[String],
@@ -58,7 +58,7 @@ pub async fn post_all(
 /// Closed-loop load until stopped: `clients` tasks, each sending
 /// `POST /predict` for `unit(task, i)` (its i-th request) and handing every
 /// outcome to `answer`. Counts requests and failures (non-200 or no answer).
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
@@ -66,7 +66,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn spawn(
+    pub(crate) fn spawn(
         addr: SocketAddr,
         clients: usize,
         unit: impl Fn(usize, usize) -> String + Send + Sync + 'static,
@@ -115,7 +115,7 @@ impl Load {
     }
 
     /// Stops the clients and waits for their last requests.
-    pub async fn stop(self) -> Load {
+    pub(crate) async fn stop(self) -> Load {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut me = self;
         for t in std::mem::take(&mut me.tasks) {
@@ -124,11 +124,11 @@ impl Load {
         me
     }
 
-    pub fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn sent(&self) -> usize {
+    pub(crate) fn sent(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

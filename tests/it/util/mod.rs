@@ -10,10 +10,10 @@ mod clients;
 mod load;
 mod process;
 
-pub use backends::*;
-pub use clients::*;
-pub use load::*;
-pub use process::*;
+pub(crate) use backends::*;
+pub(crate) use clients::*;
+pub(crate) use load::*;
+pub(crate) use process::*;
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

@@ -13,33 +13,33 @@ use std::time::{Duration, Instant};
 use super::Backend;
 
 /// A test directory holding a config, the store and the access log.
-pub struct TestDir {
+pub(crate) struct TestDir {
     pub dir: tempfile::TempDir,
 }
 
 impl TestDir {
-    pub fn new() -> TestDir {
+    pub(crate) fn new() -> TestDir {
         TestDir {
             dir: tempfile::tempdir().unwrap(),
         }
     }
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.path().join("cohort.yaml")
     }
-    pub fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.path().join("logs/access.jsonl")
     }
     /// Writes the config atomically (as editors and config tools do).
-    pub fn write_config(&self, yaml: &str) {
+    pub(crate) fn write_config(&self, yaml: &str) {
         let tmp = self.path().join(".cohort.yaml.tmp");
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
     /// Every access-log line written so far, parsed.
-    pub fn access_log(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn access_log(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
@@ -53,18 +53,18 @@ impl TestDir {
 /// With `COHORT_TEST_DATA_PATH=hyper` in the environment every test runs
 /// with `runtime.http1_fast_path: false`: `.ci/run` runs the suite both
 /// ways, so each behaviour is proven on both data paths.
-pub fn config(upstreams: &[(&str, &Backend)], experiments: &str) -> String {
+pub(crate) fn config(upstreams: &[(&str, &Backend)], experiments: &str) -> String {
     let urls: Vec<(&str, String)> = upstreams.iter().map(|(n, b)| (*n, b.url())).collect();
     config_urls(&urls, experiments)
 }
 
 /// [`config`] with upstreams given by URL.
-pub fn config_urls(upstreams: &[(&str, String)], experiments: &str) -> String {
+pub(crate) fn config_urls(upstreams: &[(&str, String)], experiments: &str) -> String {
     config_on_path(upstreams, experiments, lean_path_wanted())
 }
 
 /// Whether the tests run on the lean path (the default) or hyper's.
-pub fn lean_path_wanted() -> bool {
+pub(crate) fn lean_path_wanted() -> bool {
     std::env::var("COHORT_TEST_DATA_PATH").as_deref() != Ok("hyper")
 }
 
@@ -76,7 +76,11 @@ fn worker_threads() -> String {
 }
 
 /// [`config`] on a given data path: `lean` sets `runtime.http1_fast_path`.
-pub fn config_on_path(upstreams: &[(&str, String)], experiments: &str, lean: bool) -> String {
+pub(crate) fn config_on_path(
+    upstreams: &[(&str, String)],
+    experiments: &str,
+    lean: bool,
+) -> String {
     let workers = worker_threads();
     let mut y = format!("listen: 127.0.0.1:0\nstore: {{ path: ./data }}\naccess_log: {{ path: ./logs/access.jsonl }}\nruntime: {{ worker_threads: {workers}, shutdown_timeout: 5s, http1_fast_path: {lean} }}\nupstreams:\n");
     for (name, url) in upstreams {
@@ -90,14 +94,14 @@ pub fn config_on_path(upstreams: &[(&str, String)], experiments: &str, lean: boo
 }
 
 /// The ranker experiment with the given weights for control and treatment.
-pub fn ranker(control: &str, treatment: &str) -> String {
+pub(crate) fn ranker(control: &str, treatment: &str) -> String {
     format!(
         "  - name: ranker\n    routes: [/predict]\n    salt: ranker-salt\n    variants:\n      - {{ name: control, upstream: old, weight: {control} }}\n      - {{ name: treatment, upstream: new, weight: {treatment} }}\n"
     )
 }
 
 /// A running `cohort` process.
-pub struct Cohort {
+pub(crate) struct Cohort {
     pub addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -106,7 +110,7 @@ pub struct Cohort {
 
 impl Cohort {
     /// Writes `yaml` to `dir` and starts the proxy on it.
-    pub fn start(dir: &TestDir, yaml: &str) -> Cohort {
+    pub(crate) fn start(dir: &TestDir, yaml: &str) -> Cohort {
         dir.write_config(yaml);
         Cohort::start_existing(dir)
             .unwrap_or_else(|(code, log)| panic!("cohort did not start ({code:?}):\n{log}"))
@@ -114,7 +118,7 @@ impl Cohort {
 
     /// Starts on the config already in `dir`; on failure returns the exit
     /// status and stderr.
-    pub fn start_existing(dir: &TestDir) -> Result<Cohort, (Option<ExitStatus>, String)> {
+    pub(crate) fn start_existing(dir: &TestDir) -> Result<Cohort, (Option<ExitStatus>, String)> {
         let config = dir.config_path();
         Cohort::start_args(&["--config".as_ref(), config.as_os_str()], dir.path())
     }
@@ -122,7 +126,7 @@ impl Cohort {
     /// Runs `cohort ARGS` in `cwd` (`demo ...`, say) until it logs where it
     /// listens; on failure returns the exit status and stderr. Its stdout
     /// (the demo's access log) is kept too, see [`Cohort::stdout`].
-    pub fn start_args(
+    pub(crate) fn start_args(
         args: &[&std::ffi::OsStr],
         cwd: &Path,
     ) -> Result<Cohort, (Option<ExitStatus>, String)> {
@@ -176,16 +180,16 @@ impl Cohort {
     }
 
     /// Every stdout line so far (the access log when it goes to stdout).
-    pub fn stdout(&self) -> Vec<String> {
+    pub(crate) fn stdout(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 
     /// Waits until a stderr line contains `needle` (after `skip` lines).
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self
@@ -208,7 +212,7 @@ impl Cohort {
     }
 
     /// Waits (up to 5 s) until `n` reloads have been applied.
-    pub fn wait_reloads(&self, n: usize) {
+    pub(crate) fn wait_reloads(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.count_log("config reloaded") < n {
             assert!(
@@ -221,7 +225,7 @@ impl Cohort {
     }
 
     /// Number of stderr lines containing `needle`.
-    pub fn count_log(&self, needle: &str) -> usize {
+    pub(crate) fn count_log(&self, needle: &str) -> usize {
         self.stderr
             .lock()
             .unwrap()
@@ -231,7 +235,7 @@ impl Cohort {
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, `USR1`) with kill(1).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -242,13 +246,13 @@ impl Cohort {
     }
 
     /// SIGTERM and wait for the exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub(crate) fn terminate(mut self) -> ExitStatus {
         self.signal("TERM");
         wait_timeout(&mut self.child, Duration::from_secs(20))
     }
 
     /// SIGKILL: no chance to flush or sync anything.
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -277,7 +281,7 @@ fn wait_timeout(child: &mut Child, t: Duration) -> ExitStatus {
 
 impl Cohort {
     /// The admin API's address, from its start-up log line.
-    pub fn admin_addr(&self) -> SocketAddr {
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
         let line = self.wait_for_log("admin API on http://", Duration::from_secs(5));
         let addr = line.split("admin API on http://").nth(1).unwrap();
         addr.split_whitespace().next().unwrap().parse().unwrap()
@@ -285,7 +289,7 @@ impl Cohort {
 }
 
 /// Runs the `cohort` binary with `args`; returns (exit code, stdout, stderr).
-pub fn cohort_cmd(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cohort_cmd(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args(args)
         .output()
@@ -297,10 +301,10 @@ pub fn cohort_cmd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-pub const ADMIN_TOKEN: &str = "t0ken-for-tests-only";
+pub(crate) const ADMIN_TOKEN: &str = "t0ken-for-tests-only";
 
 /// An `admin:` block on port 0 with a token file written into `dir`.
-pub fn with_admin(dir: &TestDir, yaml: &str) -> String {
+pub(crate) fn with_admin(dir: &TestDir, yaml: &str) -> String {
     std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
     yaml.replace(
         "experiments:\n",

@@ -9,68 +9,103 @@
 //!
 //! It serves only what [`h1::parse_request`] calls lean — the plain
 //! requests model clients send. On the first request that is not, before
-//! a byte of it is consumed, the connection goes to hyper
-//! ([`super::listener::serve_hyper`]), which serves the rest of it. Routing,
-//! assignment and the access record are [`super::forward::route_request`]'s, the
-//! same as on the hyper path; the integration tests run both.
+//! a byte of it is consumed, [`serve`] returns a [`LeanExit::HandOff`]
+//! and the listener gives the connection to hyper's front end, which
+//! serves the rest of it. Checks, routing, assignment, the error answers
+//! and the access record are [`core`]'s, the same as on hyper's path; the
+//! integration tests run both.
+//!
+//! Memory: a request body (a Content-Length up to [`h1::MAX_LEAN_BODY`],
+//! 256 KiB) is buffered whole before it is forwarded, but the buffer
+//! grows with what arrives, at most [`GROW_BY`] ahead of it, so a stalled
+//! upload holds what it sent plus 64 KiB, not its announced length.
 
-use std::io;
+mod io;
+
+use std::io as stdio;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Uri};
-use hyper::server::conn::http1;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::Instant;
 
-use super::forward::{request_id, route_request, Peer, Refused, Routed, Stamps};
-use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, RequestHead, ResponseHead};
+use self::io::Deadline;
+pub(crate) use self::io::Rewind;
+use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
+use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, ResponseHead};
 use super::upstream::{Checkout, ConnectError, Upstream};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, CLIENT_CLOSED};
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
-/// How long a client may take, from `runtime.client_*_timeout`.
+/// The old name of [`ClientLimits`].
+pub(crate) type ClientTimeouts = ClientLimits;
+
+/// How long a client may take and how much head it may send, from
+/// `runtime.client_*_timeout` and `runtime.max_request_head`; both front
+/// ends hold clients to these.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientTimeouts {
+pub(crate) struct ClientLimits {
     /// Idle between requests on a keep-alive connection.
     pub idle: Duration,
     /// For a request head, from its first byte (hyper's
     /// `header_read_timeout` on the other path).
     pub header: Duration,
-    /// For a buffered request body, after its head.
+    /// For a buffered request body, after its head (on hyper's path: the
+    /// longest pause in a streamed body).
     pub body: Duration,
+    /// The most bytes a request head may take.
+    pub max_head: usize,
 }
 
-impl ClientTimeouts {
-    pub fn of(r: &crate::config::RuntimeConfig) -> ClientTimeouts {
-        ClientTimeouts {
+impl ClientLimits {
+    pub(crate) fn of(r: &crate::config::RuntimeConfig) -> ClientLimits {
+        ClientLimits {
             idle: r.client_idle_timeout,
             header: r.client_header_timeout,
             body: r.client_body_timeout,
+            max_head: r.max_request_head,
         }
     }
 }
 /// Read-buffer growth per read (hyper's default buffer size too).
 const READ_CHUNK: usize = 8 * 1024;
 const COPY_BODY_UP_TO: usize = 4 * 1024;
+/// How far ahead of the bytes received a body buffer may grow.
+pub(crate) const GROW_BY: usize = 64 * 1024;
 
-/// Serves one client connection until it closes, handing it to hyper at
-/// the first request the lean path does not take.
-pub async fn serve(
+/// How the lean path let go of a connection.
+pub(crate) enum LeanExit {
+    /// It is closed (or will be, when dropped).
+    Closed,
+    /// Its next request is not for the lean path: hyper's front end
+    /// serves the rest of it.
+    HandOff(HandOff),
+}
+
+/// A connection for hyper's front end, with the bytes already read.
+pub(crate) struct HandOff {
+    pub io: Rewind,
+    pub stop: watch::Receiver<bool>,
+    pub state: Arc<State>,
+    /// Why (for the trace log).
+    pub why: &'static str,
+}
+
+/// Serves one client connection until it closes or until a request the
+/// lean path does not take, which it hands back untouched.
+pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
-    http: Arc<http1::Builder>,
-    timeouts: ClientTimeouts,
-) {
+    timeouts: ClientLimits,
+) -> LeanExit {
     let mut conn = Connection {
         timeouts,
         client,
@@ -87,19 +122,27 @@ pub async fn serve(
     loop {
         match conn.next_request(&mut stop).await {
             Next::Request => {}
-            Next::Closed => return,
+            Next::Closed => return LeanExit::Closed,
+            Next::Reject(r) => {
+                conn.reject(r, &stop).await;
+                return LeanExit::Closed;
+            }
             Next::Hand(why) => {
-                tracing::trace!(%peer, why, "connection handed to hyper");
                 let rest = conn.buf.split().freeze();
                 let io = Rewind {
                     rest,
                     io: conn.client,
                 };
-                return super::listener::serve_hyper(io, peer, conn.state, stop, &http).await;
+                return LeanExit::HandOff(HandOff {
+                    io,
+                    stop,
+                    state: conn.state,
+                    why,
+                });
             }
         }
         if !conn.serve_one(&stop).await || *stop.borrow() {
-            return;
+            return LeanExit::Closed;
         }
     }
 }
@@ -117,7 +160,7 @@ struct Connection {
     state: Arc<State>,
     header_timer: Deadline,
     upstream_timer: Deadline,
-    timeouts: ClientTimeouts,
+    timeouts: ClientLimits,
 }
 
 enum Next {
@@ -125,6 +168,8 @@ enum Next {
     Request,
     Closed,
     Hand(&'static str),
+    /// A request refused outright (answered, then the connection closes).
+    Reject(Reject),
 }
 
 /// How a request's exchange with its upstream ended.
@@ -132,6 +177,18 @@ enum Exchange {
     Done(Result<TcpStream, Failure>),
     TimedOut,
     ClientGone,
+}
+
+impl Failure {
+    /// What [`core::upstream_error`] makes of it.
+    fn upstream(self) -> UpstreamFailure {
+        match self {
+            Failure::Connect(ConnectError::Timeout) => UpstreamFailure::ConnectTimeout,
+            Failure::Connect(ConnectError::Io(_)) => UpstreamFailure::Connect,
+            Failure::Io { .. } => UpstreamFailure::Reset,
+            Failure::Invalid(why) => UpstreamFailure::Invalid(why.to_string()),
+        }
+    }
 }
 
 /// Why an upstream exchange failed.
@@ -162,13 +219,14 @@ impl Connection {
         let mut need = None;
         loop {
             if need.is_none() && !self.buf.is_empty() {
-                match h1::parse_request(&self.buf, &mut self.head) {
+                match h1::parse_request(&self.buf, &mut self.head, t.max_head) {
                     Parsed::Lean => {
                         need = Some(self.head.head_len + self.head.body_len);
                         (phase, deadline) = (t.body, None);
                     }
                     Parsed::Partial => {}
                     Parsed::Hand(why) => return Next::Hand(why),
+                    Parsed::Reject(r) => return Next::Reject(r),
                 }
             }
             if need.is_some_and(|n| self.buf.len() >= n) {
@@ -179,12 +237,19 @@ impl Connection {
                 return Next::Closed;
             }
             let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
-            self.buf.reserve(missing.max(READ_CHUNK));
+            self.buf.reserve(missing.clamp(READ_CHUNK, GROW_BY));
             let at = *deadline.get_or_insert_with(|| Instant::now() + phase);
             tokio::select! {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => match read {
-                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(0) | Err(_) => {
+                        if need.is_some() {
+                            // Gone mid-body: the request is logged as the
+                            // client's (nothing was forwarded).
+                            self.log_refused(&ProxyError::ClientGone);
+                        }
+                        return Next::Closed;
+                    }
                     Ok(_) if idle => (phase, deadline) = (t.header, None),
                     Ok(_) => {}
                 },
@@ -196,7 +261,11 @@ impl Connection {
                 () = self.header_timer.until(at) => {
                     if !idle {
                         // Part of a request came and the rest did not.
-                        let _ = self.client.write_all(REQUEST_TIMEOUT).await;
+                        let _ = self.client.write_all(h1::REQUEST_TIMEOUT).await;
+                        match need {
+                            Some(_) => self.log_refused(&ProxyError::RequestTimeout),
+                            None => core::log_unparsed(&self.state, &ProxyError::RequestTimeout),
+                        }
                     }
                     return Next::Closed;
                 }
@@ -212,31 +281,17 @@ impl Connection {
             .buf
             .split_to(self.head.head_len + self.head.body_len)
             .freeze();
+        let snap = self.state.snapshot();
+        let Some(mut rec) = self.record(&bytes, &snap.version).await else {
+            return false;
+        };
         let req = h1::Request {
             bytes: &bytes,
             head: &self.head,
         };
-        // httparse admits only token characters in a method, all of which
-        // `Method` accepts; `Uri` is stricter about targets than httparse.
-        let (Ok(method), Ok(uri)) = (
-            Method::from_bytes(req.method()),
-            Uri::from_maybe_shared(bytes.slice(self.head.target.clone())),
-        ) else {
-            let _ = self.client.write_all(BAD_REQUEST).await;
-            return false;
-        };
-        let is_head = method == Method::HEAD;
-        let idempotent = method.is_idempotent();
-        let snap = self.state.snapshot();
-        let mut rec = AccessRecord::new(
-            SystemTime::now(),
-            request_id(&self.state, &req),
-            method,
-            uri,
-            snap.version.clone(),
-        );
-        rec.bytes_in = req.body().len() as u64;
-        let routed = route_request(&self.state, snap, req.path(), &req, &mut rec).await;
+        let is_head = rec.method == Some(Method::HEAD);
+        let idempotent = rec.method.as_ref().is_some_and(Method::is_idempotent);
+        let routed = core::route_request(&self.state, snap, req.path(), &req, &mut rec).await;
         let Routed { upstream, stamps } = match routed {
             Ok(r) => r,
             Err(Refused { error, stamps }) => {
@@ -249,7 +304,7 @@ impl Connection {
         self.out.clear();
         let hop = Hop {
             authority: upstream.authority.as_str(),
-            stamps: stamps.as_ref(),
+            stamps: stamps.as_ref().map(Stamps::bytes),
             request_id: rec.request_id.as_bytes(),
             peer_ip: self.peer.ip.as_bytes(),
         };
@@ -267,7 +322,6 @@ impl Connection {
             .exchange(&upstream, &body, is_head, idempotent, sent)
             .await;
         rec.upstream_time = Some(sent.elapsed());
-        let name = || upstream.config.name.clone();
         let error = match outcome {
             Exchange::Done(Ok(stream)) => {
                 return self
@@ -275,29 +329,97 @@ impl Connection {
                     .await
             }
             Exchange::ClientGone => {
-                rec.status = 499;
-                rec.error = Some("client_gone");
+                rec.status = CLIENT_CLOSED;
+                rec.error = Some(ProxyError::ClientGone.cause());
                 self.log(rec, started.elapsed(), 0);
                 return false;
             }
-            Exchange::TimedOut => {
-                ProxyError::UpstreamTimeout(name(), upstream.config.timeout.as_millis())
-            }
+            Exchange::TimedOut => core::upstream_error(&upstream, UpstreamFailure::Timeout),
             Exchange::Done(Err(f)) => {
                 tracing::debug!(upstream = %upstream.config.name, failure = ?f, "upstream exchange failed");
-                match f {
-                    Failure::Connect(ConnectError::Timeout) => ProxyError::UpstreamTimeout(
-                        name(),
-                        upstream.config.connect_timeout.as_millis(),
-                    ),
-                    Failure::Connect(ConnectError::Io(_)) => ProxyError::UpstreamConnect(name()),
-                    Failure::Io { .. } => ProxyError::UpstreamReset(name()),
-                    Failure::Invalid(why) => ProxyError::UpstreamInvalid(name(), why.to_string()),
-                }
+                core::upstream_error(&upstream, f.upstream())
             }
         };
         self.own_response(error, stamps.as_ref(), rec, started, stop)
             .await
+    }
+
+    /// The access record of the request at the front of `bytes` (parsed
+    /// into `self.head`), or `None` when its target or method cannot be
+    /// read (answered 400 and logged, as hyper's path does).
+    async fn record(&mut self, bytes: &Bytes, version: &Arc<str>) -> Option<AccessRecord> {
+        let req = h1::Request {
+            bytes,
+            head: &self.head,
+        };
+        // httparse admits only token characters in a method, all of which
+        // `Method` accepts; `Uri` is stricter about targets than httparse.
+        let (Ok(method), Ok(uri)) = (
+            Method::from_bytes(req.method()),
+            Uri::from_maybe_shared(bytes.slice(self.head.target.clone())),
+        ) else {
+            let _ = self.client.write_all(h1::BAD_REQUEST).await;
+            core::log_unparsed(&self.state, &ProxyError::BadRequest("malformed target"));
+            return None;
+        };
+        let mut rec = AccessRecord::new(
+            SystemTime::now(),
+            core::request_id(&self.state, &req),
+            method,
+            uri,
+            version.clone(),
+        );
+        rec.bytes_in = req.body().len() as u64;
+        Some(rec)
+    }
+
+    /// Answers a request refused outright, then the connection closes.
+    async fn reject(&mut self, r: Reject, stop: &watch::Receiver<bool>) {
+        let started = std::time::Instant::now();
+        match r {
+            Reject::HeadTooLarge => {
+                let _ = self.client.write_all(HEAD_TOO_LARGE).await;
+                core::log_unparsed(&self.state, &ProxyError::HeadTooLarge);
+            }
+            Reject::Host => {
+                // The head is whole (only its Host was wrong); its body,
+                // if any, is never read: the connection closes.
+                let head = self.buf.split_to(self.head.head_len).freeze();
+                self.head.body_len = 0;
+                let version = self.state.snapshot().version.clone();
+                if let Some(rec) = self.record(&head, &version).await {
+                    self.own_response(ProxyError::BadHost, None, rec, started, stop)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Logs a request the client abandoned or stalled before its body was
+    /// whole (the head at the front of `buf`); nothing was forwarded.
+    fn log_refused(&self, e: &ProxyError) {
+        let head = Bytes::copy_from_slice(&self.buf[..self.head.head_len]);
+        let req = h1::Request {
+            bytes: &head,
+            head: &self.head,
+        };
+        let (Ok(method), Ok(uri)) = (
+            Method::from_bytes(req.method()),
+            Uri::from_maybe_shared(head.slice(self.head.target.clone())),
+        ) else {
+            return core::log_unparsed(&self.state, e);
+        };
+        let mut rec = AccessRecord::new(
+            SystemTime::now(),
+            core::request_id(&self.state, &req),
+            method,
+            uri,
+            self.state.snapshot().version.clone(),
+        );
+        rec.status = e.status().as_u16();
+        rec.error = Some(e.cause());
+        let received = self.buf.len().saturating_sub(self.head.head_len) as u64;
+        core::finish(&self.state.log, rec, Duration::ZERO, received, 0);
     }
 
     /// Sends the head in `self.out` and `body` upstream and reads the
@@ -336,8 +458,8 @@ impl Connection {
                     self.buf.reserve(READ_CHUNK);
                     match self.client.try_read_buf(&mut self.buf) {
                         Ok(0) => return Exchange::ClientGone,
-                        Ok(_) => watching = self.buf.len() < h1::MAX_HEAD + h1::MAX_LEAN_BODY,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Ok(_) => watching = self.buf.len() < self.timeouts.max_head + h1::MAX_LEAN_BODY,
+                        Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => {}
                         Err(_) => return Exchange::ClientGone,
                     }
                 }
@@ -365,7 +487,7 @@ impl Connection {
             &mut self.out,
             &self.upstream_buf,
             resp,
-            stamps,
+            stamps.map(Stamps::bytes),
             rec.request_id.as_bytes(),
             crate::observe::time::cached_http_date,
             close,
@@ -415,7 +537,7 @@ impl Connection {
                 !close
             }
             Err(RelayError::Upstream) => {
-                rec.error = Some("upstream_body");
+                rec.error = Some(core::upstream_error(upstream, UpstreamFailure::Body).cause());
                 false
             }
             Err(RelayError::Client) => false,
@@ -433,28 +555,22 @@ impl Connection {
         started: std::time::Instant,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let close = self.closing(stop);
-        let status = error.status();
-        rec.status = status.as_u16();
-        rec.error = Some(error.cause());
-        let body = error.body(&String::from_utf8_lossy(rec.request_id.as_bytes()));
+        let answer = core::ErrorAnswer::new(&error, &mut rec);
+        let close = answer.close || self.closing(stop);
         self.out.clear();
         let date = crate::observe::time::cached_http_date();
         h1::write_own_response(
             &mut self.out,
-            status,
-            body.as_bytes(),
-            stamps,
+            answer.status,
+            answer.body.as_bytes(),
+            stamps.map(Stamps::bytes),
             rec.request_id.as_bytes(),
             &date,
             close,
         );
         let written = self.client.write_all(&self.out).await.is_ok();
-        self.log(
-            rec,
-            started.elapsed(),
-            if written { body.len() as u64 } else { 0 },
-        );
+        let sent = if written { answer.body.len() as u64 } else { 0 };
+        self.log(rec, started.elapsed(), sent);
         written && !close
     }
 
@@ -464,17 +580,14 @@ impl Connection {
         self.head.close || *stop.borrow()
     }
 
-    fn log(&self, mut rec: AccessRecord, took: Duration, bytes_out: u64) {
-        rec.bytes_out = bytes_out;
-        rec.total_time = took;
-        self.state.log.record(&rec);
+    fn log(&self, rec: AccessRecord, took: Duration, bytes_out: u64) {
+        let bytes_in = rec.bytes_in;
+        core::finish(&self.state.log, rec, took, bytes_in, bytes_out);
     }
 }
 
-const BAD_REQUEST: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-const REQUEST_TIMEOUT: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// The answer to an oversized head, as hyper's path sends it.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Connects (or reuses a pooled connection), writes `request` and reads
 /// the response head into `head`, skipping 1xx answers. A reused
@@ -512,18 +625,41 @@ async fn try_round_trip(
     head: &mut ResponseHead,
 ) -> Result<(), Failure> {
     buf.clear();
-    write_both(&mut conn.stream, request_head, body)
+    if write_both(&mut conn.stream, request_head, body)
         .await
-        .map_err(|_| Failure::Io {
-            responded: false,
-            sent: false,
-        })?;
+        .is_err()
+    {
+        // An upstream may answer before it has read the whole request (an
+        // early 413) and close: that answer is relayed, as NGINX relays
+        // it, and the connection is not reused (the request was cut).
+        return match read_head(conn, is_head, buf, head, false).await {
+            Ok(()) => {
+                head.close = true;
+                Ok(())
+            }
+            Err(_) => Err(Failure::Io {
+                responded: false,
+                sent: false,
+            }),
+        };
+    }
+    read_head(conn, is_head, buf, head, true).await
+}
+
+/// Reads the final response head into `head`, skipping 1xx answers.
+async fn read_head(
+    conn: &mut Checkout,
+    is_head: bool,
+    buf: &mut BytesMut,
+    head: &mut ResponseHead,
+    sent: bool,
+) -> Result<(), Failure> {
     let mut responded = false;
     loop {
         buf.reserve(READ_CHUNK);
         let failed = Failure::Io {
             responded: responded || !buf.is_empty(),
-            sent: true,
+            sent,
         };
         match conn.stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(failed),
@@ -542,17 +678,17 @@ async fn try_round_trip(
 
 /// Writes `a` then `b` with as few syscalls as the socket allows, without
 /// copying a request body behind its head.
-async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> stdio::Result<()> {
     if b.is_empty() {
         // One plain send: cheaper in the kernel than a writev.
         return stream.write_all(a).await;
     }
     while !a.is_empty() || !b.is_empty() {
         let n = stream
-            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            .write_vectored(&[stdio::IoSlice::new(a), stdio::IoSlice::new(b)])
             .await?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(stdio::ErrorKind::WriteZero.into());
         }
         let from_a = n.min(a.len());
         a = &a[from_a..];
@@ -616,20 +752,21 @@ impl BodyRelay {
                 )
             }
             Framing::Chunked => {
-                // Chunks pass as they are; trailers are dropped (an
-                // upstream could otherwise send an `x-cohort-*` one), as
-                // hyper's path drops them.
+                // Re-emitted canonically: each run of payload as one chunk
+                // with a plain hex size line (no extensions, no odd
+                // whitespace a later hop could read differently), then the
+                // last chunk; trailers are dropped (an upstream could
+                // otherwise send an `x-cohort-*` one), as hyper's path
+                // drops them.
                 let before = self.chunked.data_bytes();
-                let was_in_trailers = self.chunked.in_trailers();
-                let end = self.chunked.feed(data)?;
-                let raw = end.unwrap_or(data.len());
-                let kept = self.chunked.before_trailers(raw, was_in_trailers);
-                out.extend_from_slice(&data[..kept]);
+                let end = self
+                    .chunked
+                    .decode(data, &mut |run| h1::write_chunk(out, run))?;
                 if end.is_some() {
-                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(h1::LAST_CHUNK);
                 }
                 let used = Used {
-                    raw,
+                    raw: end.unwrap_or(data.len()),
                     data: self.chunked.data_bytes() - before,
                 };
                 (used, end.is_some())
@@ -656,80 +793,5 @@ impl BodyRelay {
         out.extend_from_slice(h1::LAST_CHUNK);
         self.framing = Framing::Empty;
         Some(())
-    }
-}
-
-/// A timer that is re-armed only when it fires early, so a connection
-/// serving back-to-back requests touches the timer wheel about once per
-/// timeout period instead of once per request.
-#[derive(Default)]
-struct Deadline(Option<Pin<Box<Sleep>>>);
-
-impl Deadline {
-    async fn until(&mut self, at: Instant) {
-        let sleep = self.0.get_or_insert_with(|| Box::pin(sleep_until(at)));
-        if sleep.deadline() > at {
-            sleep.as_mut().reset(at);
-        }
-        loop {
-            sleep.as_mut().await;
-            if Instant::now() >= at {
-                return;
-            }
-            sleep.as_mut().reset(at);
-        }
-    }
-}
-
-/// The client socket with the bytes the lean path already read put back
-/// in front, for hyper to serve.
-pub struct Rewind {
-    rest: Bytes,
-    io: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.rest.is_empty() {
-            let n = self.rest.len().min(buf.remaining());
-            buf.put_slice(&self.rest[..n]);
-            self.rest.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

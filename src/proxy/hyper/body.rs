@@ -1,14 +1,12 @@
-//! Bodies that stream through the proxy, counted on the way.
-//!
-//! [`UpstreamBody`] wraps the client's request body on its way to the
-//! upstream and counts `bytes_in`. [`ResponseBody`] carries either the
-//! upstream's response or a body the proxy made itself, counts `bytes_out`,
-//! and writes the request's access-log line when hyper drops it — after the
-//! last byte went out, or when the client went away — so each response
-//! gets exactly one line with its final size and duration.
+//! The response side of hyper's front end: [`ResponseBody`] carries
+//! either the upstream's response or a body the proxy made itself, counts
+//! `bytes_out`, and writes the request's access-log line (through
+//! [`core::finish`]) when hyper drops it — after the last byte went out,
+//! or when the client went away — so each response gets exactly one line
+//! with its final size and duration. The request side (the client's body
+//! on its way upstream) is [`crate::proxy::upstream::body`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -17,44 +15,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::error::{Cause, CLIENT_CLOSED};
 use crate::observe::access_log::{AccessLog, AccessRecord};
-
-pub struct UpstreamBody {
-    inner: Incoming,
-    bytes: Arc<AtomicU64>,
-}
-
-impl UpstreamBody {
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> UpstreamBody {
-        UpstreamBody { inner, bytes }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use crate::proxy::core;
+pub(crate) use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
 
 enum Inner {
     Upstream(Incoming),
@@ -62,14 +26,15 @@ enum Inner {
 }
 
 /// The access-log line of a response, completed when its body ends.
-pub struct PendingLog {
+pub(crate) struct PendingLog {
     pub log: AccessLog,
     pub record: AccessRecord,
     pub started: Instant,
-    pub bytes_in: Arc<AtomicU64>,
+    /// The request body, for `bytes_in`.
+    pub body: Arc<BodyWatch>,
 }
 
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
     /// The upstream's body failed mid-stream: the client got a cut response.
@@ -78,7 +43,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> ResponseBody {
+    pub(crate) fn upstream(body: Incoming) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             bytes_out: 0,
@@ -87,7 +52,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody {
             inner: Inner::Full(Some(bytes.into())),
             bytes_out: 0,
@@ -96,7 +61,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn with_log(mut self, pending: PendingLog) -> ResponseBody {
+    pub(crate) fn with_log(mut self, pending: PendingLog) -> ResponseBody {
         self.pending = Some(pending);
         self
     }
@@ -147,14 +112,11 @@ impl PendingLog {
     fn finish(self, bytes_out: u64) {
         let PendingLog {
             log,
-            mut record,
+            record,
             started,
-            bytes_in,
+            body,
         } = self;
-        record.bytes_out = bytes_out;
-        record.bytes_in = bytes_in.load(Ordering::Relaxed);
-        record.total_time = started.elapsed();
-        log.record(&record);
+        core::finish(&log, record, started.elapsed(), body.bytes(), bytes_out);
     }
 }
 
@@ -162,7 +124,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
             if self.upstream_failed {
-                p.record.error = Some("upstream_body");
+                p.record.error = Some(Cause::UpstreamBody);
             }
             p.finish(self.bytes_out);
         }
@@ -173,15 +135,15 @@ impl Drop for ResponseBody {
 /// (the client went away while the upstream was answering): status 499,
 /// error `client_gone`. Without it a unit's first exposure could vanish
 /// from the log while its assignment is stored.
-pub struct CancelLog(Option<PendingLog>);
+pub(crate) struct CancelLog(Option<PendingLog>);
 
 impl CancelLog {
-    pub fn new(p: PendingLog) -> CancelLog {
+    pub(crate) fn new(p: PendingLog) -> CancelLog {
         CancelLog(Some(p))
     }
 
     /// The handler produced a response; that response logs the request.
-    pub fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
@@ -189,8 +151,8 @@ impl CancelLog {
 impl Drop for CancelLog {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
-            p.record.status = 499;
-            p.record.error = Some("client_gone");
+            p.record.status = CLIENT_CLOSED;
+            p.record.error = Some(Cause::ClientGone);
             p.finish(0);
         }
     }

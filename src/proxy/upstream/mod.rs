@@ -19,12 +19,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::UpstreamBody;
+pub(crate) use self::early::EarlyAnswerConnector;
 use crate::config::UpstreamConfig;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub(crate) mod body;
+mod early;
 
-pub struct Upstream {
+use self::body::UpstreamBody;
+
+pub(crate) type UpstreamClient = Client<EarlyAnswerConnector, UpstreamBody>;
+
+pub(crate) struct Upstream {
     pub config: UpstreamConfig,
     pub authority: Authority,
     /// `host:port`, as the access log names it.
@@ -50,7 +55,7 @@ thread_local! {
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection the lean path holds for one exchange.
-pub struct Checkout {
+pub(crate) struct Checkout {
     pub stream: TcpStream,
     /// It served a request before: a failure may mean the upstream closed
     /// it while idle, not that the upstream is down.
@@ -59,7 +64,7 @@ pub struct Checkout {
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect timed out")]
     Timeout,
     #[error(transparent)]
@@ -68,7 +73,7 @@ pub enum ConnectError {
 
 impl Upstream {
     /// `workers`: the runtime's worker threads, one idle list each.
-    pub fn new(config: &UpstreamConfig, workers: usize) -> Upstream {
+    pub(crate) fn new(config: &UpstreamConfig, workers: usize) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -77,7 +82,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_idle_per_host)
-            .build(connector);
+            .build(EarlyAnswerConnector(connector));
         Upstream {
             authority: config.authority.parse().expect("validated authority"),
             address: std::sync::Arc::from(config.authority.as_str()),
@@ -90,7 +95,7 @@ impl Upstream {
     }
 
     /// An idle connection that is still open, or a new one.
-    pub async fn checkout(&self) -> Result<Checkout, ConnectError> {
+    pub(crate) async fn checkout(&self) -> Result<Checkout, ConnectError> {
         while let Some((stream, since)) = self.pop_idle() {
             if since.elapsed() < IDLE_TIMEOUT && still_open(&stream) {
                 return Ok(Checkout {
@@ -103,7 +108,7 @@ impl Upstream {
     }
 
     /// A new connection, bypassing the idle ones.
-    pub async fn connect(&self) -> Result<Checkout, ConnectError> {
+    pub(crate) async fn connect(&self) -> Result<Checkout, ConnectError> {
         let stream = tokio::time::timeout(
             self.config.connect_timeout,
             TcpStream::connect(&*self.address),
@@ -120,7 +125,7 @@ impl Upstream {
     /// Returns a connection whose last response was read to its end (at
     /// `now`, which the caller has at hand). Each thread's list holds its
     /// share of `max_idle_per_host`.
-    pub fn checkin(&self, stream: TcpStream, now: Instant) {
+    pub(crate) fn checkin(&self, stream: TcpStream, now: Instant) {
         let cap = self.config.max_idle_per_host.div_ceil(self.idle.len());
         let mut idle = self.idle[self.my_list()].lock().expect("idle pool lock");
         if idle

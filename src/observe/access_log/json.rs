@@ -1,0 +1,282 @@
+//! Renders an [`AccessRecord`] as one JSON object (the log's line format,
+//! documented with the schema in the docs).
+
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+use super::record::{AccessRecord, LoggedUnit, SCHEMA_VERSION};
+use crate::error::Cause;
+use crate::observe::time;
+
+impl AccessRecord {
+    /// Appends the record as one JSON object (no newline). Written by hand
+    /// rather than through serde: the log renders a line per request, and
+    /// the fields are few and fixed. Header values that are not UTF-8 are
+    /// logged lossily (U+FFFD), like every other string here.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = JsonObject::start(out);
+        o.key("ts");
+        o.out.push(b'"');
+        time::write_rfc3339_millis(self.at, o.out);
+        o.out.push(b'"');
+        o.uint("schema", u64::from(SCHEMA_VERSION));
+        o.bytes("request_id", self.request_id.as_bytes());
+        o.opt_str("method", self.method.as_ref().map(Method::as_str));
+        o.opt_str("path", self.path.as_ref().map(Uri::path));
+        o.uint("status", u64::from(self.status));
+        o.opt_str("experiment", self.experiment.as_deref());
+        match &self.unit {
+            Some(LoggedUnit::Raw(v)) => o.bytes("unit", v.as_bytes()),
+            Some(LoggedUnit::Hashed(h)) => o.str("unit", h),
+            None => o.null("unit"),
+        }
+        o.opt_str("variant", self.variant.as_deref());
+        o.uint("epoch", u64::from(self.epoch));
+        o.uint("current_epoch", u64::from(self.current_epoch));
+        o.bool("first_exposure", self.first_exposure);
+        o.bool("in_experiment", self.in_experiment);
+        o.bool("forced", self.forced);
+        o.bool("paused", self.paused);
+        o.opt_str("reason", self.reason);
+        match self.bucket {
+            Some(b) => o.uint("bucket", u64::from(b)),
+            None => o.null("bucket"),
+        }
+        o.opt_str("upstream", self.upstream.as_deref());
+        match self.upstream_time {
+            Some(d) => o.millis("upstream_ms", d),
+            None => o.null("upstream_ms"),
+        }
+        o.millis("total_ms", self.total_time);
+        o.uint("bytes_in", self.bytes_in);
+        o.uint("bytes_out", self.bytes_out);
+        o.str("config_version", &self.config_version);
+        o.opt_str("error", self.error.map(Cause::as_str));
+        o.end();
+    }
+}
+
+/// Writes one flat JSON object's members in order.
+struct JsonObject<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn start(out: &'a mut Vec<u8>) -> JsonObject<'a> {
+        out.push(b'{');
+        JsonObject { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        escaped(self.out, v);
+    }
+
+    fn bytes(&mut self, k: &str, v: &[u8]) {
+        self.key(k);
+        escaped(self.out, &String::from_utf8_lossy(v));
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    fn null(&mut self, k: &str) {
+        self.key(k);
+        self.out.extend_from_slice(b"null");
+    }
+
+    fn uint(&mut self, k: &str, v: u64) {
+        self.key(k);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    /// `d` in milliseconds with microsecond precision, as the shortest
+    /// decimal with at least one fraction digit (`0.075`, `2.0`): what
+    /// serde_json prints for the f64 `micros / 1000.0`.
+    fn millis(&mut self, k: &str, d: Duration) {
+        self.key(k);
+        let micros = d.as_micros();
+        let mut int = itoa::Buffer::new();
+        self.out
+            .extend_from_slice(int.format(micros / 1000).as_bytes());
+        let frac = (micros % 1000) as u32;
+        let keep = match frac {
+            f if f % 100 == 0 => 1,
+            f if f % 10 == 0 => 2,
+            _ => 3,
+        };
+        self.out.push(b'.');
+        self.out
+            .extend_from_slice(&time::three_digits(frac)[..keep]);
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// `s` as a JSON string: quotes, backslashes and control characters
+/// escaped, everything else (non-ASCII included) copied as is.
+fn escaped(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        clean = i + 1;
+    }
+    out.extend_from_slice(&bytes[clean..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::access_log::sample_record as record;
+    use http::HeaderValue;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    fn line(r: &AccessRecord) -> String {
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        String::from_utf8(out).expect("the line is UTF-8")
+    }
+
+    #[test]
+    fn a_record_is_one_json_object_with_every_field_in_order() {
+        let mut r = record();
+        r.unit = Some(LoggedUnit::Raw(HeaderValue::from_static("user-7")));
+        let text = line(&r);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v,
+            json!({
+                "ts": "2026-12-01T13:33:19.075Z", "schema": 1, "request_id": "req-1",
+                "method": "POST", "path": "/predict", "status": 200,
+                "experiment": "ranker", "unit": "user-7", "variant": "new",
+                "epoch": 2, "current_epoch": 3, "first_exposure": true,
+                "in_experiment": true, "forced": false, "paused": false,
+                "reason": "sticky", "bucket": 4321, "upstream": "127.0.0.1:9002",
+                "upstream_ms": 0.075, "total_ms": 2.0, "bytes_in": 64,
+                "bytes_out": 1024, "config_version": "abc123", "error": null
+            })
+        );
+        let keys: Vec<&str> = text
+            .split("\":")
+            .map(|k| k.rsplit('"').next().unwrap())
+            .collect();
+        assert_eq!(&keys[..3], ["ts", "schema", "request_id"]);
+        assert!(text.ends_with("\"error\":null}"), "{text}");
+    }
+
+    #[test]
+    fn absent_fields_are_null() {
+        let r = AccessRecord::new(
+            SystemTime::UNIX_EPOCH,
+            HeaderValue::from_static("r"),
+            Method::GET,
+            Uri::from_static("/"),
+            Arc::from("v"),
+        );
+        let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
+        for k in [
+            "experiment",
+            "unit",
+            "variant",
+            "reason",
+            "bucket",
+            "upstream",
+            "upstream_ms",
+            "error",
+        ] {
+            assert_eq!(v[k], Value::Null, "{k}");
+        }
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn strings_are_escaped_and_bytes_that_are_not_utf8_are_replaced() {
+        let mut r = record();
+        let unit = HeaderValue::from_bytes(b"a\"b\\c\td\xffz").expect("obs-text is allowed");
+        r.unit = Some(LoggedUnit::Raw(unit));
+        r.experiment = Some(Arc::from("line\nbreak\r\u{1}\u{8}\u{c}é"));
+        let text = line(&r);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["unit"], "a\"b\\c\td\u{fffd}z");
+        assert_eq!(v["experiment"], "line\nbreak\r\u{1}\u{8}\u{c}é");
+        assert!(
+            text.contains(r#""experiment":"line\nbreak\r\u0001\b\fé""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn milliseconds_print_as_serde_json_prints_the_same_f64() {
+        for micros in [
+            0u64,
+            1,
+            10,
+            75,
+            100,
+            1500,
+            2000,
+            12_340,
+            999_999,
+            123_456_789,
+        ] {
+            let ms = micros as f64 / 1000.0;
+            let mut out = Vec::new();
+            JsonObject::start(&mut out).millis("m", Duration::from_micros(micros));
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text,
+                format!("{{\"m\":{}", serde_json::to_string(&ms).unwrap()),
+                "{micros} µs"
+            );
+        }
+    }
+}

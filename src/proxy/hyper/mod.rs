@@ -1,0 +1,327 @@
+//! Hyper's front end: serves a connection with hyper's HTTP/1 machinery
+//! ([`serve`]) — every connection when the lean path is off, else the
+//! ones the lean path handed over — with [`handle`] as the service.
+//!
+//! The handler only translates: it asks [`core`] to check, route and
+//! assign the request, rewrites it for hyper's client, and maps what
+//! happened to [`core`]'s errors and access record. It is generic over
+//! the request body, so it is unit-tested without sockets.
+
+pub(crate) mod body;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use self::body::UpstreamBody;
+use self::body::{BodyFault, BodyWatch, BoxError, CancelLog, PendingLog, ResponseBody};
+use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
+use super::h1;
+use super::upstream::Upstream;
+use crate::error::ProxyError;
+use crate::observe::access_log::AccessRecord;
+use crate::state::State;
+
+/// What the handler knows of its connection, made once per connection.
+pub(crate) struct Conn {
+    pub peer: Peer,
+    /// How long the client may pause while sending a request body.
+    pub body_timeout: Duration,
+}
+
+/// Serves a connection with hyper until it closes, or until shutdown
+/// starts and its request in flight is answered. Answers hyper refused
+/// itself (a malformed or oversized head, a head that took too long) get
+/// an access-log line here, and a head that timed out part-way gets the
+/// 408 the lean path sends too.
+pub(crate) async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    http: &http1::Builder,
+    body_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(Conn {
+        peer: Peer::new(peer),
+        body_timeout,
+    });
+    let st = state.clone();
+    let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
+    let mut conn = http.serve_connection(TokioIo::new(io), svc);
+    // Borrowed, not moved: the receiver must live until the connection
+    // ends, since the drain waits for every receiver to go.
+    let stopping = async {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    // Biased: a connection handed over from the lean path already holds a
+    // request, which hyper must read before a shutdown can find it idle.
+    let result = tokio::select! {
+        biased;
+        r = &mut conn => r,
+        () = stopping => {
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
+        }
+    };
+    let Err(e) = result else { return };
+    tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let refused = if e.is_timeout() {
+        // hyper closes without an answer; one is owed if part of a head came.
+        let parts = conn.into_parts();
+        if parts.read_buf.is_empty() {
+            return;
+        }
+        let mut io = parts.io.into_inner();
+        let _ = io.write_all(h1::REQUEST_TIMEOUT).await;
+        ProxyError::RequestTimeout
+    } else if e.is_parse_too_large() {
+        // hyper answered 414 or 431 itself.
+        if e.to_string().contains("URI too long") {
+            ProxyError::UriTooLong
+        } else {
+            ProxyError::HeadTooLarge
+        }
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        // hyper answered 400 itself.
+        ProxyError::BadRequest("malformed head")
+    } else {
+        return;
+    };
+    core::log_unparsed(&state, &refused);
+}
+
+/// The service: check, route, assign, forward, stamp, and leave one
+/// access-log record.
+pub(crate) async fn handle<B>(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let snap = state.snapshot();
+    let mut rec = AccessRecord::new(
+        SystemTime::now(),
+        core::request_id(&state, req.headers()),
+        req.method().clone(),
+        req.uri().clone(),
+        snap.version.clone(),
+    );
+    let watch = Arc::new(BodyWatch::default());
+    let pending = |rec: AccessRecord| PendingLog {
+        log: state.log.clone(),
+        record: rec,
+        started,
+        body: watch.clone(),
+    };
+
+    let http11 = req.version() == http::Version::HTTP_11;
+    if let Err(e) = core::check_request(req.method(), http11, req.headers()) {
+        return Ok(error_response(e, None, rec, pending));
+    }
+    let routed = core::route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await;
+    let Routed { upstream, stamps } = match routed {
+        Ok(r) => r,
+        Err(Refused { error, stamps }) => {
+            return Ok(error_response(error, stamps.as_ref(), rec, pending))
+        }
+    };
+    let upstream_req = match upstream_request(
+        req,
+        &upstream,
+        stamps.as_ref(),
+        &rec.request_id,
+        &conn,
+        watch.clone(),
+    ) {
+        Ok(r) => r,
+        Err(e) => return Ok(error_response(e, stamps.as_ref(), rec, pending)),
+    };
+    let sent = Instant::now();
+    let cancelled = CancelLog::new(pending(rec.clone()));
+    let result = tokio::time::timeout(
+        upstream.config.timeout,
+        upstream.client.request(upstream_req),
+    )
+    .await;
+    cancelled.disarm();
+    rec.upstream_time = Some(sent.elapsed());
+    let failure = match result {
+        Ok(Ok(resp)) => match check_response(&resp) {
+            Ok(()) => {
+                let (mut parts, body) = resp.into_parts();
+                core::rewrite_response_headers(
+                    &mut parts.headers,
+                    stamps.as_ref(),
+                    &rec.request_id,
+                );
+                rec.status = parts.status.as_u16();
+                let body = ResponseBody::upstream(body).with_log(pending(rec));
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(why) => UpstreamFailure::Invalid(why.to_string()),
+        },
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            if is_timeout(&e) {
+                UpstreamFailure::ConnectTimeout
+            } else if e.is_connect() {
+                UpstreamFailure::Connect
+            } else if let Some(why) = parse_failure(&e) {
+                UpstreamFailure::Invalid(why)
+            } else {
+                UpstreamFailure::Reset
+            }
+        }
+        Err(_) => UpstreamFailure::Timeout,
+    };
+    // The client's own fault is never blamed on the upstream: a body that
+    // broke its framing, stalled or was abandoned explains the failure.
+    let err = match watch.fault() {
+        Some(BodyFault::Framing) => ProxyError::BadFraming,
+        Some(BodyFault::Timeout) => ProxyError::RequestTimeout,
+        Some(BodyFault::Gone) => ProxyError::ClientGone,
+        // Still waiting for the client's body when the upstream timed out.
+        None if matches!(failure, UpstreamFailure::Timeout) && !watch.ended() => {
+            ProxyError::RequestTimeout
+        }
+        None => core::upstream_error(&upstream, failure),
+    };
+    Ok(error_response(err, stamps.as_ref(), rec, pending))
+}
+
+/// What hyper's client accepted but the lean path's parser refuses, so
+/// both paths relay the same responses: a protocol switch nobody asked
+/// for (the proxy never forwards Upgrade), a Content-Length that is not
+/// one number, or one beside Transfer-Encoding.
+fn check_response<B>(resp: &Response<B>) -> Result<(), h1::BadResponse> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(h1::BadResponse::Switch);
+    }
+    let h = resp.headers();
+    let length = h1::response_length(
+        h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )?;
+    if length.is_some() && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(h1::BadResponse::Ambiguous);
+    }
+    Ok(())
+}
+
+fn upstream_request<B>(
+    req: Request<B>,
+    upstream: &Upstream,
+    stamps: Option<&Stamps>,
+    request_id: &HeaderValue,
+    conn: &Conn,
+    watch: Arc<BodyWatch>,
+) -> Result<Request<UpstreamBody>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(upstream.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unparseable target"))?;
+    parts.version = http::Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    // hyper sends a GET or HEAD body only with an explicit length or
+    // encoding; a chunked one must stay chunked rather than vanish.
+    let chunked = h.contains_key(header::TRANSFER_ENCODING);
+    let ends = http_body::Body::is_end_stream(&body);
+    core::rewrite_upstream_headers(h, &conn.peer, stamps, request_id);
+    if chunked && !ends {
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    Ok(Request::from_parts(
+        parts,
+        UpstreamBody::new(body, watch, conn.body_timeout),
+    ))
+}
+
+fn error_response(
+    e: ProxyError,
+    stamps: Option<&Stamps>,
+    mut rec: AccessRecord,
+    pending: impl FnOnce(AccessRecord) -> PendingLog,
+) -> Response<ResponseBody> {
+    let answer = core::ErrorAnswer::new(&e, &mut rec);
+    let mut resp = Response::new(ResponseBody::full(answer.body));
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = stamps {
+        s.apply(h);
+    }
+    h.insert(core::REQUEST_ID, rec.request_id.clone());
+    if answer.close {
+        // hyper closes the connection after a response that says so.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.map(|b| b.with_log(pending(rec)))
+}
+
+/// Whether an upstream error was a timeout (a connect timeout surfaces as
+/// an `io::ErrorKind::TimedOut` somewhere in the source chain).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// What hyper could not parse in the upstream's response, if that is why
+/// the request failed.
+fn parse_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_too_large() {
+                return Some(h.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The client's request body on its way to the upstream through hyper's
+//! client: [`UpstreamBody`] counts `bytes_in`, bounds how long the client
+//! may pause (`client_body_timeout`), and notes in a [`BodyWatch`] how the
+//! body failed, so the handler blames the client, not the upstream, for a
+//! body that broke its framing, stalled or was abandoned.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a client's request body failed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum BodyFault {
+    /// Its framing was broken (a bad chunk line or size): 400.
+    Framing,
+    /// The client paused longer than `client_body_timeout`: 408.
+    Timeout,
+    /// The client closed or reset mid-body: 499.
+    Gone,
+}
+
+/// What the handler learns of the request body as it streams: its size,
+/// whether it ended, and how it failed.
+#[derive(Default)]
+pub(crate) struct BodyWatch {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+    fault: AtomicU8,
+}
+
+impl BodyWatch {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn fault(&self) -> Option<BodyFault> {
+        match self.fault.load(Ordering::Relaxed) {
+            1 => Some(BodyFault::Framing),
+            2 => Some(BodyFault::Timeout),
+            3 => Some(BodyFault::Gone),
+            _ => None,
+        }
+    }
+
+    fn set_fault(&self, f: BodyFault) {
+        let n = match f {
+            BodyFault::Framing => 1,
+            BodyFault::Timeout => 2,
+            BodyFault::Gone => 3,
+        };
+        self.fault.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a body read failed, from the error's source chain: hyper reports
+/// broken chunked framing as `InvalidData`/`InvalidInput` I/O errors, and a
+/// body cut short as `UnexpectedEof` or an incomplete message.
+pub(crate) fn classify_body_error(e: &(dyn std::error::Error + 'static)) -> BodyFault {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    BodyFault::Framing
+                }
+                std::io::ErrorKind::TimedOut => BodyFault::Timeout,
+                _ => BodyFault::Gone,
+            };
+        }
+        if err.downcast_ref::<BodyTimedOut>().is_some() {
+            return BodyFault::Timeout;
+        }
+        cur = err.source();
+    }
+    BodyFault::Gone
+}
+
+/// The client paused its body longer than `client_body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client paused its request body longer than the body timeout")]
+pub(crate) struct BodyTimedOut;
+
+type DynBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+
+pub(crate) struct UpstreamBody {
+    inner: DynBody,
+    watch: Arc<BodyWatch>,
+    timeout: Duration,
+    /// When the client last sent a frame (or the body was first polled).
+    last: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new<B>(inner: B, watch: Arc<BodyWatch>, timeout: Duration) -> UpstreamBody
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if inner.is_end_stream() {
+            watch.ended.store(true, Ordering::Relaxed);
+        }
+        UpstreamBody {
+            inner: Box::pin(http_body_util::BodyExt::map_err(inner, Into::into)),
+            watch,
+            timeout,
+            last: None,
+            timer: None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let now = *this.last.get_or_insert_with(Instant::now);
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.watch
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                this.last = Some(Instant::now());
+                // hyper's client stops polling a body that says it ended.
+                if this.inner.is_end_stream() {
+                    this.watch.ended.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.watch.set_fault(classify_body_error(&*e));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.watch.ended.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // The timer is re-armed only when it fires early, so a
+                // steady body costs one timer, not one per frame.
+                let deadline = tokio::time::Instant::from_std(now + this.timeout);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.watch.set_fault(BodyFault::Timeout);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
