@@ -42,6 +42,7 @@ fn event() -> LedgerEvent {
                         weight: Weight(5000),
                     },
                 ],
+                bucketing: Default::default(),
             },
             started_at: "2026-12-01T00:00:00.000Z".into(),
             config_version: "bench".into(),

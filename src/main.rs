@@ -73,6 +73,36 @@ enum Command {
     /// Operations on the assignment store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Record a vendor's existing assignments (GrowthBook sticky-bucket
+    /// documents, or a CSV of unit,variant) as the experiment's epoch-1
+    /// assignments in the config's store, so migrating moves nobody. Run it
+    /// before cohort serves the experiment (the proxy must be stopped).
+    Import {
+        /// The config file: its experiment and its `store.path`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The experiment (its `name` in the config).
+        #[arg(long)]
+        experiment: String,
+        /// GrowthBook sticky-bucket documents (a JSON array, an object of
+        /// documents, or one document per line).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "csv",
+            required_unless_present = "csv"
+        )]
+        growthbook: Option<PathBuf>,
+        /// GrowthBook's experiment key in the documents (default: the experiment name).
+        #[arg(long, requires = "growthbook")]
+        experiment_key: Option<String>,
+        /// Only documents of this GrowthBook attribute (e.g. `id`).
+        #[arg(long, requires = "growthbook")]
+        attribute: Option<String>,
+        /// A CSV of `unit,variant` (variant: a name of the config or an index).
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
     Demo {
@@ -217,6 +247,43 @@ fn main() -> ExitCode {
                 .build()
                 .expect("a tokio runtime");
             emit(rt.block_on(cohort::commands::migrate_command(&from, to)))
+        }
+        Some(Command::Import {
+            config,
+            experiment,
+            growthbook,
+            experiment_key,
+            attribute,
+            csv,
+        }) => {
+            let cfg = match cohort::config::load_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let (format, input) = match (growthbook, csv) {
+                (Some(g), _) => (
+                    cohort::commands::ImportFormat::GrowthbookSticky {
+                        experiment_key: experiment_key.unwrap_or_else(|| experiment.clone()),
+                        attribute,
+                    },
+                    g,
+                ),
+                (None, Some(c)) => (cohort::commands::ImportFormat::Csv, c),
+                (None, None) => unreachable!("clap requires --growthbook or --csv"),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            emit(rt.block_on(cohort::commands::import_command(
+                cfg,
+                &experiment,
+                &format,
+                &input,
+            )))
         }
         Some(Command::Demo {
             listen,

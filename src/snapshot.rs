@@ -178,6 +178,7 @@ pub(crate) fn rule(x: &ExperimentConfig) -> Rule {
                 weight: v.weight,
             })
             .collect(),
+        bucketing: x.bucketing.clone(),
     }
 }
 

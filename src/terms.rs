@@ -1,5 +1,6 @@
 //! The vocabulary that configuration and assignment share (DESIGN.md's
-//! *Terms*): what a valid unit id is, and weights in basis points.
+//! *Terms*): what a valid unit id is, weights in basis points, and the
+//! bucketing scheme of a rule (the algorithms are in `assign::schemes`).
 //!
 //! A leaf on purpose: [`crate::config`] validates files with these rules and
 //! [`crate::assign`] serves requests with them, and neither of the two
@@ -49,6 +50,175 @@ impl std::fmt::Display for Weight {
             write!(f, "{}", self.0 / 100)
         } else {
             write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+        }
+    }
+}
+
+/// A vendor weight as written in the config: an integer on the vendor's
+/// scale, or GrowthBook's fraction. Compared bit for bit, so a rule holding
+/// one is still `Eq`.
+///
+/// Recorded (journal, config record) as a string of its shortest exact
+/// decimal, because JSON number parsing is not guaranteed to be correctly
+/// rounded: a fraction read back one bit off would make every restart look
+/// like a rule change. Reads numbers too.
+#[derive(Debug, Clone, Copy)]
+pub struct VendorWeight(pub f64);
+
+impl serde::Serialize for VendorWeight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Rust prints the shortest decimal that parses back to the same f64.
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VendorWeight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = VendorWeight;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a vendor weight (a number, or a string of one)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<VendorWeight, E> {
+                v.parse().map(VendorWeight).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<VendorWeight, E> {
+                Ok(VendorWeight(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl PartialEq for VendorWeight {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for VendorWeight {}
+
+/// How an experiment draws new units: part of its rule, so a change is a new
+/// epoch. Field names are the vendors' own (snake_case), as an operator
+/// copies them from the vendor's UI or export.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Bucketing {
+    /// cohort's own contract: SHA-256 of `salt:unit`, 10000 buckets.
+    #[default]
+    Cohort,
+    /// GrowthBook: FNV-1a over UTF-16 code units, hash version 1 or 2.
+    Growthbook {
+        /// The experiment's hash seed (GrowthBook's `seed`).
+        seed: String,
+        /// GrowthBook's `hashVersion` (1 or 2).
+        hash_version: u8,
+        /// GrowthBook's `weights` (fractions summing to 1), if given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+    /// LaunchDarkly: SHA-1 of `flagKey.salt.key` (or `seed.key`).
+    Launchdarkly {
+        /// The flag's key.
+        flag_key: String,
+        /// The flag's salt (unused when `seed` is set).
+        #[serde(default)]
+        salt: String,
+        /// The rollout's seed, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<i64>,
+        /// The rollout's weights, in 100,000ths.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+    /// Statsig: SHA-256, first 8 bytes big-endian, dot-joined salts.
+    Statsig {
+        /// The experiment's salt.
+        salt: String,
+        /// The rule's salt (or id), for the pass percentage (coverage).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule_salt: Option<String>,
+        /// Group sizes, in 1000ths (user buckets).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+    /// Optimizely: MurmurHash3 of `bucketingId + experimentId`, seed 1.
+    Optimizely {
+        /// The experiment's id (a string of digits in the datafile).
+        experiment_id: String,
+        /// Each variation's share of the 10,000 buckets (differences of its
+        /// `endOfRange`s; their sum is the traffic allocation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+    /// Unleash: murmur3 of `groupId:stickiness`.
+    Unleash {
+        /// The strategy's `groupId` (the toggle's name by default in
+        /// Unleash).
+        group_id: String,
+        /// The variants' weights, out of their total (1000 in Unleash).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+    /// NGINX `split_clients`: MurmurHash2 of the split string.
+    Nginx {
+        /// The `split_clients` string, `${unit}` standing for the unit id.
+        key: String,
+        /// Each line's percentage in hundredths (`12.5%` is 1250).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_weights: Option<Vec<VendorWeight>>,
+    },
+}
+
+impl Bucketing {
+    /// Whether this is the default scheme (left out of serialized rules so a
+    /// rule without `bucketing:` reads and hashes as before).
+    pub fn is_cohort(&self) -> bool {
+        matches!(self, Bucketing::Cohort)
+    }
+
+    /// The scheme's name, as written in `bucketing.scheme`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Bucketing::Cohort => "cohort",
+            Bucketing::Growthbook { .. } => "growthbook",
+            Bucketing::Launchdarkly { .. } => "launchdarkly",
+            Bucketing::Statsig { .. } => "statsig",
+            Bucketing::Optimizely { .. } => "optimizely",
+            Bucketing::Unleash { .. } => "unleash",
+            Bucketing::Nginx { .. } => "nginx",
+        }
+    }
+
+    /// The integer scale of the scheme's weights (`None`: no integer scale,
+    /// cohort's own basis points or GrowthBook's fractions).
+    pub fn scale(&self) -> Option<u64> {
+        match self {
+            Bucketing::Cohort | Bucketing::Growthbook { .. } => None,
+            Bucketing::Launchdarkly { .. } => Some(100_000),
+            Bucketing::Statsig { .. } => Some(1000),
+            Bucketing::Optimizely { .. } => Some(10_000),
+            Bucketing::Unleash { .. } => Some(1000),
+            Bucketing::Nginx { .. } => Some(10_000),
+        }
+    }
+
+    /// The vendor's own weights, when the config gives them.
+    pub fn vendor_weights(&self) -> Option<&[VendorWeight]> {
+        match self {
+            Bucketing::Cohort => None,
+            Bucketing::Growthbook { vendor_weights, .. }
+            | Bucketing::Launchdarkly { vendor_weights, .. }
+            | Bucketing::Statsig { vendor_weights, .. }
+            | Bucketing::Optimizely { vendor_weights, .. }
+            | Bucketing::Unleash { vendor_weights, .. }
+            | Bucketing::Nginx { vendor_weights, .. } => vendor_weights.as_deref(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Rules and epochs, as pure values.
 //!
 //! An experiment's **rule** is everything that decides which variant a *new*
-//! unit gets: the salt, the unit header, the coverage and the ordered list of
-//! (variant, weight). Any difference between two rules starts a new epoch;
+//! unit gets: the salt, the unit header, the coverage, the ordered list of
+//! (variant, weight) and the bucketing scheme. Any difference between two rules starts a new epoch;
 //! routing (upstreams, timeouts, routes, pause, overrides, disabled) never
 //! does. `diff` says which parts of the
 //! rule changed so that the reload log and `plan` can explain the new epoch.
@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::buckets::Weight;
+use super::schemes::Bucketing;
 
 /// A positive integer numbering an experiment's rules in the order applied.
 /// `Epoch(0)` means "unassigned" on the wire and is never stored.
@@ -59,6 +60,11 @@ pub struct Rule {
     /// The variants in configured order; the order decides which bucket
     /// ranges each one gets, so re-ordering is a rule change.
     pub variants: Vec<RuleVariant>,
+    /// How new units are drawn (`cohort`'s SHA-256 contract by default, or
+    /// a vendor's). Left out when default, so rules recorded before schemes
+    /// existed read back equal and a default rule serializes as before.
+    #[serde(default, skip_serializing_if = "Bucketing::is_cohort")]
+    pub bucketing: Bucketing,
 }
 
 fn full_coverage() -> Weight {
@@ -105,6 +111,14 @@ pub enum RuleChange {
     Reordered,
     /// A variant both rules have has another weight.
     Weights,
+    /// The bucketing scheme or its parameters changed: like a salt change,
+    /// every new unit is drawn afresh.
+    Bucketing {
+        /// The previous scheme's name.
+        from: String,
+        /// The new scheme's name.
+        to: String,
+    },
 }
 
 impl std::fmt::Display for RuleChange {
@@ -123,6 +137,10 @@ impl std::fmt::Display for RuleChange {
             }
             RuleChange::Reordered => write!(f, "variants re-ordered"),
             RuleChange::Weights => write!(f, "weights changed"),
+            RuleChange::Bucketing { from, to } if from == to => {
+                write!(f, "bucketing parameters changed ({to})")
+            }
+            RuleChange::Bucketing { from, to } => write!(f, "bucketing changed ({from} -> {to})"),
         }
     }
 }
@@ -183,6 +201,12 @@ pub(crate) fn diff(old: &Rule, new: &Rule) -> Vec<RuleChange> {
     {
         changes.push(RuleChange::Weights);
     }
+    if old.bucketing != new.bucketing {
+        changes.push(RuleChange::Bucketing {
+            from: old.bucketing.scheme().into(),
+            to: new.bucketing.scheme().into(),
+        });
+    }
     changes
 }
 
@@ -202,6 +226,7 @@ mod tests {
                     weight: Weight(*w),
                 })
                 .collect(),
+            bucketing: Bucketing::Cohort,
         }
     }
 
@@ -250,5 +275,70 @@ mod tests {
             diff(&base, &header)[..],
             [RuleChange::UnitHeader { .. }]
         ));
+        let mut vendor = base.clone();
+        vendor.bucketing = Bucketing::Unleash {
+            group_id: "t".into(),
+            vendor_weights: None,
+        };
+        assert_eq!(
+            diff(&base, &vendor),
+            vec![RuleChange::Bucketing {
+                from: "cohort".into(),
+                to: "unleash".into()
+            }]
+        );
+    }
+
+    /// A rule without a scheme serializes exactly as before schemes existed
+    /// (the journal and the ledger read it), and reads back as `cohort`.
+    #[test]
+    fn default_bucketing_is_not_serialized() {
+        let r = rule("s", &[("a", 10000)]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"salt":"s","unit_header":"x-user-id","coverage":10000,"variants":[{"name":"a","weight":10000}]}"#
+        );
+        let back: Rule = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let mut v = r.clone();
+        v.bucketing = Bucketing::Nginx {
+            key: "${unit}".into(),
+            vendor_weights: None,
+        };
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(
+            json.contains(r#""bucketing":{"scheme":"nginx","key":"${unit}"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), v);
+    }
+
+    /// A rule read back from the journal must equal the one written, or
+    /// every restart would see a rule change: vendor weights (GrowthBook's
+    /// fractions) round-trip bit for bit.
+    #[test]
+    fn vendor_weights_round_trip_exactly() {
+        use crate::terms::VendorWeight;
+        let mut r = rule("s", &[("a", 3333), ("b", 3333), ("c", 3334)]);
+        let mut x = 0.1f64;
+        let mut ws = vec![1.0 / 3.0, 0.1, 0.7, 2.0 / 3.0, 0.123_456_789_012_345_68];
+        for _ in 0..2000 {
+            x = (x * 997.0 + 0.123).fract();
+            ws.push(x);
+        }
+        for w in ws {
+            r.bucketing = Bucketing::Growthbook {
+                seed: "s".into(),
+                hash_version: 2,
+                vendor_weights: Some(vec![VendorWeight(w); 3]),
+            };
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Rule>(&json).unwrap(),
+                r,
+                "{w:?}: {json}"
+            );
+        }
     }
 }

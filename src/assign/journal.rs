@@ -31,6 +31,10 @@ const ASSIGN_LEN: usize = 28;
 pub const MAX_RECORD: usize = 64 << 20;
 
 /// One journal record: a fact, never rewritten.
+// A ledger record (rare: one per applied config) carries a rule, bucketing
+// parameters included, and is much larger than an assignment; records are
+// encoded by reference and decoded one at a time, so the size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A unit's first assignment in an experiment (28 payload bytes).

@@ -21,6 +21,7 @@ pub mod epoch;
 pub mod hash;
 pub mod journal;
 pub mod ledger;
+pub mod schemes;
 pub mod store;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use buckets::{BucketTable, Weight};
 use epoch::{Epoch, Rule};
 use hash::Bucket;
 use ledger::{ExperimentId, ExperimentLedger, VariantId};
+use schemes::Chooser;
 use store::{Store, StoreError, Table};
 
 pub use crate::terms::{valid_unit, MAX_UNIT_LEN};
@@ -86,7 +88,8 @@ pub struct Served {
     pub first_exposure: bool,
     /// Whether the unit holds an assignment (stored, or created now).
     pub in_experiment: bool,
-    /// The unit's bucket under the current rule.
+    /// The unit's bucket under the current rule (under a vendor scheme,
+    /// the vendor's own bucket value on its own scale).
     pub bucket: Option<Bucket>,
     /// The shared store was unreachable: assigned by the contract hash
     /// under the current epoch, to be written back (`serve_by_hash`).
@@ -120,6 +123,9 @@ pub struct Assigner {
     salt: String,
     coverage: Weight,
     buckets: BucketTable,
+    /// A vendor scheme's draw; `None` for cohort's own contract, whose path
+    /// is exactly the one it always was.
+    scheme: Option<Chooser>,
     /// Ledger id of each configured variant.
     ledger_ids: Vec<VariantId>,
     /// Configured index of each ledger id (None: not configured any more).
@@ -158,6 +164,8 @@ impl Assigner {
             by_ledger_id[usize::from(*id)] = Some(i);
         }
         let weights: Vec<_> = rule.variants.iter().map(|v| v.weight).collect();
+        let scheme = Chooser::new(&rule.bucketing, &weights, rule.coverage)
+            .expect("validated bucketing compiles for its rule");
         Assigner {
             id: ledger.id,
             epoch: ledger.current().epoch,
@@ -165,6 +173,7 @@ impl Assigner {
             salt: rule.salt,
             coverage: rule.coverage,
             buckets: BucketTable::new(&weights).expect("validated weights sum to 100"),
+            scheme,
             ledger_ids,
             by_ledger_id,
             disabled,
@@ -197,10 +206,26 @@ impl Assigner {
     /// pause, stored assignment, coverage, then a new durable assignment.
     pub async fn assign(&self, store: &Store, unit: &[u8]) -> Result<Served, StoreError> {
         let key = hash::unit_key(&self.name, unit);
-        let b = hash::bucket(&self.salt, unit);
+        // Under a vendor scheme the draw (and its coverage) is the vendor's;
+        // the bucket reported is on the vendor's own scale.
+        let draw = self.scheme.as_ref().map(|c| c.draw(unit));
+        let b = match draw {
+            None => hash::bucket(&self.salt, unit),
+            Some(d) => Bucket(d.bucket),
+        };
         let bucket = Some(b);
         let mut stored = self.table.get(&key);
-        if stored.is_none() && !self.would_store(unit, b) {
+        // The variant a new unit would get now (None: outside coverage);
+        // only worked out for a unit this process has not cached, so a
+        // returning unit pays nothing for it.
+        let fresh = match (stored, draw) {
+            (Some(_), _) => None,
+            (None, None) => (self.coverage.0 >= hash::BUCKETS
+                || hash::coverage_bucket(&self.salt, unit).0 < self.coverage.0)
+                .then(|| self.buckets.variant_for(b)),
+            (None, Some(d)) => d.variant,
+        };
+        if stored.is_none() && !self.would_store(unit, fresh) {
             // A shared store may hold the unit though this process has not
             // seen it; a new unit's assignment asks the store anyway. If the
             // store cannot answer, the unit is served as if it had none.
@@ -226,12 +251,9 @@ impl Assigner {
         if let Some(a) = stored {
             return Ok(self.stored(a.variant, a.epoch, bucket, false));
         }
-        if self.coverage.0 < hash::BUCKETS
-            && hash::coverage_bucket(&self.salt, unit).0 >= self.coverage.0
-        {
+        let Some(v) = fresh else {
             return Ok(kept(0, Reason::NotCovered));
-        }
-        let v = self.buckets.variant_for(b);
+        };
         if self.disabled[v] {
             return Ok(kept(0, Reason::Disabled));
         }
@@ -249,13 +271,11 @@ impl Assigner {
     }
 
     /// Whether a unit without a stored assignment would get a new one now
-    /// (no override, not paused, covered, its bucket's variant enabled).
-    fn would_store(&self, unit: &[u8], b: Bucket) -> bool {
+    /// (no override, not paused, covered, its new variant `fresh` enabled).
+    fn would_store(&self, unit: &[u8], fresh: Option<usize>) -> bool {
         (self.overrides.is_empty() || !self.overrides.contains_key(unit))
             && !self.paused()
-            && (self.coverage.0 >= hash::BUCKETS
-                || hash::coverage_bucket(&self.salt, unit).0 < self.coverage.0)
-            && !self.disabled[self.buckets.variant_for(b)]
+            && fresh.is_some_and(|v| !self.disabled[v])
     }
 
     fn stored(&self, id: VariantId, epoch: Epoch, bucket: Option<Bucket>, created: bool) -> Served {

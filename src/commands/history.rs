@@ -114,14 +114,25 @@ fn render(
                             .map(|v| format!("{}={}", v.name, v.weight))
                             .collect();
                         out.push_str(&format!(
-                            "  epoch {} began {} (config {}): salt {:?}, unit_header {}, coverage {}%, weights {}\n",
+                            "  epoch {} began {} (config {}): salt {:?}, unit_header {}, coverage {}%, weights {}{}\n",
                             r.epoch.0,
                             r.started_at,
                             r.config_version,
                             r.rule.salt,
                             r.rule.unit_header,
                             r.rule.coverage,
-                            weights.join(" ")
+                            weights.join(" "),
+                            // Only a vendor scheme is named: a default rule
+                            // reads as it always did.
+                            if r.rule.bucketing.is_cohort() {
+                                String::new()
+                            } else {
+                                format!(
+                                    ", bucketing {}",
+                                    serde_json::to_string(&r.rule.bucketing)
+                                        .expect("a rule serializes")
+                                )
+                            }
                         ));
                     }
                     out.push_str(&format!("  current epoch: {}\n", x.current().epoch.0));

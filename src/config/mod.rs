@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::terms::Bucketing;
 use crate::terms::Weight;
 pub use positions::Position;
 pub(crate) use positions::PositionIndex;
@@ -224,6 +225,9 @@ pub struct ExperimentConfig {
     pub coverage: Weight,
     /// Forced units: unit id -> index of the variant it is forced into.
     pub overrides: BTreeMap<String, usize>,
+    /// How new units are drawn: cohort's SHA-256 contract (the default) or
+    /// a vendor's algorithm. Part of the rule: a change is a new epoch.
+    pub bucketing: Bucketing,
 }
 
 /// One variant of an experiment.

@@ -78,6 +78,25 @@ pub(crate) struct RawExperiment {
     pub(crate) coverage: Option<f64>,
     pub(crate) overrides: Option<BTreeMap<String, Vec<String>>>,
     pub(crate) overrides_file: Option<String>,
+    pub(crate) bucketing: Option<RawBucketing>,
+}
+
+/// `bucketing:` of an experiment: the scheme and every vendor's parameters
+/// (which ones a scheme takes is checked in `validate`). Scalars are read
+/// as strings so `seed: 61` and `experiment_id: 12345` need no quotes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBucketing {
+    pub(crate) scheme: String,
+    pub(crate) seed: Option<String>,
+    pub(crate) hash_version: Option<u8>,
+    pub(crate) flag_key: Option<String>,
+    pub(crate) salt: Option<String>,
+    pub(crate) rule_salt: Option<String>,
+    pub(crate) experiment_id: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) vendor_weights: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,7 +29,7 @@ use super::{
     AccessLogConfig, AdminConfig, Config, ExperimentConfig, LogTarget, LogUnit, MissingUnitPolicy,
     OnStoreError, Route, RuntimeConfig, UpstreamConfig, VariantConfig,
 };
-use crate::terms::Weight;
+use crate::terms::{Bucketing, Weight};
 
 /// The version of the on-disk form [`ConfigRecord::to_stored`] writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -108,6 +108,10 @@ pub(crate) struct ExperimentRecord {
     pub(crate) paused: bool,
     pub(crate) coverage: Weight,
     pub(crate) overrides: OverridesRecord,
+    /// Left out when default, so a config without `bucketing:` records (and
+    /// hashes to) exactly the version it did before schemes existed.
+    #[serde(default, skip_serializing_if = "Bucketing::is_cohort")]
+    pub(crate) bucketing: Bucketing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +362,7 @@ fn experiment_record(x: &ExperimentConfig) -> ExperimentRecord {
         paused,
         coverage,
         overrides,
+        bucketing,
     } = x;
     ExperimentRecord {
         name: name.clone(),
@@ -395,6 +400,7 @@ fn experiment_record(x: &ExperimentConfig) -> ExperimentRecord {
         paused: *paused,
         coverage: *coverage,
         overrides: OverridesRecord::Units(overrides.clone()),
+        bucketing: bucketing.clone(),
     }
 }
 

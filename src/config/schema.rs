@@ -84,6 +84,21 @@ const EXPERIMENT: Shape = Fields(&[
     ("coverage", Leaf),
     ("overrides", Names(&List(&Leaf))),
     ("overrides_file", Leaf),
+    ("bucketing", BUCKETING),
+]);
+
+/// `RawBucketing`.
+const BUCKETING: Shape = Fields(&[
+    ("scheme", Leaf),
+    ("seed", Leaf),
+    ("hash_version", Leaf),
+    ("flag_key", Leaf),
+    ("salt", Leaf),
+    ("rule_salt", Leaf),
+    ("experiment_id", Leaf),
+    ("group_id", Leaf),
+    ("key", Leaf),
+    ("vendor_weights", List(&Leaf)),
 ]);
 
 /// `RawVariant`.
@@ -287,6 +302,7 @@ experiments:
     coverage: 0.5
     overrides: { control: [alice] }
     overrides_file: o.yaml
+    bucketing: { scheme: growthbook, seed: a, hash_version: 2, flag_key: f, salt: s, rule_salt: r, experiment_id: '1', group_id: g, key: k, vendor_weights: [1] }
 runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
 ";
@@ -331,8 +347,8 @@ admin: { listen: 127.0.0.1:9901, token_file: t }
             }
         });
         assert_eq!(
-            places, 8,
-            "top, store, access_log, upstream, experiment, variant, runtime, admin"
+            places, 9,
+            "top, store, access_log, upstream, experiment, variant, bucketing, runtime, admin"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);
@@ -410,7 +426,7 @@ experiments:
                 ("", 1, 1, "did you mean `listen`?"),
                 ("upstreams.a", 3, 27, "did you mean `timeout`?"),
                 ("experiments[0]", 6, 5, "did you mean `salt`?"),
-                ("experiments[0]", 7, 5, "expected one of: name, routes, unit_header, salt, variants, on_missing_unit, reset, paused, coverage, overrides, overrides_file"),
+                ("experiments[0]", 7, 5, "expected one of: name, routes, unit_header, salt, variants, on_missing_unit, reset, paused, coverage, overrides, overrides_file, bucketing"),
             ]
         );
         assert_eq!(errs[3].message, "unknown field `colour`");

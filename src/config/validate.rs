@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::files::Files;
-use super::raw::{RawConfig, RawExperiment, RawUpstream};
+use super::raw::{RawBucketing, RawConfig, RawExperiment, RawUpstream};
 use super::{schema, *};
-use crate::terms::{valid_unit, Weight, WHOLE};
+use crate::terms::{valid_unit, Bucketing, Weight, WHOLE};
 use sha2::{Digest, Sha256};
 
 const MAX_VARIANTS: usize = 255;
@@ -760,6 +760,10 @@ fn experiment(
     let variants = variants(p, x, upstreams, e);
     let coverage = coverage(p, x.coverage, e);
     let overrides = overrides(p, x, &variants, sources, e);
+    let bucketing = match &x.bucketing {
+        None => Bucketing::Cohort,
+        Some(b) => bucketing(p, b, &salt, &variants, coverage, e),
+    };
     (e.list.len() == before).then(|| ExperimentConfig {
         name: x.name.clone(),
         routes,
@@ -771,7 +775,326 @@ fn experiment(
         paused: x.paused.unwrap_or(false),
         coverage,
         overrides,
+        bucketing,
     })
+}
+
+/// `bucketing:`: the scheme, the parameters it takes (by the vendor's own
+/// names; any other is an error), their defaults, and the limits of what
+/// the vendor can express (its coverage, its weights' scale). Mirrors the
+/// checks `assign::schemes::Chooser::new` relies on.
+fn bucketing(
+    p: &str,
+    raw: &RawBucketing,
+    salt: &str,
+    variants: &[VariantConfig],
+    coverage: Weight,
+    e: &mut Errors<'_>,
+) -> Bucketing {
+    let n_variants = variants.len();
+    let bp = format!("{p}.bucketing");
+    let given: [(&str, bool); 9] = [
+        ("seed", raw.seed.is_some()),
+        ("hash_version", raw.hash_version.is_some()),
+        ("flag_key", raw.flag_key.is_some()),
+        ("salt", raw.salt.is_some()),
+        ("rule_salt", raw.rule_salt.is_some()),
+        ("experiment_id", raw.experiment_id.is_some()),
+        ("group_id", raw.group_id.is_some()),
+        ("key", raw.key.is_some()),
+        ("vendor_weights", raw.vendor_weights.is_some()),
+    ];
+    let takes: &[&str] = match raw.scheme.as_str() {
+        "cohort" => &[],
+        "growthbook" => &["seed", "hash_version", "vendor_weights"],
+        "launchdarkly" => &["flag_key", "salt", "seed", "vendor_weights"],
+        "statsig" => &["salt", "rule_salt", "vendor_weights"],
+        "optimizely" => &["experiment_id", "vendor_weights"],
+        "unleash" => &["group_id", "vendor_weights"],
+        "nginx" => &["key", "vendor_weights"],
+        other => {
+            e.push(
+                format!("{bp}.scheme"),
+                format!("unknown bucketing scheme {other:?}"),
+                Some(
+                    "one of: cohort, growthbook, launchdarkly, statsig, optimizely, unleash, nginx"
+                        .into(),
+                ),
+            );
+            return Bucketing::Cohort;
+        }
+    };
+    let scheme = raw.scheme.as_str();
+    for (name, set) in given {
+        if set && !takes.contains(&name) {
+            e.push(
+                format!("{bp}.{name}"),
+                format!("`{name}` is not a parameter of the {scheme} scheme"),
+                Some(if takes.is_empty() {
+                    format!("{scheme} takes no parameters")
+                } else {
+                    format!("{scheme} takes: {}", takes.join(", "))
+                }),
+            );
+        }
+    }
+    let required = |e: &mut Errors<'_>, name: &str, v: &Option<String>, hint: &str| -> String {
+        match v {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => {
+                e.push(
+                    format!("{bp}.{name}"),
+                    format!("the {scheme} scheme needs a non-empty `{name}`"),
+                    Some(hint.into()),
+                );
+                String::new()
+            }
+        }
+    };
+    let full = coverage.0 >= WHOLE;
+    let b = match scheme {
+        "growthbook" => {
+            let hash_version = raw.hash_version.unwrap_or(1);
+            if !matches!(hash_version, 1 | 2) {
+                e.push(
+                    format!("{bp}.hash_version"),
+                    format!("GrowthBook hash_version {hash_version} does not exist"),
+                    Some("1 (the SDKs' default) or 2".into()),
+                );
+            }
+            Bucketing::Growthbook {
+                seed: raw.seed.clone().unwrap_or_else(|| salt.to_string()),
+                hash_version,
+                vendor_weights: None,
+            }
+        }
+        "launchdarkly" => {
+            let flag_key = required(
+                e,
+                "flag_key",
+                &raw.flag_key,
+                "the flag's key, e.g. flag_key: my-flag",
+            );
+            let seed = match &raw.seed {
+                None => None,
+                Some(s) => match s.parse::<i64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        e.push(
+                            format!("{bp}.seed"),
+                            format!("seed {s:?} is not an integer"),
+                            Some("LaunchDarkly rollout seeds are integers, e.g. seed: 61".into()),
+                        );
+                        None
+                    }
+                },
+            };
+            let salt = if raw.seed.is_some() {
+                raw.salt.clone().unwrap_or_default()
+            } else {
+                required(
+                    e,
+                    "salt",
+                    &raw.salt,
+                    "the flag's salt (from its JSON), or a rollout `seed`",
+                )
+            };
+            if !full {
+                e.push(
+                    format!("{p}.coverage"),
+                    "LaunchDarkly rollouts have no coverage: it must stay 1 with scheme launchdarkly",
+                    Some("give the excluded share its own variant (weight) instead".into()),
+                );
+            }
+            Bucketing::Launchdarkly {
+                flag_key,
+                salt,
+                seed,
+                vendor_weights: None,
+            }
+        }
+        "statsig" => {
+            if !full && raw.rule_salt.is_none() {
+                e.push(
+                    format!("{bp}.rule_salt"),
+                    "coverage below 1 is Statsig's pass percentage, which hashes the rule's salt",
+                    Some("copy the rule's salt (or id) from the Statsig export".into()),
+                );
+            }
+            Bucketing::Statsig {
+                salt: raw.salt.clone().unwrap_or_else(|| salt.to_string()),
+                rule_salt: raw.rule_salt.clone(),
+                vendor_weights: None,
+            }
+        }
+        "optimizely" => Bucketing::Optimizely {
+            experiment_id: required(
+                e,
+                "experiment_id",
+                &raw.experiment_id,
+                "the experiment's id from the datafile, e.g. experiment_id: \"12345\"",
+            ),
+            vendor_weights: None,
+        },
+        "unleash" => {
+            if !coverage.0.is_multiple_of(100) {
+                e.push(
+                    format!("{p}.coverage"),
+                    "Unleash's rollout is a whole percentage: coverage must have at most two decimals with scheme unleash",
+                    Some("e.g. coverage: 0.25".into()),
+                );
+            }
+            Bucketing::Unleash {
+                group_id: raw.group_id.clone().unwrap_or_else(|| salt.to_string()),
+                vendor_weights: None,
+            }
+        }
+        "nginx" => {
+            let key = required(
+                e,
+                "key",
+                &raw.key,
+                "the split_clients string, e.g. key: \"${unit}AAA\"",
+            );
+            if !key.is_empty() && !key.contains("${unit}") {
+                e.push(
+                    format!("{bp}.key"),
+                    "the split_clients string must contain ${unit} (where the unit id goes)",
+                    Some("e.g. key: \"${unit}AAA\" for split_clients \"${cookie_uid}AAA\"".into()),
+                );
+            }
+            Bucketing::Nginx {
+                key,
+                vendor_weights: None,
+            }
+        }
+        _ => Bucketing::Cohort,
+    };
+    let Some(raw_w) = &raw.vendor_weights else {
+        return b;
+    };
+    let wp = format!("{bp}.vendor_weights");
+    if raw_w.len() != n_variants {
+        e.push(
+            &wp,
+            format!("{} vendor weights for {n_variants} variants", raw_w.len()),
+            Some("one per variant, in the variants' order".into()),
+        );
+    }
+    let scale = b.scale();
+    let bad = raw_w
+        .iter()
+        .any(|w| !w.is_finite() || *w < 0.0 || (scale.is_some() && w.fract() != 0.0));
+    if bad {
+        e.push(
+            &wp,
+            "vendor weights must be numbers >= 0 (whole numbers for every scheme but growthbook)",
+            None,
+        );
+    } else if let Some(scale) = scale {
+        let sum: u64 = raw_w.iter().map(|w| *w as u64).sum();
+        let unleash = matches!(b, Bucketing::Unleash { .. });
+        if (sum > scale && !unleash) || sum == 0 {
+            e.push(
+                &wp,
+                format!("vendor weights sum to {sum}; the {scheme} scale is {scale}"),
+                None,
+            );
+        }
+        if matches!(
+            b,
+            Bucketing::Launchdarkly { .. } | Bucketing::Statsig { .. }
+        ) && sum != scale
+        {
+            e.push(
+                &wp,
+                format!("vendor weights sum to {sum}; {scheme} weights must sum to {scale}"),
+                None,
+            );
+        }
+        if matches!(b, Bucketing::Optimizely { .. } | Bucketing::Nginx { .. }) && !full {
+            e.push(
+                format!("{p}.coverage"),
+                format!("with vendor_weights, the {scheme} weights' sum is the covered share: leave coverage at 1"),
+                None,
+            );
+        }
+    } else {
+        let sum: f64 = raw_w.iter().sum();
+        if (sum - 1.0).abs() > 0.01 {
+            e.push(
+                &wp,
+                format!("growthbook weights sum to {sum}; they must sum to 1"),
+                Some("GrowthBook weights are fractions, e.g. [0.5, 0.5]".into()),
+            );
+        }
+    }
+    // The percentages still give the log's `share` (and so SRM): they must
+    // say what the vendor weights do, to the percentages' precision.
+    let total: f64 = raw_w.iter().sum();
+    if raw_w.len() == n_variants && !bad && total > 0.0 {
+        for (j, (w, v)) in raw_w.iter().zip(variants).enumerate() {
+            let vendor = w / total;
+            let pct = f64::from(v.weight.0) / f64::from(WHOLE);
+            if (vendor - pct).abs() > 1e-4 + 1e-12 {
+                e.push(
+                    format!("{p}.variants[{j}].weight"),
+                    format!(
+                        "weight {} disagrees with vendor_weights, which give {:.4}%",
+                        v.weight,
+                        vendor * 100.0
+                    ),
+                    Some("set each weight to its vendor share rounded to two decimals (the log's share and SRM use the weights)".into()),
+                );
+            }
+        }
+    }
+    let vw = Some(
+        raw_w
+            .iter()
+            .map(|w| crate::terms::VendorWeight(*w))
+            .collect(),
+    );
+    match b {
+        Bucketing::Growthbook {
+            seed, hash_version, ..
+        } => Bucketing::Growthbook {
+            seed,
+            hash_version,
+            vendor_weights: vw,
+        },
+        Bucketing::Launchdarkly {
+            flag_key,
+            salt,
+            seed,
+            ..
+        } => Bucketing::Launchdarkly {
+            flag_key,
+            salt,
+            seed,
+            vendor_weights: vw,
+        },
+        Bucketing::Statsig {
+            salt, rule_salt, ..
+        } => Bucketing::Statsig {
+            salt,
+            rule_salt,
+            vendor_weights: vw,
+        },
+        Bucketing::Optimizely { experiment_id, .. } => Bucketing::Optimizely {
+            experiment_id,
+            vendor_weights: vw,
+        },
+        Bucketing::Unleash { group_id, .. } => Bucketing::Unleash {
+            group_id,
+            vendor_weights: vw,
+        },
+        Bucketing::Nginx { key, .. } => Bucketing::Nginx {
+            key,
+            vendor_weights: vw,
+        },
+        Bucketing::Cohort => Bucketing::Cohort,
+    }
 }
 
 /// Exact paths, or prefixes written with a trailing `*`.
@@ -1763,5 +2086,129 @@ experiments:
                 .any(|e| e.message == "cannot read /base/qa.yaml: No such file or directory"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn bucketing_takes_each_vendors_parameters_with_defaults() {
+        let x = |line: &str| {
+            check(&with_experiment_line(line)).unwrap().experiments[0]
+                .bucketing
+                .clone()
+        };
+        assert_eq!(x("salt: s"), Bucketing::Cohort);
+        assert_eq!(x("bucketing: { scheme: cohort }"), Bucketing::Cohort);
+        assert_eq!(
+            x("bucketing: { scheme: growthbook }"),
+            Bucketing::Growthbook {
+                seed: "e".into(),
+                hash_version: 1,
+                vendor_weights: None
+            }
+        );
+        // An unquoted integer seed and experiment id are read as text.
+        assert_eq!(
+            x("bucketing: { scheme: launchdarkly, flag_key: f, seed: 61 }"),
+            Bucketing::Launchdarkly {
+                flag_key: "f".into(),
+                salt: String::new(),
+                seed: Some(61),
+                vendor_weights: None
+            }
+        );
+        assert_eq!(
+            x("bucketing: { scheme: optimizely, experiment_id: 12345, vendor_weights: [5000, 5000] }"),
+            Bucketing::Optimizely {
+                experiment_id: "12345".into(),
+                vendor_weights: Some(vec![
+                    crate::terms::VendorWeight(5000.0),
+                    crate::terms::VendorWeight(5000.0)
+                ])
+            }
+        );
+        // Vendor weights that the percentages round to are accepted.
+        let ld = with_experiment_line("bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [42157, 57843] }")
+            .replace("weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }", "weight: 42.16 }\n      - { name: treatment, upstream: new, weight: 57.84 }");
+        assert!(check(&ld).is_ok(), "{:?}", check(&ld).err());
+        assert_eq!(
+            x("bucketing: { scheme: unleash }"),
+            Bucketing::Unleash {
+                group_id: "e".into(),
+                vendor_weights: None
+            }
+        );
+    }
+
+    #[test]
+    fn bucketing_errors_name_the_parameter() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "bucketing: { scheme: split }",
+                "experiments[0].bucketing.scheme",
+                "unknown bucketing scheme",
+            ),
+            (
+                "bucketing: { scheme: launchdarkly, salt: a }",
+                "experiments[0].bucketing.flag_key",
+                "needs a non-empty `flag_key`",
+            ),
+            (
+                "bucketing: { scheme: growthbook, flag_key: a }",
+                "experiments[0].bucketing.flag_key",
+                "not a parameter of the growthbook scheme",
+            ),
+            (
+                "bucketing: { scheme: growthbook, hash_version: 3 }",
+                "experiments[0].bucketing.hash_version",
+                "does not exist",
+            ),
+            (
+                "bucketing: { scheme: nginx, key: AAA }",
+                "experiments[0].bucketing.key",
+                "must contain ${unit}",
+            ),
+            (
+                "bucketing: { scheme: optimizely, experiment_id: '1', vendor_weights: [1] }",
+                "experiments[0].bucketing.vendor_weights",
+                "1 vendor weights for 2 variants",
+            ),
+            (
+                "bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [1, 2] }",
+                "experiments[0].bucketing.vendor_weights",
+                "must sum to 100000",
+            ),
+            (
+                "bucketing: { scheme: unleash, vendor_weights: [0.5, 499.5] }",
+                "experiments[0].bucketing.vendor_weights",
+                "whole numbers",
+            ),
+            (
+                "bucketing: { scheme: launchdarkly, flag_key: f, salt: s }\n    coverage: 0.5",
+                "experiments[0].coverage",
+                "no coverage",
+            ),
+            (
+                "bucketing: { scheme: statsig }\n    coverage: 0.5",
+                "experiments[0].bucketing.rule_salt",
+                "pass percentage",
+            ),
+            (
+                "bucketing: { scheme: unleash }\n    coverage: 0.255",
+                "experiments[0].coverage",
+                "whole percentage",
+            ),
+            (
+                "bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [42157, 57843] }",
+                "experiments[0].variants[0].weight",
+                "disagrees with vendor_weights, which give 42.1570%",
+            ),
+        ];
+        for (line, path, msg) in cases {
+            let errs = check(&with_experiment_line(line)).unwrap_err();
+            assert!(
+                errs.iter()
+                    .any(|e| e.path == *path && e.message.contains(msg) && e.position.line > 0),
+                "{line}: {errs:?}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! and each difference sorted by how it takes effect.
 //!
 //! - **rule** settings (salt, unit header, coverage, variant names, order and
-//!   weights, reset) are judged against the epoch ledger, not here:
+//!   weights, bucketing, reset) are judged against the epoch ledger, not here:
 //!   [`crate::assign::epoch::diff`] and [`super::plan`] decide the epoch;
 //! - **live** settings (routes, upstreams, pause, overrides, disabled, ...)
 //!   apply with the next snapshot and keep the epoch: named in the plan as
@@ -207,6 +207,7 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
         paused: paused_a,
         coverage: _,
         overrides: overrides_a,
+        bucketing: _,
     } = a;
     let ExperimentRecord {
         name: _,
@@ -220,6 +221,8 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
         paused: paused_b,
         coverage: _,
         overrides: overrides_b,
+        // Rule: a bucketing change is a new epoch (like a salt change).
+        bucketing: _,
     } = b;
     let mut out = Vec::new();
     if routes_a != routes_b {
@@ -430,6 +433,10 @@ admin: { listen: 127.0.0.1:9090 }
             ("x-user-id", "x-session"),
             ("salt: s\n", "salt: s\n    coverage: 0.5\n"),
             ("salt: s\n", "salt: s\n    reset: 1\n"),
+            (
+                "salt: s\n",
+                "salt: s\n    bucketing: { scheme: unleash, group_id: t }\n",
+            ),
             (
                 "a, upstream: old, weight: 50",
                 "a, upstream: old, weight: 40",

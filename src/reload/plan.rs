@@ -16,6 +16,7 @@ use crate::assign::buckets::{BucketTable, Weight};
 use crate::assign::epoch::{diff, Epoch, Rule, RuleChange};
 use crate::assign::hash::{Bucket, BUCKETS};
 use crate::assign::ledger::{units_by_variant, EpochRecord, Ledger, LedgerEvent, UnitCounts};
+use crate::assign::schemes::new_unit_draw;
 use crate::config::record::ConfigRecord;
 use crate::config::{Config, ConfigError};
 use crate::snapshot::rule;
@@ -44,7 +45,14 @@ pub struct ShareChanged {
     pub share: f64,
     /// Exact (same hash, ranges moved) or expected (the hash itself changed).
     pub exact: bool,
+    /// When a vendor bucketing scheme is involved: the number of sample unit
+    /// ids both rules drew, the share being the fraction drawn differently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<u32>,
 }
+
+/// Sample unit ids drawn under both rules when a vendor scheme is involved.
+const SAMPLE_UNITS: u32 = 20_000;
 
 /// What applying the config does to one of its experiments.
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +208,7 @@ pub fn plan(
                         RuleChange::Salt { .. } => warnings.push("SALT CHANGED: every new unit is bucketed afresh (the classic re-bucketing incident); stored units keep their variant".into()),
                         RuleChange::UnitHeader { .. } => warnings.push("UNIT HEADER CHANGED: the same person may now arrive as a different unit and be assigned again".into()),
                         RuleChange::Reordered => warnings.push("variants re-ordered: the bucket ranges of new units move".into()),
+                        RuleChange::Bucketing { from, to } => warnings.push(format!("BUCKETING CHANGED ({from} -> {to}): new units are drawn by another algorithm (the share above is how many land elsewhere); stored units keep their variant")),
                         _ => {}
                     }
                 }
@@ -288,6 +297,9 @@ pub fn plan(
 /// coverage thresholds. Otherwise the hash itself changed, and the expected
 /// share is 1 - sum over outcomes of P_old * P_new.
 pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
+    if !(old.bucketing.is_cohort() && new.bucketing.is_cohort()) {
+        return sampled_share(old, new);
+    }
     let outcome_probs = |r: &Rule| -> Vec<(Option<String>, f64)> {
         let c = f64::from(r.coverage.0) / f64::from(BUCKETS);
         let mut v: Vec<(Option<String>, f64)> = r
@@ -312,6 +324,7 @@ pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
         return ShareChanged {
             share: (1.0 - same).clamp(0.0, 1.0),
             exact: false,
+            sampled: None,
         };
     }
     let table =
@@ -320,6 +333,7 @@ pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
         return ShareChanged {
             share: 1.0,
             exact: false,
+            sampled: None,
         };
     };
     let moved = (0..BUCKETS)
@@ -337,6 +351,34 @@ pub(crate) fn share_changed(old: &Rule, new: &Rule) -> ShareChanged {
     ShareChanged {
         share: ca.min(cb) * moved as f64 / f64::from(BUCKETS) + (ca - cb).abs(),
         exact: true,
+        sampled: None,
+    }
+}
+
+/// A vendor scheme on either side: both rules draw the same sample of unit
+/// ids (`unit-0`, `unit-1`, ...), and the share is how many land elsewhere
+/// (another variant name, or in/out of coverage). Independent hashes make
+/// this close to `1 - sum P_old x P_new`; a parameter typo in a migration
+/// shows as that, a faithful reproduction of the old draw as 0.
+fn sampled_share(old: &Rule, new: &Rule) -> ShareChanged {
+    let (Some(a), Some(b)) = (new_unit_draw(old), new_unit_draw(new)) else {
+        return ShareChanged {
+            share: 1.0,
+            exact: false,
+            sampled: None,
+        };
+    };
+    let name = |r: &Rule, v: Option<usize>| v.map(|i| r.variants[i].name.clone());
+    let moved = (0..SAMPLE_UNITS)
+        .filter(|i| {
+            let u = format!("unit-{i}");
+            name(old, a(u.as_bytes())) != name(new, b(u.as_bytes()))
+        })
+        .count();
+    ShareChanged {
+        share: moved as f64 / f64::from(SAMPLE_UNITS),
+        exact: false,
+        sampled: Some(SAMPLE_UNITS),
     }
 }
 
@@ -400,7 +442,11 @@ impl std::fmt::Display for Plan {
                     f,
                     "    new units: {:.2}% of the unit space is assigned differently from now on ({})",
                     s.share * 100.0,
-                    if s.exact { "exact" } else { "expected: the hash changed" }
+                    match (s.exact, s.sampled) {
+                        (true, _) => "exact".to_string(),
+                        (false, Some(n)) => format!("measured: {n} sample unit ids drawn by both rules"),
+                        (false, None) => "expected: the hash changed".to_string(),
+                    }
                 )?;
             }
             let held: Vec<String> = x.units.iter().map(|(n, c)| format!("{n}={c}")).collect();
@@ -582,6 +628,66 @@ mod tests {
         // A new salt re-draws everyone: expected 1 - (0.5*0.5 + 0.5*0.5).
         let s = share(AB, AB, "", "    salt: fresh\n");
         assert!(!s.exact && (s.share - 0.5).abs() < 1e-9, "{s:?}");
+    }
+
+    /// Whatever validation accepts, the assigner compiles (it `expect`s it).
+    #[test]
+    fn every_valid_bucketing_compiles_for_its_rule() {
+        use crate::assign::schemes::Chooser;
+        let lines = [
+            "    bucketing: { scheme: growthbook, hash_version: 2 }\n    coverage: 0.3\n",
+            "    bucketing: { scheme: growthbook, vendor_weights: [0.5, 0.5] }\n",
+            "    bucketing: { scheme: launchdarkly, flag_key: f, seed: -3 }\n",
+            "    bucketing: { scheme: launchdarkly, flag_key: f, salt: s, vendor_weights: [50000, 50000] }\n",
+            "    bucketing: { scheme: statsig, rule_salt: r }\n    coverage: 0.1234\n",
+            "    bucketing: { scheme: statsig, vendor_weights: [500, 500] }\n",
+            "    bucketing: { scheme: optimizely, experiment_id: '9' }\n    coverage: 0.5\n",
+            "    bucketing: { scheme: optimizely, experiment_id: '9', vendor_weights: [2500, 2500] }\n",
+            "    bucketing: { scheme: unleash }\n    coverage: 0.07\n",
+            "    bucketing: { scheme: unleash, vendor_weights: [1, 1] }\n",
+            "    bucketing: { scheme: nginx, key: 'x${unit}' }\n    coverage: 0.25\n",
+            "    bucketing: { scheme: nginx, key: '${unit}', vendor_weights: [50, 50] }\n",
+        ];
+        for line in lines {
+            let c = cfg(AB, line);
+            let r = rule(&c.experiments[0]);
+            let w: Vec<Weight> = r.variants.iter().map(|v| v.weight).collect();
+            let got = Chooser::new(&r.bucketing, &w, r.coverage);
+            assert!(matches!(got, Ok(Some(_))), "{line}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn bucketing_change_is_a_new_epoch_with_a_measured_share() {
+        let gb1 = "    bucketing: { scheme: growthbook, seed: e, hash_version: 1 }\n";
+        let gb2 = "    bucketing: { scheme: growthbook, seed: e, hash_version: 2 }\n";
+        let l = applied(&cfg(AB, ""));
+        let p = plan(&l, &none(), None, &cfg(AB, gb1), "t").unwrap();
+        let x = &p.experiments[0];
+        assert!(
+            matches!(&x.decision, Decision::NewEpoch { changes, reset: false } if matches!(&changes[..], [RuleChange::Bucketing { from, to }] if from == "cohort" && to == "growthbook"))
+        );
+        assert!(
+            x.warnings.iter().any(|w| w.contains("BUCKETING CHANGED")),
+            "{:?}",
+            x.warnings
+        );
+        assert!(p.to_string().contains("sample unit ids"), "{p}");
+        // Independent hashes: about half of a 50/50 split lands elsewhere.
+        let s = share(AB, AB, "", gb1);
+        assert_eq!(s.sampled, Some(SAMPLE_UNITS));
+        assert!(!s.exact && (s.share - 0.5).abs() < 0.03, "{s:?}");
+        let s = share(AB, AB, gb1, gb2);
+        assert!((s.share - 0.5).abs() < 0.03, "{s:?}");
+        // Same scheme and parameters, a ramp: only the moved range (30 %).
+        let ramp = "      - { name: a, upstream: old, weight: 20 }\n      - { name: b, upstream: new, weight: 80 }\n";
+        let nginx = "    bucketing: { scheme: nginx, key: \"${unit}AAA\" }\n";
+        let s = share(AB, ramp, nginx, nginx);
+        assert!((s.share - 0.3).abs() < 0.02, "{s:?}");
+        // Re-declaring the same scheme is no change at all.
+        let l = applied(&cfg(AB, gb1));
+        let p = plan(&l, &none(), None, &cfg(AB, gb1), "t").unwrap();
+        assert!(matches!(p.experiments[0].decision, Decision::Same));
     }
 
     #[test]

@@ -13,3 +13,4 @@ mod proxy;
 mod reload;
 mod replicas;
 mod util;
+mod vendor;

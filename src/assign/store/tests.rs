@@ -34,6 +34,7 @@ fn event(epoch: u32, dropped: bool) -> LedgerEvent {
                         weight: Weight(5000),
                     },
                 ],
+                bucketing: Default::default(),
             },
             started_at: "t".into(),
             config_version: "v".into(),
