@@ -171,7 +171,10 @@ impl RedisStore {
     /// Connects and reads the whole shared ledger. Needs Redis up: a
     /// replica that cannot read the ledger cannot know the epochs.
     pub async fn open(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
-        let conn = connect(&opts).await.map_err(redis_err)?;
+        let conn = connect(&opts).await.map_err(|e| {
+            let at: Vec<String> = opts.urls.iter().map(|u| without_password(u)).collect();
+            StoreError::Unavailable(format!("cannot connect to {}: {e}", at.join(", ")))
+        })?;
         let store = Arc::new(RedisStore {
             conn,
             shared: Arc::new(Shared {
@@ -714,6 +717,17 @@ impl UnitCounts for RedisStore {
     }
 }
 
+/// `url` with any password replaced by `***`, for error messages.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
 async fn connect(opts: &RedisOptions) -> RedisResult<Conn> {
     let infos = opts
         .urls
@@ -756,4 +770,19 @@ async fn connect(opts: &RedisOptions) -> RedisResult<Conn> {
     Ok(Conn::Single(
         ConnectionManager::new_with_config(client, cfg).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn error_messages_never_carry_the_password() {
+        assert_eq!(
+            without_password("redis://cohort:s3cret@r:6379/0"),
+            "redis://cohort:***@r:6379/0"
+        );
+        assert_eq!(without_password("rediss://r:6380"), "rediss://r:6380");
+        assert_eq!(without_password("redis://user@r:1"), "redis://user@r:1");
+    }
 }
