@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::files::Files;
-use super::raw::{RawBucketing, RawConfig, RawExperiment, RawUpstream};
+use super::raw::{RawBucketing, RawConfig, RawExperiment, RawHealth, RawUpstream};
 use super::{schema, *};
 use crate::terms::{valid_unit, Bucketing, Weight, WHOLE};
 use sha2::{Digest, Sha256};
@@ -445,37 +445,48 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         );
         ok = false;
     }
-    let authority = match u.url.parse::<http::Uri>() {
-        Ok(uri)
-            if uri.scheme_str() == Some("http")
-                && uri.authority().is_some()
-                && matches!(uri.path(), "" | "/")
-                && uri.query().is_none() =>
-        {
-            let a = uri.authority().expect("checked");
-            if a.port_u16().is_some() {
-                a.to_string()
-            } else {
-                format!("{}:80", a.host())
-            }
-        }
-        Ok(uri) if uri.scheme_str() == Some("https") => {
+    let urls: Vec<(String, &str)> = match (&u.url, &u.endpoints) {
+        (Some(url), None) => vec![(format!("{p}.url"), url.as_str())],
+        (None, Some(list)) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, url)| (format!("{p}.endpoints[{i}]"), url.as_str()))
+            .collect(),
+        (None, Some(_)) => {
             e.push(
-                format!("{p}.url"),
-                "https upstreams are not supported yet",
-                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
+                format!("{p}.endpoints"),
+                "an upstream needs at least one endpoint",
+                Some("list URLs, e.g. [http://10.0.0.5:9000, http://10.0.0.6:9000]".into()),
             );
             return None;
         }
-        _ => {
+        (None, None) => {
             e.push(
-                format!("{p}.url"),
-                format!("{:?} is not an upstream URL", u.url),
-                Some("write http://host:port, without a path".into()),
+                &p,
+                "an upstream needs `url` or `endpoints`",
+                Some("write url: http://host:port".into()),
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            e.push(
+                format!("{p}.endpoints"),
+                "`url` and `endpoints` are both set",
+                Some("`url` is the one-endpoint form of `endpoints`: keep one".into()),
             );
             return None;
         }
     };
+    let mut endpoints = Vec::new();
+    for (at, url) in urls {
+        let a = endpoint_authority(&at, url, e)?;
+        if endpoints.contains(&a) {
+            e.push(at, format!("endpoint {a} is listed twice"), None);
+            return None;
+        }
+        endpoints.push(a);
+    }
+    let authority = endpoints.remove(0);
     let connect_timeout = duration(
         &format!("{p}.connect_timeout"),
         u.connect_timeout.as_deref(),
@@ -488,12 +499,110 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         Duration::from_secs(30),
         e,
     );
+    let total_timeout = match &u.total_timeout {
+        None => Some(None),
+        Some(t) => duration(&format!("{p}.total_timeout"), Some(t), Duration::ZERO, e).map(Some),
+    };
+    let eject_for = duration(
+        &format!("{p}.eject_for"),
+        u.eject_for.as_deref(),
+        super::DEFAULT_EJECT_FOR,
+        e,
+    );
+    let health = match &u.health {
+        None => Some(None),
+        Some(h) => health(&format!("{p}.health"), h, e).map(Some),
+    };
     Some(UpstreamConfig {
         name: name.to_string(),
         authority,
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         max_idle_per_host: u.max_idle_per_host.unwrap_or(256),
+        extra_endpoints: endpoints,
+        total_timeout: total_timeout?,
+        health: health?,
+        eject_after: u.eject_after.unwrap_or(super::DEFAULT_EJECT_AFTER),
+        eject_for: eject_for?,
+    })
+    .filter(|_| ok)
+}
+
+/// The `host:port` of one endpoint URL (port 80 when it names none).
+fn endpoint_authority(at: &str, url: &str, e: &mut Errors<'_>) -> Option<String> {
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            let a = uri.authority().expect("checked");
+            Some(if a.port_u16().is_some() {
+                a.to_string()
+            } else {
+                format!("{}:80", a.host())
+            })
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => {
+            e.push(
+                at,
+                "https upstreams are not supported yet",
+                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
+            );
+            None
+        }
+        _ => {
+            e.push(
+                at,
+                format!("{url:?} is not an upstream URL"),
+                Some("write http://host:port, without a path".into()),
+            );
+            None
+        }
+    }
+}
+
+/// An upstream's `health:` block, with its defaults.
+fn health(p: &str, h: &RawHealth, e: &mut Errors<'_>) -> Option<HealthCheck> {
+    let mut ok = true;
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        e.push(
+            format!("{p}.path"),
+            format!("{:?} is not a request path", h.path),
+            Some("write an origin-form path, e.g. /health".into()),
+        );
+        ok = false;
+    }
+    let interval = duration(
+        &format!("{p}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+        e,
+    );
+    let timeout = duration(
+        &format!("{p}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1),
+        e,
+    );
+    let mut count = |field: &str, v: Option<u32>, default: u32| match v {
+        None => default,
+        Some(0) => {
+            e.push(format!("{p}.{field}"), "must be at least 1", None);
+            ok = false;
+            default
+        }
+        Some(n) => n,
+    };
+    let unhealthy_after = count("unhealthy_after", h.unhealthy_after, 3);
+    let healthy_after = count("healthy_after", h.healthy_after, 2);
+    Some(HealthCheck {
+        path: h.path.clone(),
+        interval: interval?,
+        timeout: timeout?,
+        unhealthy_after,
+        healthy_after,
     })
     .filter(|_| ok)
 }
@@ -1018,6 +1127,16 @@ fn variants(
             );
         }
         upstreams.check(&format!("{vp}.upstream"), &v.upstream, e);
+        if let Some(f) = &v.fallback {
+            upstreams.check(&format!("{vp}.fallback"), f, e);
+            if *f == v.upstream {
+                e.push(
+                    format!("{vp}.fallback"),
+                    format!("the fallback is the variant's own upstream {f:?}"),
+                    Some("name another upstream, or remove `fallback`".into()),
+                );
+            }
+        }
         match Weight::from_percent(v.weight) {
             Some(w) => {
                 sum += u64::from(w.0);
@@ -1026,6 +1145,7 @@ fn variants(
                     upstream: v.upstream.clone(),
                     weight: w,
                     disabled: v.disabled.unwrap_or(false),
+                    fallback: v.fallback.clone(),
                 });
             }
             None => {

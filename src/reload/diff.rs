@@ -171,6 +171,8 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
     }
 }
 
+/// Every upstream setting is live: a changed upstream gets new pools (and
+/// fresh health state) in the next snapshot; unchanged ones keep theirs.
 fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
     let UpstreamRecord {
         name,
@@ -178,6 +180,11 @@ fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
         connect_timeout,
         timeout,
         max_idle_per_host,
+        extra_endpoints,
+        total_timeout,
+        health,
+        eject_after,
+        eject_for,
     } = a;
     (name, authority, connect_timeout, timeout, max_idle_per_host)
         != (
@@ -186,6 +193,19 @@ fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
             &b.connect_timeout,
             &b.timeout,
             &b.max_idle_per_host,
+        )
+        || (
+            extra_endpoints,
+            total_timeout,
+            health,
+            eject_after,
+            eject_for,
+        ) != (
+            &b.extra_endpoints,
+            &b.total_timeout,
+            &b.health,
+            &b.eject_after,
+            &b.eject_for,
         )
 }
 
@@ -245,6 +265,7 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
             upstream: upstream_a,
             weight: _,
             disabled: disabled_a,
+            fallback: fallback_a,
         } = va;
         let VariantRecord {
             name: _,
@@ -252,6 +273,8 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
             // Rule: a weight change is a new epoch.
             weight: _,
             disabled: disabled_b,
+            // Live, like the upstream: routing only.
+            fallback: fallback_b,
         } = vb;
         if upstream_a != upstream_b {
             out.push(change(
@@ -265,6 +288,13 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
                 &format!("variants[{name}].disabled"),
                 disabled_a,
                 disabled_b,
+            ));
+        }
+        if fallback_a != fallback_b {
+            out.push(change(
+                &format!("variants[{name}].fallback"),
+                fallback_a,
+                fallback_b,
             ));
         }
     }

@@ -44,6 +44,9 @@ impl AccessRecord {
             None => o.null("bucket"),
         }
         o.opt_str("upstream", self.upstream.as_deref());
+        if self.fallback {
+            o.bool("fallback", true);
+        }
         match self.upstream_time {
             Some(d) => o.millis("upstream_ms", d),
             None => o.null("upstream_ms"),
