@@ -11,5 +11,6 @@ mod newcomer;
 mod operator;
 mod proxy;
 mod reload;
+mod upstreams;
 mod util;
 mod vendor;

@@ -7,11 +7,13 @@
 
 mod backends;
 mod clients;
+mod flaky;
 mod load;
 mod process;
 
 pub(crate) use backends::*;
 pub(crate) use clients::*;
+pub(crate) use flaky::*;
 pub(crate) use load::*;
 pub(crate) use process::*;
 
