@@ -447,6 +447,14 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
     }
     let urls: Vec<(String, &str)> = match (&u.url, &u.endpoints) {
         (Some(url), None) => vec![(format!("{p}.url"), url.as_str())],
+        (None, Some(list)) if list.len() > MAX_ENDPOINTS => {
+            e.push(
+                format!("{p}.endpoints"),
+                format!("{} endpoints; at most {MAX_ENDPOINTS}", list.len()),
+                None,
+            );
+            return None;
+        }
         (None, Some(list)) if !list.is_empty() => list
             .iter()
             .enumerate()
@@ -606,6 +614,10 @@ fn health(p: &str, h: &RawHealth, e: &mut Errors<'_>) -> Option<HealthCheck> {
     })
     .filter(|_| ok)
 }
+
+/// The most endpoints one upstream may list (the proxy remembers which it
+/// tried in one 64-bit mask).
+const MAX_ENDPOINTS: usize = 64;
 
 /// `500ms`, `2s`, `1m`.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
@@ -1889,6 +1901,117 @@ experiments:
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn endpoints_health_and_fallback_validate_with_defaults() {
+        let c = check(&GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, 'http://10.0.0.6'], health: { path: /ready } }",
+        ).replace("upstream: new, weight: 50 }", "upstream: new, weight: 50, fallback: old }"))
+        .unwrap();
+        let u = &c.upstreams["new"];
+        assert_eq!(u.authority, "127.0.0.1:9002");
+        assert_eq!(u.extra_endpoints, ["10.0.0.6:80"]);
+        let h = u.health.as_ref().unwrap();
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval,
+                h.timeout,
+                h.unhealthy_after,
+                h.healthy_after
+            ),
+            (
+                "/ready",
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                3,
+                2
+            )
+        );
+        assert_eq!((u.eject_after, u.eject_for), (5, Duration::from_secs(10)));
+        assert_eq!(u.total_timeout, None);
+        assert_eq!(
+            c.experiments[0].variants[1].fallback.as_deref(),
+            Some("old")
+        );
+    }
+
+    #[test]
+    fn endpoint_and_fallback_errors_are_located() {
+        let both = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { url: http://127.0.0.1:9002, endpoints: [http://127.0.0.1:9003] }",
+        );
+        assert_error(
+            &one_error(&both),
+            "upstreams.new.endpoints",
+            (3, 49),
+            "both set",
+            Some("keep one"),
+        );
+        let neither = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { timeout: 1s }",
+        );
+        assert!(one_error(&neither)
+            .message
+            .contains("needs `url` or `endpoints`"));
+        let bad = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, ftp://x] }",
+        );
+        assert_eq!(one_error(&bad).path, "upstreams.new.endpoints[1]");
+        let twice = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, http://127.0.0.1:9002] }",
+        );
+        assert!(one_error(&twice).message.contains("listed twice"));
+        let zero = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { url: http://127.0.0.1:9002, health: { path: /h, unhealthy_after: 0 } }",
+        );
+        assert_eq!(
+            one_error(&zero).path,
+            "upstreams.new.health.unhealthy_after"
+        );
+        let own = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: new }",
+        );
+        assert_eq!(one_error(&own).path, "experiments[0].variants[1].fallback");
+        let unknown = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: nwe }",
+        );
+        assert!(one_error(&unknown)
+            .message
+            .contains("unknown upstream \"nwe\""));
+    }
+
+    #[test]
+    fn the_new_upstream_fields_absent_or_default_keep_the_version() {
+        let a = check(GOOD).unwrap().version();
+        let same = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002], eject_after: 5, eject_for: 10s }",
+        );
+        assert_eq!(check(&same).unwrap().version(), a);
+        for changed in [
+            "new: { endpoints: [http://127.0.0.1:9002, http://127.0.0.1:9003] }",
+            "new: { url: http://127.0.0.1:9002, health: { path: /h } }",
+            "new: { url: http://127.0.0.1:9002, total_timeout: 1m }",
+            "new: { url: http://127.0.0.1:9002, eject_after: 2 }",
+        ] {
+            let y = GOOD.replace("new: { url: http://127.0.0.1:9002 }", changed);
+            assert_ne!(check(&y).unwrap().version(), a, "{changed}");
+        }
+        let fb = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: old }",
+        );
+        assert_ne!(check(&fb).unwrap().version(), a);
     }
 
     #[test]

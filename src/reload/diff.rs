@@ -496,4 +496,27 @@ admin: { listen: 127.0.0.1:9090 }
         let d = diff_of("127.0.0.1:2 }", "127.0.0.1:2, timeout: 9s }");
         assert_eq!(d.upstreams, vec!["upstream new changed"]);
     }
+
+    #[test]
+    fn endpoints_health_and_fallback_are_live() {
+        for to in [
+            "new: { endpoints: [http://127.0.0.1:2, http://127.0.0.1:3] }",
+            "new: { url: http://127.0.0.1:2, health: { path: /h } }",
+            "new: { url: http://127.0.0.1:2, total_timeout: 1m }",
+            "new: { url: http://127.0.0.1:2, eject_after: 1, eject_for: 1s }",
+        ] {
+            let d = diff_of("new: { url: http://127.0.0.1:2 }", to);
+            assert_eq!(d.upstreams, vec!["upstream new changed"], "{to}");
+            assert!(d.restart_needed.is_empty(), "{to}");
+        }
+        let d = diff_of(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: old }",
+        );
+        assert_eq!(
+            d.experiments["e"],
+            vec!["variants[b].fallback: null -> \"old\""]
+        );
+        assert!(d.restart_needed.is_empty());
+    }
 }

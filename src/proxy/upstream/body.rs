@@ -248,3 +248,34 @@ impl Body for UpstreamBody {
         self.with_inner(|b| b.size_hint(), SizeHint::with_exact(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn body() -> UpstreamBody {
+        let watch = Arc::new(BodyWatch::default());
+        UpstreamBody::new(
+            Full::new(Bytes::from_static(b"abc")),
+            watch,
+            Duration::from_secs(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_never_polled_is_taken_back_whole_and_a_polled_one_is_not() {
+        let (sent, reclaim) = body().reclaimable();
+        assert_eq!(
+            sent.size_hint().exact(),
+            Some(3),
+            "hyper still sees its length"
+        );
+        // A connect failure: hyper drops the request without polling it.
+        drop(sent);
+        let (again, reclaim) = reclaim.take().expect("never polled: taken back");
+        let got = again.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"abc");
+        assert!(reclaim.take().is_none(), "polled: its bytes went upstream");
+    }
+}
