@@ -217,6 +217,20 @@ mod tests {
     }
 
     #[test]
+    fn fallback_is_written_only_when_true_after_upstream() {
+        let mut r = record();
+        assert!(!line(&r).contains("fallback"));
+        r.fallback = true;
+        let text = line(&r);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["fallback"], true);
+        assert!(
+            text.contains("\"upstream\":\"127.0.0.1:9002\",\"fallback\":true,"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn absent_fields_are_null() {
         let r = AccessRecord::new(
             SystemTime::UNIX_EPOCH,
