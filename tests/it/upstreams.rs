@@ -491,3 +491,41 @@ async fn slow_and_hanging_upstreams_get_504_by_the_timeout_that_applies() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["error"], "upstream_timeout", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_is_504_alone_and_moves_to_another_endpoint_otherwise() {
+    let hole = BlackHole::spawn().await;
+    let b = Flaky::spawn("b").await;
+    let dir = TestDir::new();
+    let experiments = "  - name: alone\n    routes: [/alone]\n    salt: s\n    variants:\n      - { name: control, upstream: alone, weight: 100 }\n  - name: pair\n    routes: [/pair]\n    salt: s\n    variants:\n      - { name: control, upstream: pair, weight: 100 }\n";
+    let cfg = yaml(
+        &format!(
+            "  alone: {{ url: http://{}, connect_timeout: 200ms }}\n  pair: {{ endpoints: [http://{}, {}], connect_timeout: 200ms, eject_after: 0 }}\n",
+            hole.addr,
+            hole.addr,
+            b.url()
+        ),
+        experiments,
+    );
+    let cohort = Cohort::start(&dir, &cfg);
+    let client = TestClient::new();
+    let r = client.post(cohort.addr, "/alone", Some("u")).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 200 ms"),
+        "{}",
+        r.body
+    );
+    for i in 0..8 {
+        let r = client
+            .post(cohort.addr, "/pair", Some(&format!("t{i}")))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["model"], "b");
+    }
+    assert_eq!(b.hits(), 8);
+}

@@ -221,3 +221,35 @@ fn ok_answer(body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// An address whose connects hang: a listener that never accepts, with
+/// its accept queue filled, so the kernel drops further handshakes (for
+/// connect timeouts).
+pub(crate) struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub(crate) async fn spawn() -> BlackHole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => queued.push(s),
+                Ok(Err(e)) => panic!("connect to the black hole failed: {e}"),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        BlackHole {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
