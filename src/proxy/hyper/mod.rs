@@ -161,8 +161,14 @@ where
     // same upstream (its body, never polled, is taken back), at most
     // `max_retries` times.
     let (parts, body) = upstream_req.into_parts();
-    let (mut body, mut reclaim) = body.reclaimable();
     let mut retries = upstream.max_retries();
+    // Only a request that may be retried pays for a reclaimable body.
+    let (mut body, mut reclaim) = if retries > 0 {
+        let (b, r) = body.reclaimable();
+        (b, Some(r))
+    } else {
+        (body, None)
+    };
     let mut tried = 0;
     let mut parts = Some(parts);
     let result = loop {
@@ -173,7 +179,10 @@ where
             parts.take()
         };
         let mut req = Request::from_parts(p.expect("kept while a retry may need them"), body);
-        set_endpoint(&mut req, &lease);
+        if tried != 0 {
+            // A retry: another endpoint than `upstream_request` named.
+            set_endpoint(&mut req, &lease);
+        }
         let r = tokio::time::timeout(upstream.head_timeout(), upstream.client.request(req)).await;
         if let Ok(Err(e)) = &r {
             if e.is_connect() {
@@ -182,12 +191,12 @@ where
                 if retries > 0 {
                     if let Some((next, again)) = upstream
                         .pick(tried)
-                        .and_then(|l| Some((l, reclaim.take()?)))
+                        .and_then(|l| Some((l, reclaim.as_ref()?.take()?)))
                     {
                         tracing::debug!(error = %e, endpoint = %lease.endpoint().address, "connect failed; trying another endpoint");
                         retries -= 1;
                         lease = next;
-                        (body, reclaim) = again;
+                        (body, reclaim) = (again.0, Some(again.1));
                         continue;
                     }
                 }
