@@ -44,6 +44,8 @@ pub(crate) enum ProxyError {
     UpstreamTimeout(String, u128),
     #[error("upstream {0} failed while sending the response body")]
     UpstreamBody(String),
+    #[error("upstream {0} has no endpoint up (all are down or ejected)")]
+    UpstreamUnavailable(String),
     // Ours.
     #[error("the assignment store cannot record new units: {0}")]
     Store(String),
@@ -72,6 +74,7 @@ pub enum Cause {
     UpstreamInvalid,
     UpstreamTimeout,
     UpstreamBody,
+    UpstreamUnavailable,
     StoreUnavailable,
     ReloadInProgress,
 }
@@ -96,6 +99,7 @@ impl Cause {
             Cause::UpstreamInvalid => "upstream_invalid",
             Cause::UpstreamTimeout => "upstream_timeout",
             Cause::UpstreamBody => "upstream_body",
+            Cause::UpstreamUnavailable => "upstream_unavailable",
             Cause::StoreUnavailable => "store_unavailable",
             Cause::ReloadInProgress => "reload_in_progress",
         }
@@ -145,7 +149,9 @@ impl ProxyError {
             | ProxyError::UpstreamInvalid(..)
             | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Store(_) | ProxyError::StaleSnapshot => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::Store(_)
+            | ProxyError::StaleSnapshot => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -169,6 +175,7 @@ impl ProxyError {
             ProxyError::UpstreamInvalid(..) => Cause::UpstreamInvalid,
             ProxyError::UpstreamTimeout(..) => Cause::UpstreamTimeout,
             ProxyError::UpstreamBody(_) => Cause::UpstreamBody,
+            ProxyError::UpstreamUnavailable(_) => Cause::UpstreamUnavailable,
             ProxyError::Store(_) => Cause::StoreUnavailable,
             ProxyError::StaleSnapshot => Cause::ReloadInProgress,
         }
@@ -204,7 +211,7 @@ mod tests {
             .filter(|l| l.trim_start().starts_with("Cause::") && l.contains("=> \""))
             .filter_map(|l| l.split('"').nth(1))
             .collect();
-        assert!(names.len() >= 19, "found only {names:?}");
+        assert!(names.len() >= 20, "found only {names:?}");
         for name in names {
             let code = format!("`{name}`");
             assert!(

@@ -63,6 +63,8 @@ pub(crate) struct VariantRoute {
     pub(crate) name: Arc<str>,
     pub(crate) header: HeaderValue,
     pub(crate) upstream: Arc<Upstream>,
+    /// Serves the variant while its own upstream has no endpoint up.
+    pub(crate) fallback: Option<Arc<Upstream>>,
 }
 
 /// Where a request path goes.
@@ -89,7 +91,7 @@ impl Snapshot {
                 .cloned();
             upstreams.insert(
                 name.clone(),
-                reused.unwrap_or_else(|| Arc::new(Upstream::new(u, config.runtime.workers()))),
+                reused.unwrap_or_else(|| Upstream::start(u, config.runtime.workers())),
             );
         }
         let mut exact = Vec::new();
@@ -122,6 +124,7 @@ impl Snapshot {
                         name: Arc::from(v.name.as_str()),
                         header: HeaderValue::from_str(&v.name).expect("validated name"),
                         upstream: upstreams[&v.upstream].clone(),
+                        fallback: v.fallback.as_ref().map(|f| upstreams[f].clone()),
                     })
                     .collect(),
             });

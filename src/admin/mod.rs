@@ -138,6 +138,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         }
         (Method::GET, ["admin", "config"]) => config_view(&state),
         (Method::GET, ["admin", "history"]) => history(&state),
+        (Method::GET, ["admin", "upstreams"]) => upstreams(&state),
         (Method::GET, ["admin", "assignments", experiment, unit]) => {
             assignment(&state, experiment, unit)
         }
@@ -149,7 +150,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             pause(&state, name, *action == "pause").await
         }
         (_, ["healthz" | "readyz"])
-        | (_, ["admin", "config" | "history" | "reload"])
+        | (_, ["admin", "config" | "history" | "reload" | "upstreams"])
         | (_, ["admin", "assignments", _, _])
         | (_, ["admin", "experiments", _, "pause" | "resume"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -162,6 +163,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             format!("no admin endpoint {path}"),
         ),
     })
+}
+
+/// `GET /admin/upstreams`: each upstream's endpoints, their state (`up`,
+/// `down` by the active check, `ejected` by the passive one) and load.
+fn upstreams(state: &State) -> Resp {
+    let snap = state.snapshot();
+    let mut names: Vec<&String> = snap.upstreams.keys().collect();
+    names.sort();
+    let list: Vec<Value> = names.iter().map(|n| snap.upstreams[*n].view()).collect();
+    reply(
+        StatusCode::OK,
+        json!({ "config_version": &*snap.version, "upstreams": list }),
+    )
 }
 
 async fn ready(state: &State) -> Resp {

@@ -194,8 +194,50 @@ pub struct UpstreamConfig {
     /// How long the response head may take after the request was sent
     /// before the client gets 504 (the body's streaming is not limited).
     pub timeout: Duration,
-    /// Idle keep-alive connections kept open to it.
+    /// Idle keep-alive connections kept open to it (per endpoint).
     pub max_idle_per_host: usize,
+    /// The endpoints after the first (`authority`), when `endpoints:`
+    /// lists several; requests are spread over all of them.
+    pub extra_endpoints: Vec<String>,
+    /// How long a whole exchange may take, response body included; a
+    /// response head not in by then is answered 504. `None`: no limit.
+    pub total_timeout: Option<Duration>,
+    /// The active health check of each endpoint, if configured.
+    pub health: Option<HealthCheck>,
+    /// Consecutive connect failures or 5xx answers after which an endpoint
+    /// is ejected for `eject_for` (0: never). Applies only to an upstream
+    /// with several endpoints: a lone endpoint is never ejected passively.
+    pub eject_after: u32,
+    /// How long a passively ejected endpoint gets no requests.
+    pub eject_for: Duration,
+}
+
+/// An upstream's `health:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Requested with `GET`; a 2xx or 3xx answer is a pass.
+    pub path: String,
+    /// Time between two checks of an endpoint.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive failed checks that take an endpoint out.
+    pub unhealthy_after: u32,
+    /// Consecutive passed checks that bring it back.
+    pub healthy_after: u32,
+}
+
+/// `eject_after`'s default.
+pub(crate) const DEFAULT_EJECT_AFTER: u32 = 5;
+/// `eject_for`'s default.
+pub(crate) const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
+
+impl UpstreamConfig {
+    /// Every endpoint's `host:port`, the first being `authority`.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.authority.as_str())
+            .chain(self.extra_endpoints.iter().map(String::as_str))
+    }
 }
 
 /// One entry of `experiments`: which paths it serves, how units are read,
@@ -242,6 +284,9 @@ pub struct VariantConfig {
     pub weight: Weight,
     /// Instant rollback of one arm: its units are served the first variant.
     pub disabled: bool,
+    /// The upstream that serves it while every endpoint of its own is down
+    /// (never implied: another variant's upstream would mix cohorts).
+    pub fallback: Option<String>,
 }
 
 /// What to do with a request whose unit header is missing or invalid.

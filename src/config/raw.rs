@@ -56,10 +56,27 @@ pub(crate) struct RawAccessLog {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
-    pub(crate) url: String,
+    /// One endpoint; `endpoints` lists several (exactly one of the two).
+    pub(crate) url: Option<String>,
+    pub(crate) endpoints: Option<Vec<String>>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) timeout: Option<String>,
+    pub(crate) total_timeout: Option<String>,
     pub(crate) max_idle_per_host: Option<usize>,
+    pub(crate) health: Option<RawHealth>,
+    pub(crate) eject_after: Option<u32>,
+    pub(crate) eject_for: Option<String>,
+}
+
+/// `health:` of an upstream: the active check of each endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub(crate) path: String,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) unhealthy_after: Option<u32>,
+    pub(crate) healthy_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +123,7 @@ pub(crate) struct RawVariant {
     pub(crate) upstream: String,
     pub(crate) weight: f64,
     pub(crate) disabled: Option<bool>,
+    pub(crate) fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AccessLogConfig, AdminConfig, Config, ExperimentConfig, LogTarget, LogUnit, MissingUnitPolicy,
-    OnStoreError, Route, RuntimeConfig, UpstreamConfig, VariantConfig,
+    AccessLogConfig, AdminConfig, Config, ExperimentConfig, HealthCheck, LogTarget, LogUnit,
+    MissingUnitPolicy, OnStoreError, Route, RuntimeConfig, UpstreamConfig, VariantConfig,
 };
 use crate::terms::{Bucketing, Weight};
 
@@ -94,6 +94,51 @@ pub(crate) struct UpstreamRecord {
     pub(crate) connect_timeout: u64,
     pub(crate) timeout: u64,
     pub(crate) max_idle_per_host: usize,
+    /// The fields below are left out when absent or default, so a config
+    /// that does not use them records (and hashes to) what it did before
+    /// they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) extra_endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) total_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) health: Option<HealthRecord>,
+    #[serde(
+        default = "default_eject_after",
+        skip_serializing_if = "is_default_eject_after"
+    )]
+    pub(crate) eject_after: u32,
+    #[serde(
+        default = "default_eject_for",
+        skip_serializing_if = "is_default_eject_for"
+    )]
+    pub(crate) eject_for: u64,
+}
+
+/// An upstream's active health check; durations in whole milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HealthRecord {
+    pub(crate) path: String,
+    pub(crate) interval: u64,
+    pub(crate) timeout: u64,
+    pub(crate) unhealthy_after: u32,
+    pub(crate) healthy_after: u32,
+}
+
+fn default_eject_after() -> u32 {
+    super::DEFAULT_EJECT_AFTER
+}
+
+fn is_default_eject_after(n: &u32) -> bool {
+    *n == super::DEFAULT_EJECT_AFTER
+}
+
+fn default_eject_for() -> u64 {
+    millis(super::DEFAULT_EJECT_FOR)
+}
+
+fn is_default_eject_for(n: &u64) -> bool {
+    *n == default_eject_for()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +178,9 @@ pub(crate) struct VariantRecord {
     pub(crate) upstream: String,
     pub(crate) weight: Weight,
     pub(crate) disabled: bool,
+    /// Left out when absent (the version of a config without it is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fallback: Option<String>,
 }
 
 /// Forced units: in full for the version hash, summarized on disk.
@@ -340,6 +388,11 @@ fn upstream_record(u: &UpstreamConfig) -> UpstreamRecord {
         connect_timeout,
         timeout,
         max_idle_per_host,
+        extra_endpoints,
+        total_timeout,
+        health,
+        eject_after,
+        eject_for,
     } = u;
     UpstreamRecord {
         name: name.clone(),
@@ -347,6 +400,26 @@ fn upstream_record(u: &UpstreamConfig) -> UpstreamRecord {
         connect_timeout: millis(*connect_timeout),
         timeout: millis(*timeout),
         max_idle_per_host: *max_idle_per_host,
+        extra_endpoints: extra_endpoints.clone(),
+        total_timeout: total_timeout.map(millis),
+        health: health.as_ref().map(|h| {
+            let HealthCheck {
+                path,
+                interval,
+                timeout,
+                unhealthy_after,
+                healthy_after,
+            } = h;
+            HealthRecord {
+                path: path.clone(),
+                interval: millis(*interval),
+                timeout: millis(*timeout),
+                unhealthy_after: *unhealthy_after,
+                healthy_after: *healthy_after,
+            }
+        }),
+        eject_after: *eject_after,
+        eject_for: millis(*eject_for),
     }
 }
 
@@ -383,12 +456,14 @@ fn experiment_record(x: &ExperimentConfig) -> ExperimentRecord {
                     upstream,
                     weight,
                     disabled,
+                    fallback,
                 } = v;
                 VariantRecord {
                     name: name.clone(),
                     upstream: upstream.clone(),
                     weight: *weight,
                     disabled: *disabled,
+                    fallback: fallback.clone(),
                 }
             })
             .collect(),

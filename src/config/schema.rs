@@ -66,9 +66,23 @@ const ACCESS_LOG: Shape = Fields(&[
 /// `RawUpstream`, the value of `upstreams.<name>`.
 const UPSTREAM: Shape = Fields(&[
     ("url", Leaf),
+    ("endpoints", List(&Leaf)),
     ("connect_timeout", Leaf),
     ("timeout", Leaf),
+    ("total_timeout", Leaf),
     ("max_idle_per_host", Leaf),
+    ("health", HEALTH),
+    ("eject_after", Leaf),
+    ("eject_for", Leaf),
+]);
+
+/// `RawHealth`, an upstream's active health check.
+const HEALTH: Shape = Fields(&[
+    ("path", Leaf),
+    ("interval", Leaf),
+    ("timeout", Leaf),
+    ("unhealthy_after", Leaf),
+    ("healthy_after", Leaf),
 ]);
 
 /// `RawExperiment`; `overrides` maps variant names to lists of unit ids.
@@ -107,6 +121,7 @@ const VARIANT: Shape = Fields(&[
     ("upstream", Leaf),
     ("weight", Leaf),
     ("disabled", Leaf),
+    ("fallback", Leaf),
 ]);
 
 /// `RawRuntime`.
@@ -287,7 +302,7 @@ listen: 127.0.0.1:8080
 store: { kind: redis, path: ./data, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
 access_log: { path: '-', log_unit: hashed, log_unit_key_file: key }
 upstreams:
-  old: { url: 'http://a:1', connect_timeout: 1s, timeout: 2s, max_idle_per_host: 3 }
+  old: { url: 'http://a:1', endpoints: ['http://b:1'], connect_timeout: 1s, timeout: 2s, total_timeout: 3s, max_idle_per_host: 3, health: { path: /h, interval: 1s, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }, eject_after: 3, eject_for: 5s }
 default_upstream: old
 experiments:
   - name: e
@@ -295,7 +310,7 @@ experiments:
     unit_header: x-user-id
     salt: s
     variants:
-      - { name: control, upstream: old, weight: 100, disabled: false }
+      - { name: control, upstream: old, weight: 100, disabled: false, fallback: old }
     on_missing_unit: control
     reset: 1
     paused: false
@@ -347,8 +362,8 @@ admin: { listen: 127.0.0.1:9901, token_file: t }
             }
         });
         assert_eq!(
-            places, 9,
-            "top, store, access_log, upstream, experiment, variant, bucketing, runtime, admin"
+            places, 10,
+            "top, store, access_log, upstream, health, experiment, variant, bucketing, runtime, admin"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::files::Files;
-use super::raw::{RawBucketing, RawConfig, RawExperiment, RawUpstream};
+use super::raw::{RawBucketing, RawConfig, RawExperiment, RawHealth, RawUpstream};
 use super::{schema, *};
 use crate::terms::{valid_unit, Bucketing, Weight, WHOLE};
 use sha2::{Digest, Sha256};
@@ -633,37 +633,56 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         );
         ok = false;
     }
-    let authority = match u.url.parse::<http::Uri>() {
-        Ok(uri)
-            if uri.scheme_str() == Some("http")
-                && uri.authority().is_some()
-                && matches!(uri.path(), "" | "/")
-                && uri.query().is_none() =>
-        {
-            let a = uri.authority().expect("checked");
-            if a.port_u16().is_some() {
-                a.to_string()
-            } else {
-                format!("{}:80", a.host())
-            }
-        }
-        Ok(uri) if uri.scheme_str() == Some("https") => {
+    let urls: Vec<(String, &str)> = match (&u.url, &u.endpoints) {
+        (Some(url), None) => vec![(format!("{p}.url"), url.as_str())],
+        (None, Some(list)) if list.len() > MAX_ENDPOINTS => {
             e.push(
-                format!("{p}.url"),
-                "https upstreams are not supported yet",
-                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
+                format!("{p}.endpoints"),
+                format!("{} endpoints; at most {MAX_ENDPOINTS}", list.len()),
+                None,
             );
             return None;
         }
-        _ => {
+        (None, Some(list)) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, url)| (format!("{p}.endpoints[{i}]"), url.as_str()))
+            .collect(),
+        (None, Some(_)) => {
             e.push(
-                format!("{p}.url"),
-                format!("{:?} is not an upstream URL", u.url),
-                Some("write http://host:port, without a path".into()),
+                format!("{p}.endpoints"),
+                "an upstream needs at least one endpoint",
+                Some("list URLs, e.g. [http://10.0.0.5:9000, http://10.0.0.6:9000]".into()),
+            );
+            return None;
+        }
+        (None, None) => {
+            e.push(
+                &p,
+                "an upstream needs `url` or `endpoints`",
+                Some("write url: http://host:port".into()),
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            e.push(
+                format!("{p}.endpoints"),
+                "`url` and `endpoints` are both set",
+                Some("`url` is the one-endpoint form of `endpoints`: keep one".into()),
             );
             return None;
         }
     };
+    let mut endpoints = Vec::new();
+    for (at, url) in urls {
+        let a = endpoint_authority(&at, url, e)?;
+        if endpoints.contains(&a) {
+            e.push(at, format!("endpoint {a} is listed twice"), None);
+            return None;
+        }
+        endpoints.push(a);
+    }
+    let authority = endpoints.remove(0);
     let connect_timeout = duration(
         &format!("{p}.connect_timeout"),
         u.connect_timeout.as_deref(),
@@ -676,15 +695,117 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         Duration::from_secs(30),
         e,
     );
+    let total_timeout = match &u.total_timeout {
+        None => Some(None),
+        Some(t) => duration(&format!("{p}.total_timeout"), Some(t), Duration::ZERO, e).map(Some),
+    };
+    let eject_for = duration(
+        &format!("{p}.eject_for"),
+        u.eject_for.as_deref(),
+        super::DEFAULT_EJECT_FOR,
+        e,
+    );
+    let health = match &u.health {
+        None => Some(None),
+        Some(h) => health(&format!("{p}.health"), h, e).map(Some),
+    };
     Some(UpstreamConfig {
         name: name.to_string(),
         authority,
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         max_idle_per_host: u.max_idle_per_host.unwrap_or(256),
+        extra_endpoints: endpoints,
+        total_timeout: total_timeout?,
+        health: health?,
+        eject_after: u.eject_after.unwrap_or(super::DEFAULT_EJECT_AFTER),
+        eject_for: eject_for?,
     })
     .filter(|_| ok)
 }
+
+/// The `host:port` of one endpoint URL (port 80 when it names none).
+fn endpoint_authority(at: &str, url: &str, e: &mut Errors<'_>) -> Option<String> {
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            let a = uri.authority().expect("checked");
+            Some(if a.port_u16().is_some() {
+                a.to_string()
+            } else {
+                format!("{}:80", a.host())
+            })
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => {
+            e.push(
+                at,
+                "https upstreams are not supported yet",
+                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
+            );
+            None
+        }
+        _ => {
+            e.push(
+                at,
+                format!("{url:?} is not an upstream URL"),
+                Some("write http://host:port, without a path".into()),
+            );
+            None
+        }
+    }
+}
+
+/// An upstream's `health:` block, with its defaults.
+fn health(p: &str, h: &RawHealth, e: &mut Errors<'_>) -> Option<HealthCheck> {
+    let mut ok = true;
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        e.push(
+            format!("{p}.path"),
+            format!("{:?} is not a request path", h.path),
+            Some("write an origin-form path, e.g. /health".into()),
+        );
+        ok = false;
+    }
+    let interval = duration(
+        &format!("{p}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+        e,
+    );
+    let timeout = duration(
+        &format!("{p}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1),
+        e,
+    );
+    let mut count = |field: &str, v: Option<u32>, default: u32| match v {
+        None => default,
+        Some(0) => {
+            e.push(format!("{p}.{field}"), "must be at least 1", None);
+            ok = false;
+            default
+        }
+        Some(n) => n,
+    };
+    let unhealthy_after = count("unhealthy_after", h.unhealthy_after, 3);
+    let healthy_after = count("healthy_after", h.healthy_after, 2);
+    Some(HealthCheck {
+        path: h.path.clone(),
+        interval: interval?,
+        timeout: timeout?,
+        unhealthy_after,
+        healthy_after,
+    })
+    .filter(|_| ok)
+}
+
+/// The most endpoints one upstream may list (the proxy remembers which it
+/// tried in one 64-bit mask).
+const MAX_ENDPOINTS: usize = 64;
 
 /// `500ms`, `2s`, `1m`.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
@@ -1206,6 +1327,16 @@ fn variants(
             );
         }
         upstreams.check(&format!("{vp}.upstream"), &v.upstream, e);
+        if let Some(f) = &v.fallback {
+            upstreams.check(&format!("{vp}.fallback"), f, e);
+            if *f == v.upstream {
+                e.push(
+                    format!("{vp}.fallback"),
+                    format!("the fallback is the variant's own upstream {f:?}"),
+                    Some("name another upstream, or remove `fallback`".into()),
+                );
+            }
+        }
         match Weight::from_percent(v.weight) {
             Some(w) => {
                 sum += u64::from(w.0);
@@ -1214,6 +1345,7 @@ fn variants(
                     upstream: v.upstream.clone(),
                     weight: w,
                     disabled: v.disabled.unwrap_or(false),
+                    fallback: v.fallback.clone(),
                 });
             }
             None => {
@@ -1957,6 +2089,117 @@ experiments:
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn endpoints_health_and_fallback_validate_with_defaults() {
+        let c = check(&GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, 'http://10.0.0.6'], health: { path: /ready } }",
+        ).replace("upstream: new, weight: 50 }", "upstream: new, weight: 50, fallback: old }"))
+        .unwrap();
+        let u = &c.upstreams["new"];
+        assert_eq!(u.authority, "127.0.0.1:9002");
+        assert_eq!(u.extra_endpoints, ["10.0.0.6:80"]);
+        let h = u.health.as_ref().unwrap();
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval,
+                h.timeout,
+                h.unhealthy_after,
+                h.healthy_after
+            ),
+            (
+                "/ready",
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                3,
+                2
+            )
+        );
+        assert_eq!((u.eject_after, u.eject_for), (5, Duration::from_secs(10)));
+        assert_eq!(u.total_timeout, None);
+        assert_eq!(
+            c.experiments[0].variants[1].fallback.as_deref(),
+            Some("old")
+        );
+    }
+
+    #[test]
+    fn endpoint_and_fallback_errors_are_located() {
+        let both = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { url: http://127.0.0.1:9002, endpoints: [http://127.0.0.1:9003] }",
+        );
+        assert_error(
+            &one_error(&both),
+            "upstreams.new.endpoints",
+            (3, 49),
+            "both set",
+            Some("keep one"),
+        );
+        let neither = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { timeout: 1s }",
+        );
+        assert!(one_error(&neither)
+            .message
+            .contains("needs `url` or `endpoints`"));
+        let bad = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, ftp://x] }",
+        );
+        assert_eq!(one_error(&bad).path, "upstreams.new.endpoints[1]");
+        let twice = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002, http://127.0.0.1:9002] }",
+        );
+        assert!(one_error(&twice).message.contains("listed twice"));
+        let zero = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { url: http://127.0.0.1:9002, health: { path: /h, unhealthy_after: 0 } }",
+        );
+        assert_eq!(
+            one_error(&zero).path,
+            "upstreams.new.health.unhealthy_after"
+        );
+        let own = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: new }",
+        );
+        assert_eq!(one_error(&own).path, "experiments[0].variants[1].fallback");
+        let unknown = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: nwe }",
+        );
+        assert!(one_error(&unknown)
+            .message
+            .contains("unknown upstream \"nwe\""));
+    }
+
+    #[test]
+    fn the_new_upstream_fields_absent_or_default_keep_the_version() {
+        let a = check(GOOD).unwrap().version();
+        let same = GOOD.replace(
+            "new: { url: http://127.0.0.1:9002 }",
+            "new: { endpoints: [http://127.0.0.1:9002], eject_after: 5, eject_for: 10s }",
+        );
+        assert_eq!(check(&same).unwrap().version(), a);
+        for changed in [
+            "new: { endpoints: [http://127.0.0.1:9002, http://127.0.0.1:9003] }",
+            "new: { url: http://127.0.0.1:9002, health: { path: /h } }",
+            "new: { url: http://127.0.0.1:9002, total_timeout: 1m }",
+            "new: { url: http://127.0.0.1:9002, eject_after: 2 }",
+        ] {
+            let y = GOOD.replace("new: { url: http://127.0.0.1:9002 }", changed);
+            assert_ne!(check(&y).unwrap().version(), a, "{changed}");
+        }
+        let fb = GOOD.replace(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: old }",
+        );
+        assert_ne!(check(&fb).unwrap().version(), a);
     }
 
     #[test]

@@ -18,7 +18,13 @@
 //!
 //! A request is never retried on another variant's upstream: serving a
 //! unit from the wrong model would contaminate its cohort, so an upstream
-//! fault is answered 502/504, stamped with the variant that failed. A
+//! fault is answered 502/504, stamped with the variant that failed, and a
+//! variant whose upstream has no endpoint up is answered 503
+//! `upstream_unavailable` — unless the variant names a `fallback`
+//! upstream, which then serves it, logged `fallback: true`
+//! ([`pick_endpoint`]). Within one upstream, a request that could not
+//! connect is retried on another endpoint (the front ends, bounded by
+//! [`Upstream::max_retries`]); nothing else is retried there. A
 //! client's own fault (bad framing, a slow or abandoned body) is answered
 //! 4xx and logged as the client's, never as an `upstream_*` error.
 //!
@@ -47,7 +53,7 @@ use sha2::Sha256;
 
 use super::h1::names::{self, Forward};
 use super::h1::{self, StampBytes};
-use super::upstream::Upstream;
+use super::upstream::{Lease, Upstream};
 use crate::assign::epoch::Epoch;
 use crate::assign::store::StoreError;
 use crate::assign::{valid_unit, Reason, Served};
@@ -167,9 +173,10 @@ pub(crate) fn request_id(state: &State, headers: &impl HeaderLookup) -> HeaderVa
         .unwrap_or_else(|| state.next_request_id())
 }
 
-/// Where a request goes: the upstream, and the stamps on an experiment route.
+/// Where a request goes: the upstream endpoint it holds, and the stamps on
+/// an experiment route.
 pub(crate) struct Routed {
-    pub upstream: Arc<Upstream>,
+    pub lease: Lease,
     pub stamps: Option<Stamps>,
 }
 
@@ -199,7 +206,7 @@ pub(crate) async fn route_request(
     let routed = match snap.route(path) {
         Target::NotFound => return Err(ProxyError::NoRoute(path.to_string()).into()),
         Target::Default(up) => Routed {
-            upstream: up.clone(),
+            lease: pick_endpoint(up, None, rec)?,
             stamps: None,
         },
         Target::Experiment(first) => {
@@ -249,13 +256,22 @@ pub(crate) async fn route_request(
                     rec.paused = served.reason == Reason::Paused;
                     rec.store_degraded = served.store_degraded;
                     rec.bucket = served.bucket.map(|b| b.0);
-                    Routed {
-                        upstream: v.upstream.clone(),
-                        stamps: Some(Stamps {
-                            experiment: x.name_header.clone(),
-                            variant: v.header.clone(),
-                            epoch: x.epoch_header(served.epoch),
-                        }),
+                    let stamps = Stamps {
+                        experiment: x.name_header.clone(),
+                        variant: v.header.clone(),
+                        epoch: x.epoch_header(served.epoch),
+                    };
+                    match pick_endpoint(&v.upstream, v.fallback.as_ref(), rec) {
+                        Ok(lease) => Routed {
+                            lease,
+                            stamps: Some(stamps),
+                        },
+                        Err(error) => {
+                            return Err(Refused {
+                                error,
+                                stamps: Some(stamps),
+                            })
+                        }
                     }
                 }
                 Err(error) => {
@@ -272,8 +288,33 @@ pub(crate) async fn route_request(
             }
         }
     };
-    rec.upstream = Some(routed.upstream.address.clone());
     Ok(routed)
+}
+
+/// An endpoint of `upstream`, else of `fallback` (logged as such), else
+/// 503 `upstream_unavailable`; `rec` names the endpoint picked.
+pub(crate) fn pick_endpoint(
+    upstream: &Arc<Upstream>,
+    fallback: Option<&Arc<Upstream>>,
+    rec: &mut AccessRecord,
+) -> Result<Lease, ProxyError> {
+    let lease = match (upstream.pick(0), fallback) {
+        (Some(lease), _) => lease,
+        (None, Some(f)) => {
+            let lease = f
+                .pick(0)
+                .ok_or_else(|| ProxyError::UpstreamUnavailable(upstream.config.name.clone()))?;
+            rec.fallback = true;
+            lease
+        }
+        (None, None) => {
+            return Err(ProxyError::UpstreamUnavailable(
+                upstream.config.name.clone(),
+            ))
+        }
+    };
+    rec.upstream = Some(lease.endpoint().address.clone());
+    Ok(lease)
 }
 
 /// Assigns the request's unit, or says why it cannot be served. A unit
@@ -334,8 +375,10 @@ pub(crate) enum UpstreamFailure {
     ConnectTimeout,
     /// Refused or unreachable.
     Connect,
-    /// No (whole) response head within `timeout`.
+    /// No (whole) response head within `timeout` (or `total_timeout`).
     Timeout,
+    /// The response body was not over within `total_timeout`.
+    TotalTimeout,
     /// Closed or reset before its response head was whole.
     Reset,
     /// A response the proxy cannot relay, and why.
@@ -354,8 +397,16 @@ pub(crate) fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyEr
         }
         UpstreamFailure::Connect => ProxyError::UpstreamConnect(name),
         UpstreamFailure::Timeout => {
-            ProxyError::UpstreamTimeout(name, upstream.config.timeout.as_millis())
+            ProxyError::UpstreamTimeout(name, upstream.head_timeout().as_millis())
         }
+        UpstreamFailure::TotalTimeout => ProxyError::UpstreamTimeout(
+            name,
+            upstream
+                .config
+                .total_timeout
+                .unwrap_or_default()
+                .as_millis(),
+        ),
         UpstreamFailure::Reset => ProxyError::UpstreamReset(name),
         UpstreamFailure::Invalid(why) => ProxyError::UpstreamInvalid(name, why),
         UpstreamFailure::Body => ProxyError::UpstreamBody(name),

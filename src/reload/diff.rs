@@ -176,6 +176,8 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
     }
 }
 
+/// Every upstream setting is live: a changed upstream gets new pools (and
+/// fresh health state) in the next snapshot; unchanged ones keep theirs.
 fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
     let UpstreamRecord {
         name,
@@ -183,6 +185,11 @@ fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
         connect_timeout,
         timeout,
         max_idle_per_host,
+        extra_endpoints,
+        total_timeout,
+        health,
+        eject_after,
+        eject_for,
     } = a;
     (name, authority, connect_timeout, timeout, max_idle_per_host)
         != (
@@ -191,6 +198,19 @@ fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
             &b.connect_timeout,
             &b.timeout,
             &b.max_idle_per_host,
+        )
+        || (
+            extra_endpoints,
+            total_timeout,
+            health,
+            eject_after,
+            eject_for,
+        ) != (
+            &b.extra_endpoints,
+            &b.total_timeout,
+            &b.health,
+            &b.eject_after,
+            &b.eject_for,
         )
 }
 
@@ -250,6 +270,7 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
             upstream: upstream_a,
             weight: _,
             disabled: disabled_a,
+            fallback: fallback_a,
         } = va;
         let VariantRecord {
             name: _,
@@ -257,6 +278,8 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
             // Rule: a weight change is a new epoch.
             weight: _,
             disabled: disabled_b,
+            // Live, like the upstream: routing only.
+            fallback: fallback_b,
         } = vb;
         if upstream_a != upstream_b {
             out.push(change(
@@ -270,6 +293,13 @@ fn experiment(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<String> {
                 &format!("variants[{name}].disabled"),
                 disabled_a,
                 disabled_b,
+            ));
+        }
+        if fallback_a != fallback_b {
+            out.push(change(
+                &format!("variants[{name}].fallback"),
+                fallback_a,
+                fallback_b,
             ));
         }
     }
@@ -470,5 +500,28 @@ admin: { listen: 127.0.0.1:9090 }
         );
         let d = diff_of("127.0.0.1:2 }", "127.0.0.1:2, timeout: 9s }");
         assert_eq!(d.upstreams, vec!["upstream new changed"]);
+    }
+
+    #[test]
+    fn endpoints_health_and_fallback_are_live() {
+        for to in [
+            "new: { endpoints: [http://127.0.0.1:2, http://127.0.0.1:3] }",
+            "new: { url: http://127.0.0.1:2, health: { path: /h } }",
+            "new: { url: http://127.0.0.1:2, total_timeout: 1m }",
+            "new: { url: http://127.0.0.1:2, eject_after: 1, eject_for: 1s }",
+        ] {
+            let d = diff_of("new: { url: http://127.0.0.1:2 }", to);
+            assert_eq!(d.upstreams, vec!["upstream new changed"], "{to}");
+            assert!(d.restart_needed.is_empty(), "{to}");
+        }
+        let d = diff_of(
+            "upstream: new, weight: 50 }",
+            "upstream: new, weight: 50, fallback: old }",
+        );
+        assert_eq!(
+            d.experiments["e"],
+            vec!["variants[b].fallback: null -> \"old\""]
+        );
+        assert!(d.restart_needed.is_empty());
     }
 }

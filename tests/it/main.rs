@@ -12,5 +12,6 @@ mod operator;
 mod proxy;
 mod reload;
 mod replicas;
+mod upstreams;
 mod util;
 mod vendor;

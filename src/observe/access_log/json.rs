@@ -48,6 +48,9 @@ impl AccessRecord {
             None => o.null("bucket"),
         }
         o.opt_str("upstream", self.upstream.as_deref());
+        if self.fallback {
+            o.bool("fallback", true);
+        }
         match self.upstream_time {
             Some(d) => o.millis("upstream_ms", d),
             None => o.null("upstream_ms"),
@@ -224,6 +227,20 @@ mod tests {
         r.store_degraded = true;
         let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
         assert_eq!(v["store_degraded"], true);
+    }
+
+    #[test]
+    fn fallback_is_written_only_when_true_after_upstream() {
+        let mut r = record();
+        assert!(!line(&r).contains("fallback"));
+        r.fallback = true;
+        let text = line(&r);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["fallback"], true);
+        assert!(
+            text.contains("\"upstream\":\"127.0.0.1:9002\",\"fallback\":true,"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
     pub upstream: Option<Arc<str>>,
+    /// Served by the variant's `fallback` upstream (its own had no endpoint
+    /// up); logged only when true, with `upstream` naming the fallback.
+    pub fallback: bool,
     /// Logged as `upstream_ms`, in milliseconds with microsecond precision.
     pub upstream_time: Option<Duration>,
     /// Logged as `total_ms`.
@@ -86,6 +89,7 @@ impl AccessRecord {
             reason: None,
             bucket: None,
             upstream: None,
+            fallback: false,
             upstream_time: None,
             total_time: Duration::ZERO,
             bytes_in: 0,

@@ -6,6 +6,7 @@
 //! with its final size and duration. The request side (the client's body
 //! on its way upstream) is [`crate::proxy::upstream::body`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,6 +20,7 @@ use crate::error::{Cause, CLIENT_CLOSED};
 use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::proxy::core;
 pub(crate) use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
+use crate::proxy::upstream::Lease;
 
 enum Inner {
     Upstream(Incoming),
@@ -40,7 +42,17 @@ pub(crate) struct ResponseBody {
     /// The upstream's body failed mid-stream: the client got a cut response.
     upstream_failed: bool,
     pending: Option<PendingLog>,
+    /// The upstream's `total_timeout`: past it the body is cut.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
+    /// The upstream endpoint, counted in flight until the body is done.
+    lease: Option<Lease>,
 }
+
+/// The upstream's body did not end within its `total_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response took longer than its total_timeout")]
+struct TotalTimeout;
 
 impl ResponseBody {
     pub(crate) fn upstream(body: Incoming) -> ResponseBody {
@@ -49,6 +61,9 @@ impl ResponseBody {
             bytes_out: 0,
             upstream_failed: false,
             pending: None,
+            deadline: None,
+            timed_out: false,
+            lease: None,
         }
     }
 
@@ -58,6 +73,9 @@ impl ResponseBody {
             bytes_out: 0,
             upstream_failed: false,
             pending: None,
+            deadline: None,
+            timed_out: false,
+            lease: None,
         }
     }
 
@@ -65,21 +83,43 @@ impl ResponseBody {
         self.pending = Some(pending);
         self
     }
+
+    /// Cuts the body at `at` (the upstream's `total_timeout`).
+    pub(crate) fn with_deadline(mut self, at: Instant) -> ResponseBody {
+        self.deadline = Some(Box::pin(tokio::time::sleep_until(
+            tokio::time::Instant::from_std(at),
+        )));
+        self
+    }
+
+    /// Holds the endpoint's lease (its in-flight count) until the body ends.
+    pub(crate) fn with_lease(mut self, lease: Lease) -> ResponseBody {
+        self.lease = Some(lease);
+        self
+    }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let r = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
+        if r.is_pending() {
+            if let Some(d) = &mut this.deadline {
+                if d.as_mut().poll(cx).is_ready() {
+                    this.timed_out = true;
+                    return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
+                }
+            }
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -123,7 +163,9 @@ impl PendingLog {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            if self.upstream_failed {
+            if self.timed_out {
+                p.record.error = Some(Cause::UpstreamTimeout);
+            } else if self.upstream_failed {
                 p.record.error = Some(Cause::UpstreamBody);
             }
             p.finish(self.bytes_out);

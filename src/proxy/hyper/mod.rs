@@ -28,7 +28,7 @@ use self::body::UpstreamBody;
 use self::body::{BodyFault, BodyWatch, BoxError, CancelLog, PendingLog, ResponseBody};
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1;
-use super::upstream::Upstream;
+use super::upstream::Lease;
 use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
@@ -137,7 +137,7 @@ where
         return Ok(error_response(e, None, rec, pending));
     }
     let routed = core::route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await;
-    let Routed { upstream, stamps } = match routed {
+    let Routed { mut lease, stamps } = match routed {
         Ok(r) => r,
         Err(Refused { error, stamps }) => {
             return Ok(error_response(error, stamps.as_ref(), rec, pending))
@@ -145,7 +145,7 @@ where
     };
     let upstream_req = match upstream_request(
         req,
-        &upstream,
+        &lease,
         stamps.as_ref(),
         &rec.request_id,
         &conn,
@@ -156,16 +156,62 @@ where
     };
     let sent = Instant::now();
     let cancelled = CancelLog::new(pending(rec.clone()));
-    let result = tokio::time::timeout(
-        upstream.config.timeout,
-        upstream.client.request(upstream_req),
-    )
-    .await;
+    let upstream = lease.upstream().clone();
+    // A request that could not connect goes to another endpoint of the
+    // same upstream (its body, never polled, is taken back), at most
+    // `max_retries` times.
+    let (parts, body) = upstream_req.into_parts();
+    let mut retries = upstream.max_retries();
+    // Only a request that may be retried pays for a reclaimable body.
+    let (mut body, mut reclaim) = if retries > 0 {
+        let (b, r) = body.reclaimable();
+        (b, Some(r))
+    } else {
+        (body, None)
+    };
+    let mut tried = 0;
+    let mut parts = Some(parts);
+    let result = loop {
+        // Parts are copied only while a retry may still need them.
+        let p = if retries > 0 {
+            parts.clone()
+        } else {
+            parts.take()
+        };
+        let mut req = Request::from_parts(p.expect("kept while a retry may need them"), body);
+        if tried != 0 {
+            // A retry: another endpoint than `upstream_request` named.
+            set_endpoint(&mut req, &lease);
+        }
+        let r = tokio::time::timeout(upstream.head_timeout(), upstream.client.request(req)).await;
+        if let Ok(Err(e)) = &r {
+            if e.is_connect() {
+                lease.report(true);
+                tried |= lease.bit();
+                if retries > 0 {
+                    if let Some((next, again)) = upstream
+                        .pick(tried)
+                        .and_then(|l| Some((l, reclaim.as_ref()?.take()?)))
+                    {
+                        tracing::debug!(error = %e, endpoint = %lease.endpoint().address, "connect failed; trying another endpoint");
+                        retries -= 1;
+                        lease = next;
+                        (body, reclaim) = (again.0, Some(again.1));
+                        continue;
+                    }
+                }
+            }
+        }
+        break r;
+    };
+    drop(reclaim);
     cancelled.disarm();
     rec.upstream_time = Some(sent.elapsed());
+    rec.upstream = Some(lease.endpoint().address.clone());
     let failure = match result {
         Ok(Ok(resp)) => match check_response(&resp) {
             Ok(()) => {
+                lease.report(resp.status().is_server_error());
                 let (mut parts, body) = resp.into_parts();
                 core::rewrite_response_headers(
                     &mut parts.headers,
@@ -173,7 +219,13 @@ where
                     &rec.request_id,
                 );
                 rec.status = parts.status.as_u16();
-                let body = ResponseBody::upstream(body).with_log(pending(rec));
+                let body = ResponseBody::upstream(body)
+                    .with_log(pending(rec))
+                    .with_lease(lease);
+                let body = match upstream.config.total_timeout {
+                    Some(t) => body.with_deadline(sent + t),
+                    None => body,
+                };
                 return Ok(Response::from_parts(parts, body));
             }
             Err(why) => UpstreamFailure::Invalid(why.to_string()),
@@ -227,9 +279,16 @@ fn check_response<B>(resp: &Response<B>) -> Result<(), h1::BadResponse> {
     Ok(())
 }
 
+/// Points `req` at the lease's endpoint.
+fn set_endpoint<B>(req: &mut Request<B>, lease: &Lease) {
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
+    uri.authority = Some(lease.endpoint().authority.clone());
+    *req.uri_mut() = Uri::from_parts(uri).expect("only the authority changed");
+}
+
 fn upstream_request<B>(
     req: Request<B>,
-    upstream: &Upstream,
+    lease: &Lease,
     stamps: Option<&Stamps>,
     request_id: &HeaderValue,
     conn: &Conn,
@@ -242,7 +301,7 @@ where
     let (mut parts, body) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(upstream.authority.clone());
+    uri.authority = Some(lease.endpoint().authority.clone());
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
@@ -255,6 +314,11 @@ where
     let chunked = h.contains_key(header::TRANSFER_ENCODING);
     let ends = http_body::Body::is_end_stream(&body);
     core::rewrite_upstream_headers(h, &conn.peer, stamps, request_id);
+    if lease.upstream().endpoints().len() > 1 {
+        // Every endpoint gets the upstream's one Host (hyper would write
+        // the endpoint's own from the URI), as on the lean path.
+        h.insert(header::HOST, lease.upstream().host.clone());
+    }
     if chunked && !ends {
         h.insert(
             header::TRANSFER_ENCODING,

@@ -38,7 +38,7 @@ use self::io::Deadline;
 pub(crate) use self::io::Rewind;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, ResponseHead};
-use super::upstream::{Checkout, ConnectError, Upstream};
+use super::upstream::{Checkout, ConnectError, Lease};
 use crate::error::{ProxyError, CLIENT_CLOSED};
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
@@ -292,7 +292,7 @@ impl Connection {
         let is_head = rec.method == Some(Method::HEAD);
         let idempotent = rec.method.as_ref().is_some_and(Method::is_idempotent);
         let routed = core::route_request(&self.state, snap, req.path(), &req, &mut rec).await;
-        let Routed { upstream, stamps } = match routed {
+        let Routed { mut lease, stamps } = match routed {
             Ok(r) => r,
             Err(Refused { error, stamps }) => {
                 return self
@@ -303,7 +303,7 @@ impl Connection {
 
         self.out.clear();
         let hop = Hop {
-            authority: upstream.authority.as_str(),
+            authority: lease.upstream().config.authority.as_str(),
             stamps: stamps.as_ref().map(Stamps::bytes),
             request_id: rec.request_id.as_bytes(),
             peer_ip: self.peer.ip.as_bytes(),
@@ -319,13 +319,22 @@ impl Connection {
         }
         let sent = std::time::Instant::now();
         let outcome = self
-            .exchange(&upstream, &body, is_head, idempotent, sent)
+            .exchange(&mut lease, &body, is_head, idempotent, sent)
             .await;
         rec.upstream_time = Some(sent.elapsed());
+        if rec
+            .upstream
+            .as_ref()
+            .is_some_and(|a| !Arc::ptr_eq(a, &lease.endpoint().address))
+        {
+            // Retried on another endpoint after a connect failure.
+            rec.upstream = Some(lease.endpoint().address.clone());
+        }
+        let upstream = lease.upstream();
         let error = match outcome {
             Exchange::Done(Ok(stream)) => {
                 return self
-                    .relay(stream, &upstream, stamps.as_ref(), rec, started, stop)
+                    .relay(stream, &lease, stamps.as_ref(), rec, (started, sent), stop)
                     .await
             }
             Exchange::ClientGone => {
@@ -334,10 +343,10 @@ impl Connection {
                 self.log(rec, started.elapsed(), 0);
                 return false;
             }
-            Exchange::TimedOut => core::upstream_error(&upstream, UpstreamFailure::Timeout),
+            Exchange::TimedOut => core::upstream_error(upstream, UpstreamFailure::Timeout),
             Exchange::Done(Err(f)) => {
                 tracing::debug!(upstream = %upstream.config.name, failure = ?f, "upstream exchange failed");
-                core::upstream_error(&upstream, f.upstream())
+                core::upstream_error(upstream, f.upstream())
             }
         };
         self.own_response(error, stamps.as_ref(), rec, started, stop)
@@ -427,15 +436,15 @@ impl Connection {
     /// for a hang-up meanwhile.
     async fn exchange(
         &mut self,
-        upstream: &Upstream,
+        lease: &mut Lease,
         body: &[u8],
         is_head: bool,
         idempotent: bool,
         sent: std::time::Instant,
     ) -> Exchange {
-        let at = Instant::from_std(sent + upstream.config.timeout);
+        let at = Instant::from_std(sent + lease.upstream().head_timeout());
         let round_trip = round_trip(
-            upstream,
+            lease,
             (&self.out, body),
             is_head,
             idempotent,
@@ -472,12 +481,18 @@ impl Connection {
     async fn relay(
         &mut self,
         mut up: TcpStream,
-        upstream: &Upstream,
+        lease: &Lease,
         stamps: Option<&Stamps>,
         mut rec: AccessRecord,
-        started: std::time::Instant,
+        (started, sent): (std::time::Instant, std::time::Instant),
         stop: &watch::Receiver<bool>,
     ) -> bool {
+        let upstream = lease.upstream();
+        // `total_timeout` bounds the body too (no timer when it is unset).
+        let total = upstream
+            .config
+            .total_timeout
+            .map(|t| Instant::from_std(sent + t));
         let close = self.closing(stop);
         let resp = &self.response;
         let framing = resp.framing.unwrap_or(Framing::Empty);
@@ -516,10 +531,14 @@ impl Connection {
                     return Ok(());
                 }
                 self.upstream_buf.reserve(READ_CHUNK);
-                let n = up
-                    .read_buf(&mut self.upstream_buf)
-                    .await
-                    .map_err(|_| RelayError::Upstream)?;
+                let read = up.read_buf(&mut self.upstream_buf);
+                let n = match total {
+                    None => read.await,
+                    Some(at) => tokio::time::timeout_at(at, read)
+                        .await
+                        .map_err(|_| RelayError::TimedOut)?,
+                }
+                .map_err(|_| RelayError::Upstream)?;
                 if n == 0 {
                     // Only a close-delimited body may end here; the next
                     // turn writes its last chunk and finishes.
@@ -532,12 +551,19 @@ impl Connection {
         let keep = match result {
             Ok(()) => {
                 if reusable {
-                    upstream.checkin(up, ended);
+                    lease
+                        .endpoint()
+                        .checkin(up, ended, upstream.config.max_idle_per_host);
                 }
                 !close
             }
             Err(RelayError::Upstream) => {
                 rec.error = Some(core::upstream_error(upstream, UpstreamFailure::Body).cause());
+                false
+            }
+            Err(RelayError::TimedOut) => {
+                let e = core::upstream_error(upstream, UpstreamFailure::TotalTimeout);
+                rec.error = Some(e.cause());
                 false
             }
             Err(RelayError::Client) => false,
@@ -590,27 +616,64 @@ impl Connection {
 const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Connects (or reuses a pooled connection), writes `request` and reads
-/// the response head into `head`, skipping 1xx answers. A reused
-/// connection that fails before any response byte is retried once on a
-/// new one if the request was not fully sent or is idempotent: the
-/// upstream most likely closed it while it sat idle.
+/// the response head into `head`, skipping 1xx answers.
+///
+/// Retries: an endpoint that cannot be connected to is reported to the
+/// passive check, and the request moves to another endpoint of the same
+/// upstream (`lease` is replaced), at most [`Upstream::max_retries`]
+/// times; no byte of it went anywhere yet. A reused connection that fails
+/// before any response byte is retried once on a new one to the same
+/// endpoint if the request was not fully sent or is idempotent: the
+/// upstream most likely closed it while it sat idle. Nothing else is
+/// retried.
+///
+/// [`Upstream::max_retries`]: super::upstream::Upstream::max_retries
 async fn round_trip(
-    upstream: &Upstream,
+    lease: &mut Lease,
     request: (&[u8], &[u8]),
     is_head: bool,
     idempotent: bool,
     buf: &mut BytesMut,
     head: &mut ResponseHead,
 ) -> Result<TcpStream, Failure> {
-    let mut conn = upstream.checkout().await.map_err(Failure::Connect)?;
+    let connect_timeout = lease.upstream().config.connect_timeout;
+    let mut retries = lease.upstream().max_retries();
+    let mut tried = 0;
+    let mut conn = loop {
+        match lease.endpoint().checkout(connect_timeout).await {
+            Ok(conn) => break conn,
+            Err(e) => {
+                lease.report(true);
+                tried |= lease.bit();
+                let next = (retries > 0)
+                    .then(|| lease.upstream().pick(tried))
+                    .flatten();
+                let Some(next) = next else {
+                    return Err(Failure::Connect(e));
+                };
+                tracing::debug!(error = %e, endpoint = %lease.endpoint().address, "connect failed; trying another endpoint");
+                retries -= 1;
+                *lease = next;
+            }
+        }
+    };
     loop {
         match try_round_trip(&mut conn, request, is_head, buf, head).await {
-            Ok(()) => return Ok(conn.stream),
+            Ok(()) => {
+                lease.report(head.status >= 500);
+                return Ok(conn.stream);
+            }
             Err(Failure::Io {
                 responded: false,
                 sent,
             }) if conn.reused && (idempotent || !sent) => {
-                conn = upstream.connect().await.map_err(Failure::Connect)?;
+                conn = match lease.endpoint().connect(connect_timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        lease.report(true);
+                        return Err(Failure::Connect(e));
+                    }
+                };
             }
             Err(f) => return Err(f),
         }
@@ -714,6 +777,8 @@ struct Used {
 
 enum RelayError {
     Upstream,
+    /// The body was not over within the upstream's `total_timeout`.
+    TimedOut,
     Client,
 }
 

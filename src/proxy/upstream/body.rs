@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,10 @@ pub(crate) struct BodyTimedOut;
 type DynBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
 pub(crate) struct UpstreamBody {
-    inner: DynBody,
+    /// The client's body; `None` while it waits, unpolled, in `slot`.
+    inner: Option<DynBody>,
+    /// Where a [`Reclaim`]able body waits until hyper first polls it.
+    slot: Option<Arc<Mutex<Option<DynBody>>>>,
     watch: Arc<BodyWatch>,
     timeout: Duration,
     /// When the client last sent a frame (or the body was first polled).
@@ -114,12 +117,66 @@ impl UpstreamBody {
             watch.ended.store(true, Ordering::Relaxed);
         }
         UpstreamBody {
-            inner: Box::pin(http_body_util::BodyExt::map_err(inner, Into::into)),
+            inner: Some(Box::pin(http_body_util::BodyExt::map_err(
+                inner,
+                Into::into,
+            ))),
+            slot: None,
             watch,
             timeout,
             last: None,
             timer: None,
         }
+    }
+
+    /// This body, and a handle that takes it back if hyper's client drops
+    /// it without polling it once — a connect failure — so the request can
+    /// go to another endpoint: no byte of it went upstream.
+    pub(crate) fn reclaimable(mut self) -> (UpstreamBody, Reclaim) {
+        let slot = Arc::new(Mutex::new(self.inner.take()));
+        let handle = Reclaim {
+            slot: slot.clone(),
+            watch: self.watch.clone(),
+            timeout: self.timeout,
+        };
+        self.slot = Some(slot);
+        (self, handle)
+    }
+
+    /// The body, wherever it is now (nothing when it was taken from a
+    /// reclaimed slot, which a dropped request never polls again).
+    fn with_inner<T>(&self, f: impl FnOnce(&DynBody) -> T, none: T) -> T {
+        match (&self.inner, &self.slot) {
+            (Some(b), _) => f(b),
+            (None, Some(slot)) => match &*slot.lock().expect("body slot lock") {
+                Some(b) => f(b),
+                None => none,
+            },
+            (None, None) => none,
+        }
+    }
+}
+
+/// The other half of [`UpstreamBody::reclaimable`].
+pub(crate) struct Reclaim {
+    slot: Arc<Mutex<Option<DynBody>>>,
+    watch: Arc<BodyWatch>,
+    timeout: Duration,
+}
+
+impl Reclaim {
+    /// The body again, if it was never polled; reclaimable once more.
+    pub(crate) fn take(&self) -> Option<(UpstreamBody, Reclaim)> {
+        let inner = self.slot.lock().expect("body slot lock").take()?;
+        let body = UpstreamBody {
+            inner: Some(inner),
+            slot: None,
+            watch: self.watch.clone(),
+            timeout: self.timeout,
+            last: None,
+            timer: None,
+        };
+        Some(body.reclaimable())
     }
 }
 
@@ -132,8 +189,17 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.inner.is_none() {
+            this.inner = this
+                .slot
+                .as_ref()
+                .and_then(|s| s.lock().expect("body slot lock").take());
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         let now = *this.last.get_or_insert_with(Instant::now);
-        match this.inner.as_mut().poll_frame(cx) {
+        match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.watch
@@ -142,7 +208,7 @@ impl Body for UpstreamBody {
                 }
                 this.last = Some(Instant::now());
                 // hyper's client stops polling a body that says it ended.
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.watch.ended.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(f)))
@@ -175,10 +241,41 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.with_inner(|b| b.is_end_stream(), true)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.with_inner(|b| b.size_hint(), SizeHint::with_exact(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn body() -> UpstreamBody {
+        let watch = Arc::new(BodyWatch::default());
+        UpstreamBody::new(
+            Full::new(Bytes::from_static(b"abc")),
+            watch,
+            Duration::from_secs(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_never_polled_is_taken_back_whole_and_a_polled_one_is_not() {
+        let (sent, reclaim) = body().reclaimable();
+        assert_eq!(
+            sent.size_hint().exact(),
+            Some(3),
+            "hyper still sees its length"
+        );
+        // A connect failure: hyper drops the request without polling it.
+        drop(sent);
+        let (again, reclaim) = reclaim.take().expect("never polled: taken back");
+        let got = again.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"abc");
+        assert!(reclaim.take().is_none(), "polled: its bytes went upstream");
     }
 }

@@ -1,44 +1,81 @@
-//! Upstreams: keep-alive connection pools per configured model backend.
+//! Upstreams: the endpoints of each configured model backend, their
+//! keep-alive connection pools, and which endpoint serves a request.
 //!
-//! One pool per upstream (not one shared client) because connect timeouts
-//! and pool sizes are per upstream. A reload that leaves an upstream's
-//! settings alone keeps its pools, so ramping weights never drops warm
-//! connections. Each upstream has two: hyper's client for requests the
-//! hyper path serves, and [`Upstream::checkout`]'s plain sockets for the
-//! lean path, which speaks HTTP/1.1 on them itself.
+//! One [`Upstream`] per configured upstream (not one shared client)
+//! because timeouts, pool sizes and health checks are per upstream. A
+//! reload that leaves an upstream's settings alone keeps it, pools and
+//! health state included, so ramping weights never drops warm
+//! connections. Each has hyper's client for requests the hyper path serves
+//! (one client for all its endpoints: hyper pools per authority) and, per
+//! [`Endpoint`], [`Endpoint::checkout`]'s plain sockets for the lean path,
+//! which speaks HTTP/1.1 on them itself.
+//!
+//! Both front ends pick endpoints here and nowhere else: [`balance`] holds
+//! the choice (least in flight of two random endpoints) and the passive
+//! ejection, [`health`] the active checks. Picking costs atomics only —
+//! no lock, no allocation — since the lean path picks once per request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use http::uri::Authority;
+use http::HeaderValue;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub(crate) use self::balance::Lease;
 pub(crate) use self::early::EarlyAnswerConnector;
 use crate::config::UpstreamConfig;
 
+mod balance;
 pub(crate) mod body;
 mod early;
+mod health;
 
 use self::body::UpstreamBody;
 
 pub(crate) type UpstreamClient = Client<EarlyAnswerConnector, UpstreamBody>;
 
+/// The most endpoints one upstream may list (a retry remembers the ones it
+/// tried in one 64-bit mask).
+pub(crate) const MAX_ENDPOINTS: usize = 64;
+
 pub(crate) struct Upstream {
     pub config: UpstreamConfig,
+    /// The `Host` sent to every endpoint: the first endpoint's `host:port`
+    /// (the endpoints of one upstream serve the same model).
+    pub host: HeaderValue,
+    pub client: UpstreamClient,
+    endpoints: Box<[Endpoint]>,
+    /// State of the endpoint picker's random draws.
+    draws: AtomicU64,
+    /// What ejection deadlines count from.
+    born: Instant,
+}
+
+/// One address of an upstream: its pool, its load and its health.
+pub(crate) struct Endpoint {
     pub authority: Authority,
     /// `host:port`, as the access log names it.
-    pub address: std::sync::Arc<str>,
-    pub client: UpstreamClient,
+    pub address: Arc<str>,
     /// Idle lean-path connections, one list per worker thread, the most
     /// recently used last: a request takes and returns a connection on its
     /// own thread's list, so workers never wait on each other's lock.
     idle: Box<[Mutex<IdleList>]>,
+    /// Requests holding a [`Lease`] on it.
+    in_flight: AtomicUsize,
+    /// Consecutive connect failures or 5xx answers (passive check).
+    failures: AtomicU32,
+    /// Milliseconds after `born` until which it is passively ejected; 0
+    /// when it is not.
+    ejected_until: AtomicU64,
+    /// The active check found it down.
+    down: AtomicBool,
 }
 
 /// Idle connections with the time each was returned.
@@ -83,19 +120,99 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_idle_per_host)
             .build(EarlyAnswerConnector(connector));
+        let lists = workers.clamp(1, 64);
         Upstream {
-            authority: config.authority.parse().expect("validated authority"),
-            address: std::sync::Arc::from(config.authority.as_str()),
+            host: HeaderValue::from_str(&config.authority).expect("validated authority"),
+            endpoints: config
+                .endpoints()
+                .map(|a| Endpoint {
+                    authority: a.parse().expect("validated authority"),
+                    address: Arc::from(a),
+                    idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
+                    in_flight: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    down: AtomicBool::new(false),
+                })
+                .collect(),
             config: config.clone(),
             client,
-            idle: (0..workers.clamp(1, 64))
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            draws: AtomicU64::new(0x853c_49e6_748f_ea9b),
+            born: Instant::now(),
+        }
+    }
+
+    /// [`Upstream::new`], shared, with its active health checks started
+    /// when it has any (and a runtime is there to run them).
+    pub(crate) fn start(config: &UpstreamConfig, workers: usize) -> Arc<Upstream> {
+        let up = Arc::new(Upstream::new(config, workers));
+        health::spawn_checks(&up);
+        up
+    }
+
+    pub(crate) fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The upstream's state for `GET /admin/upstreams`.
+    pub(crate) fn view(&self) -> serde_json::Value {
+        let now = self.now_ms();
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let until = ep.ejected_until.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "address": &*ep.address,
+                    "state": ep.state(now),
+                    "in_flight": ep.in_flight.load(Ordering::Relaxed),
+                    "consecutive_failures": ep.failures.load(Ordering::Relaxed),
+                    "ejected_for_ms": until.saturating_sub(now),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.config.name,
+            "health_check": self.config.health.as_ref().map(|h| h.path.clone()),
+            "available": self.endpoints.iter().filter(|ep| ep.available(now)).count(),
+            "endpoints": endpoints,
+        })
+    }
+
+    /// How long the response head may take once the request is sent: the
+    /// first-byte `timeout`, or the `total_timeout` when that is shorter.
+    pub(crate) fn head_timeout(&self) -> Duration {
+        match self.config.total_timeout {
+            Some(t) => t.min(self.config.timeout),
+            None => self.config.timeout,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Endpoint {
+    /// Whether requests may go to it, `now` in milliseconds after its
+    /// upstream's birth.
+    fn available(&self, now: u64) -> bool {
+        !self.down.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// `up`, `down` (the active check) or `ejected` (the passive one).
+    fn state(&self, now: u64) -> &'static str {
+        if self.down.load(Ordering::Relaxed) {
+            "down"
+        } else if self.ejected_until.load(Ordering::Relaxed) > now {
+            "ejected"
+        } else {
+            "up"
         }
     }
 
     /// An idle connection that is still open, or a new one.
-    pub(crate) async fn checkout(&self) -> Result<Checkout, ConnectError> {
+    pub(crate) async fn checkout(&self, timeout: Duration) -> Result<Checkout, ConnectError> {
         while let Some((stream, since)) = self.pop_idle() {
             if since.elapsed() < IDLE_TIMEOUT && still_open(&stream) {
                 return Ok(Checkout {
@@ -104,17 +221,14 @@ impl Upstream {
                 });
             }
         }
-        self.connect().await
+        self.connect(timeout).await
     }
 
     /// A new connection, bypassing the idle ones.
-    pub(crate) async fn connect(&self) -> Result<Checkout, ConnectError> {
-        let stream = tokio::time::timeout(
-            self.config.connect_timeout,
-            TcpStream::connect(&*self.address),
-        )
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Checkout, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&*self.address))
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
         Ok(Checkout {
             stream,
@@ -124,9 +238,9 @@ impl Upstream {
 
     /// Returns a connection whose last response was read to its end (at
     /// `now`, which the caller has at hand). Each thread's list holds its
-    /// share of `max_idle_per_host`.
-    pub(crate) fn checkin(&self, stream: TcpStream, now: Instant) {
-        let cap = self.config.max_idle_per_host.div_ceil(self.idle.len());
+    /// share of `max_idle`.
+    pub(crate) fn checkin(&self, stream: TcpStream, now: Instant, max_idle: usize) {
+        let cap = max_idle.div_ceil(self.idle.len());
         let mut idle = self.idle[self.my_list()].lock().expect("idle pool lock");
         if idle
             .first()
@@ -170,34 +284,42 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    pub(super) fn config(authorities: &[String]) -> UpstreamConfig {
+        UpstreamConfig {
+            name: "up".into(),
+            authority: authorities[0].clone(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_idle_per_host: 8,
+            extra_endpoints: authorities[1..].to_vec(),
+            total_timeout: None,
+            health: None,
+            eject_after: crate::config::DEFAULT_EJECT_AFTER,
+            eject_for: crate::config::DEFAULT_EJECT_FOR,
+        }
+    }
+
     async fn upstream_on(listener: &TcpListener) -> Upstream {
-        Upstream::new(
-            &UpstreamConfig {
-                name: "up".into(),
-                authority: listener.local_addr().unwrap().to_string(),
-                connect_timeout: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                max_idle_per_host: 8,
-            },
-            2,
-        )
+        Upstream::new(&config(&[listener.local_addr().unwrap().to_string()]), 2)
     }
 
     #[tokio::test]
     async fn a_connection_returned_on_one_thread_is_reused_on_another() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = upstream_on(&listener).await;
-        let first = upstream.checkout().await.unwrap();
+        let ep = &upstream.endpoints()[0];
+        let t = Duration::from_secs(1);
+        let first = ep.checkout(t).await.unwrap();
         assert!(!first.reused);
         let (_server_side, _) = listener.accept().await.unwrap();
         let local = first.stream.local_addr().unwrap();
         // As another worker thread would return it: into the other list.
-        let other = (upstream.my_list() + 1) % upstream.idle.len();
-        upstream.idle[other]
+        let other = (ep.my_list() + 1) % ep.idle.len();
+        ep.idle[other]
             .lock()
             .unwrap()
             .push((first.stream, Instant::now()));
-        let again = upstream.checkout().await.unwrap();
+        let again = ep.checkout(t).await.unwrap();
         assert!(again.reused, "the idle connection was found");
         assert_eq!(again.stream.local_addr().unwrap(), local);
     }
@@ -206,12 +328,14 @@ mod tests {
     async fn a_connection_the_upstream_closed_is_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = upstream_on(&listener).await;
-        let first = upstream.checkout().await.unwrap();
+        let ep = &upstream.endpoints()[0];
+        let t = Duration::from_secs(1);
+        let first = ep.checkout(t).await.unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
-        upstream.checkin(first.stream, Instant::now());
+        ep.checkin(first.stream, Instant::now(), 8);
         drop(server_side);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let next = upstream.checkout().await.unwrap();
+        let next = ep.checkout(t).await.unwrap();
         assert!(!next.reused, "a closed idle connection must be discarded");
     }
 }

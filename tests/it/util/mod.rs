@@ -7,12 +7,14 @@
 
 mod backends;
 mod clients;
+mod flaky;
 mod load;
 mod process;
 mod redis;
 
 pub(crate) use backends::*;
 pub(crate) use clients::*;
+pub(crate) use flaky::*;
 pub(crate) use load::*;
 pub(crate) use process::*;
 pub(crate) use redis::*;
