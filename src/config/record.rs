@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AccessLogConfig, AdminConfig, Config, ExperimentConfig, LogTarget, LogUnit, MissingUnitPolicy,
-    Route, RuntimeConfig, UpstreamConfig, VariantConfig,
+    Route, RuntimeConfig, TlsConfig, UpstreamConfig, VariantConfig,
 };
 use crate::terms::{Bucketing, Weight};
 
@@ -45,6 +45,20 @@ pub struct ConfigRecord {
     pub(crate) experiments: Vec<ExperimentRecord>,
     pub(crate) runtime: RuntimeRecord,
     pub(crate) admin: Option<AdminRecord>,
+    /// Absent (not null) without a tls block, so configs without one keep
+    /// the versions they had before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<TlsRecord>,
+}
+
+/// `tls`: the files' paths only. A rotated certificate is not a new config
+/// (the listener reloads it by itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TlsRecord {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +237,7 @@ impl ConfigRecord {
             experiments,
             runtime,
             admin,
+            tls,
             // Where the config came from, not what it says.
             positions: _,
             source: _,
@@ -248,6 +263,18 @@ impl ConfigRecord {
                 AdminRecord {
                     listen: *listen,
                     token_digest: token_digest.clone(),
+                }
+            }),
+            tls: tls.as_ref().map(|t| {
+                let TlsConfig {
+                    cert_file,
+                    key_file,
+                    client_ca_file,
+                } = t;
+                TlsRecord {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    client_ca_file: client_ca_file.clone(),
                 }
             }),
         }

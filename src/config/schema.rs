@@ -39,6 +39,7 @@ pub(super) const CONFIG: Shape = Fields(&[
     ("experiments", List(&EXPERIMENT)),
     ("runtime", RUNTIME),
     ("admin", ADMIN),
+    ("tls", TLS),
 ]);
 
 /// `RawStore`.
@@ -110,6 +111,13 @@ const RUNTIME: Shape = Fields(&[
 
 /// `RawAdmin`.
 const ADMIN: Shape = Fields(&[("listen", Leaf), ("token_file", Leaf)]);
+
+/// `RawTls`.
+const TLS: Shape = Fields(&[
+    ("cert_file", Leaf),
+    ("key_file", Leaf),
+    ("client_ca_file", Leaf),
+]);
 
 /// Reports every key of `doc` that [`CONFIG`] does not list, and takes it out
 /// so the rest of the file can still be deserialized and validated. A key

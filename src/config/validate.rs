@@ -261,8 +261,10 @@ fn validate(
 
     let runtime = runtime(&raw, e);
     let admin = admin(&raw, sources, e);
+    let tls = tls(&raw, sources, e);
     Some(Config {
         admin: admin?,
+        tls: tls?,
         listen: listen?,
         store_path,
         access_log: access_log?,
@@ -343,6 +345,32 @@ fn admin(
         listen: listen.ok()?,
         token_digest: hex(&Sha256::digest(token.as_bytes())[..6]),
         token,
+    }))
+}
+
+/// `tls`: both files named (their content is checked when the listener
+/// loads them, at start-up and on every change). `None` on error;
+/// `Some(None)` when there is no tls block.
+fn tls(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors<'_>) -> Option<Option<TlsConfig>> {
+    let Some(t) = &raw.tls else {
+        return Some(None);
+    };
+    let mut need = |field: &str, v: &Option<String>| {
+        if v.is_none() {
+            e.push(
+                format!("tls.{field}"),
+                format!("tls needs {field}"),
+                Some("name a PEM file, e.g. certs/server.crt".into()),
+            );
+        }
+        v.as_deref().map(|f| sources.path(f))
+    };
+    let cert_file = need("cert_file", &t.cert_file);
+    let key_file = need("key_file", &t.key_file);
+    Some(Some(TlsConfig {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_ca_file: t.client_ca_file.as_deref().map(|f| sources.path(f)),
     }))
 }
 

@@ -53,6 +53,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         experiments: experiments_a,
         runtime: runtime_a,
         admin: admin_a,
+        tls: tls_a,
     } = old;
     let ConfigRecord {
         listen: listen_b,
@@ -63,6 +64,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         experiments: experiments_b,
         runtime: runtime_b,
         admin: admin_b,
+        tls: tls_b,
     } = new;
     let mut d = ConfigDiff::default();
     if listen_a != listen_b {
@@ -70,6 +72,11 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
     }
     if store_a != store_b {
         d.restart_needed.push("store.path");
+    }
+    // The listener's acceptor re-reads the files' content by itself; which
+    // files (and whether there is TLS at all) is fixed at start-up.
+    if tls_a != tls_b {
+        d.restart_needed.push("tls");
     }
     access_log(log_a, log_b, &mut d);
     runtime(runtime_a, runtime_b, &mut d);
