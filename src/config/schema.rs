@@ -301,6 +301,7 @@ experiments:
     bucketing: { scheme: growthbook, seed: a, hash_version: 2, flag_key: f, salt: s, rule_salt: r, experiment_id: '1', group_id: g, key: k, vendor_weights: [1] }
 runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
+tls: { cert_file: c, key_file: k, client_ca_file: ca }
 ";
 
     /// Calls `f` with every struct mapping of `value` and its fields.
@@ -343,8 +344,8 @@ admin: { listen: 127.0.0.1:9901, token_file: t }
             }
         });
         assert_eq!(
-            places, 9,
-            "top, store, access_log, upstream, experiment, variant, bucketing, runtime, admin"
+            places, 10,
+            "top, store, access_log, upstream, experiment, variant, bucketing, runtime, admin, tls"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);

@@ -1,0 +1,166 @@
+//! HTTP/2 on hyper's front end: [`serve_h2`] serves a connection with
+//! hyper's HTTP/2 machinery and the same [`super::handle`] as HTTP/1, so
+//! every stream is checked, routed, assigned, stamped and logged by the one
+//! core. [`sniff`] tells an h2c client with prior knowledge (it opens with
+//! the HTTP/2 preface) from an HTTP/1 one on a plaintext port, handing the
+//! bytes it read on with the connection ([`Prefixed`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use super::{handle, Conn};
+use crate::proxy::core::Peer;
+use crate::state::State;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves an HTTP/2 connection until it closes, or until shutdown starts:
+/// then a GOAWAY, and the streams in flight finish.
+pub(crate) async fn serve_h2<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    http: &http2::Builder<TokioExecutor>,
+    body_timeout: Duration,
+    tls: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(Conn {
+        peer: Peer::new(peer),
+        body_timeout,
+        tls,
+    });
+    let svc = service_fn(move |req| handle(state.clone(), conn.clone(), req));
+    let mut conn = http.serve_connection(TokioIo::new(io), svc);
+    let stopping = async {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = stopping => {
+            Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// How a plaintext connection starts.
+pub(crate) enum Opening<I> {
+    /// With the HTTP/2 preface: h2c with prior knowledge.
+    H2(Prefixed<I>),
+    /// With anything else: HTTP/1.
+    H1(Prefixed<I>),
+    /// Closed, silent past `limit`, or shutdown started before a byte came.
+    Gone,
+}
+
+/// Reads until the first bytes agree with the HTTP/2 preface or differ
+/// from it (the first read decides any HTTP/1 request). The client may
+/// stay silent for `idle`; one that sends part of the preface and stalls
+/// past `header` goes on as HTTP/1, whose own timeout answers it.
+pub(crate) async fn sniff<I>(
+    mut io: I,
+    idle: Duration,
+    header: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Opening<I>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(PREFACE.len());
+    let mut deadline = tokio::time::Instant::now() + idle;
+    while buf.len() < PREFACE.len() && PREFACE.starts_with(&buf) {
+        if !buf.is_empty() && deadline > tokio::time::Instant::now() + header {
+            deadline = tokio::time::Instant::now() + header;
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
+            _ = stop.wait_for(|s| *s), if buf.is_empty() => return Opening::Gone,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Opening::Gone,
+            Ok(Ok(_)) => {}
+            Err(_) if buf.is_empty() => return Opening::Gone,
+            Err(_) => break,
+        }
+    }
+    let h2 = buf.starts_with(PREFACE);
+    let io = Prefixed {
+        rest: buf.freeze(),
+        io,
+    };
+    if h2 {
+        Opening::H2(io)
+    } else {
+        Opening::H1(io)
+    }
+}
+
+/// A connection with the bytes already read from it put back in front.
+pub(crate) struct Prefixed<I> {
+    rest: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(buf.remaining());
+            buf.put_slice(&self.rest[..n]);
+            self.rest.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
