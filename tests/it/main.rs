@@ -4,12 +4,15 @@
 mod access_log;
 mod docs;
 mod durability;
+mod edge_util;
 mod golden;
+mod h2;
 mod hostile;
 mod http1;
 mod newcomer;
 mod operator;
 mod proxy;
 mod reload;
+mod tls;
 mod util;
 mod vendor;
