@@ -69,6 +69,8 @@ pub(crate) struct Curl {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// curl's own messages, for failure output.
+    #[allow(dead_code)]
     pub stderr: String,
 }
 
