@@ -328,6 +328,28 @@ admin: { listen: 127.0.0.1:9090 }
         );
     }
 
+    /// A config without `tls` records no `tls` key: its version is the
+    /// one it had before the field existed. One with it differs.
+    #[test]
+    fn tls_is_absent_from_the_record_unless_configured() {
+        let plain = record(BASE, "t");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("tls"), "{json}");
+        let with = record(
+            &BASE.replace(
+                "admin:",
+                "tls: { cert_file: c.pem, key_file: k.pem }\nadmin:",
+            ),
+            "t",
+        );
+        assert_ne!(plain.version(), with.version());
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains(r#""tls":{"cert_file":"/d/c.pem","key_file":"/d/k.pem"}"#),
+            "{json}"
+        );
+    }
+
     /// One row per setting bound at start-up.
     #[test]
     fn settings_bound_at_start_up_need_a_restart() {
@@ -373,6 +395,11 @@ admin: { listen: 127.0.0.1:9090 }
                 "admin:",
                 "runtime: { shutdown_timeout: 1s }\nadmin:",
                 "runtime.shutdown_timeout",
+            ),
+            (
+                "admin:",
+                "tls: { cert_file: c.pem, key_file: k.pem }\nadmin:",
+                "tls",
             ),
         ];
         for (from, to, want) in rows {
