@@ -72,6 +72,12 @@ async fn h2c_prior_knowledge_and_http1_share_the_port_the_stamps_and_the_log() {
     }
     let (status, _, _) = h2_post(&mut send, &authority, "/predict", "multi").await;
     assert_eq!(status, 200, "the connection serves on after its streams");
+    // The upstream (HTTP/1.1) hears :authority as the client's host.
+    let served = if first == "control" { &old } else { &new };
+    let seen = served.last_headers();
+    assert_eq!(seen["x-forwarded-host"], authority.as_str());
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-cohort-variant"], first);
     assert!(cohort.terminate().success());
 
     let log = dir.access_log();

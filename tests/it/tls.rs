@@ -100,10 +100,18 @@ async fn alpn_picks_h2_or_http1_and_a_rotated_certificate_is_served_without_a_fa
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut kept = h2_client(tls).await;
     let authority = format!("127.0.0.1:{}", cohort.addr.port());
-    assert_eq!(
-        h2_post(&mut kept, &authority, "/predict", "bob").await.0,
-        200
-    );
+    let (status, headers, _) = h2_post(&mut kept, &authority, "/predict", "bob").await;
+    assert_eq!(status, 200);
+    // The upstream hears the client's scheme and :authority as HTTP/1.
+    let served = if headers["x-cohort-variant"] == "control" {
+        &old
+    } else {
+        &new
+    };
+    let seen = served.last_headers();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], authority.as_str());
+    assert_eq!(seen["x-cohort-variant"], headers["x-cohort-variant"]);
 
     // A client keeps connecting (new connections, trusting both CAs)
     // while the pair is replaced.
