@@ -164,3 +164,55 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn opening(sent: &[u8], close: bool) -> (&'static str, Vec<u8>) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(sent).await.unwrap();
+        if close {
+            drop(client);
+        } else {
+            // Kept open (and silent) for the test's length.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(client);
+            });
+        }
+        let (_tx, mut stop) = watch::channel(false);
+        let short = Duration::from_millis(100);
+        let (kind, io) = match sniff(server, Duration::from_secs(2), short, &mut stop).await {
+            Opening::H2(io) => ("h2", io),
+            Opening::H1(io) => ("h1", io),
+            Opening::Gone => return ("gone", Vec::new()),
+        };
+        (kind, io.rest.to_vec())
+    }
+
+    #[tokio::test]
+    async fn the_preface_picks_h2_and_anything_else_http1_with_every_byte_kept() {
+        let mut h2 = PREFACE.to_vec();
+        h2.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+        let (kind, rest) = opening(&h2, false).await;
+        assert_eq!(kind, "h2");
+        assert!(h2.starts_with(&rest) && rest.len() >= PREFACE.len());
+
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (kind, rest) = opening(get, false).await;
+        assert_eq!(kind, "h1");
+        assert!(get.starts_with(&rest) && !rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_partial_preface_goes_on_as_http1_and_silence_is_gone() {
+        assert_eq!(
+            opening(b"PRI * HT", false).await,
+            ("h1", b"PRI * HT".to_vec())
+        );
+        assert_eq!(opening(b"", true).await.0, "gone");
+        assert_eq!(opening(b"PRI", true).await.0, "gone");
+    }
+}
