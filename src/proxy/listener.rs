@@ -129,7 +129,9 @@ impl Front {
     {
         let l = self.limits;
         match h2::sniff(io, l.idle, l.header, &mut stop).await {
-            Opening::H2(io) => h2::serve_h2(io, peer, state, stop, &self.h2, l.body, false).await,
+            Opening::H2(io) => {
+                h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, false).await
+            }
             Opening::H1(io) => {
                 super::hyper::serve(io, peer, state, stop, &self.h1, l.body, false).await
             }
@@ -160,7 +162,7 @@ impl Front {
             }
         };
         if io.get_ref().1.alpn_protocol() == Some(b"h2") {
-            h2::serve_h2(io, peer, state, stop, &self.h2, l.body, true).await;
+            h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, true).await;
         } else {
             super::hyper::serve(io, peer, state, stop, &self.h1, l.body, true).await;
         }

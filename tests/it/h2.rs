@@ -2,6 +2,8 @@
 //! HTTP/1.1, every stream stamped and logged with its protocol, and the
 //! same unit served the same variant on both.
 
+use std::time::Duration;
+
 use crate::edge_util::*;
 use crate::util::*;
 
@@ -109,4 +111,38 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_after_the_idle_timeout_but_not_while_a_stream_is_open() {
+    // Each answer takes longer than the idle timeout.
+    let old = Backend::spawn_with("old", Duration::from_millis(1500)).await;
+    let new = Backend::spawn_with("new", Duration::from_millis(1500)).await;
+    let dir = TestDir::new();
+    let yaml = config(&[("old", &old), ("new", &new)], &ranker("50", "50"))
+        .replace(
+            "shutdown_timeout: 5s",
+            "shutdown_timeout: 5s, client_idle_timeout: 1s",
+        )
+        .replace("timeout: 2s,", "timeout: 5s,");
+    assert!(yaml.contains("client_idle_timeout: 1s"));
+    let cohort = Cohort::start(&dir, &yaml);
+    let authority = cohort.addr.to_string();
+    let mut send = h2_client(tokio::net::TcpStream::connect(cohort.addr).await.unwrap()).await;
+    let (status, _, _) = h2_post(&mut send, &authority, "/predict", "slow").await;
+    assert_eq!(
+        status, 200,
+        "a stream longer than the idle timeout completes"
+    );
+    assert!(!send.is_closed(), "just used: still open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !send.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle HTTP/2 connection is never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cohort.terminate().success());
+    assert_eq!(dir.access_log().len(), 1);
 }

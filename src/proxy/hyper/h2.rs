@@ -5,12 +5,14 @@
 //! the HTTP/2 preface) from an HTTP/1 one on a plaintext port, handing the
 //! bytes it read on with the connection ([`Prefixed`]).
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::http2;
@@ -19,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use super::body::ResponseBody;
 use super::{handle, Conn};
 use crate::proxy::core::Peer;
 use crate::state::State;
@@ -26,8 +29,11 @@ use crate::state::State;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves an HTTP/2 connection until it closes, or until shutdown starts:
-/// then a GOAWAY, and the streams in flight finish.
+/// Serves an HTTP/2 connection until it closes, until it has had no open
+/// stream for `idle` (`runtime.client_idle_timeout`, as an HTTP/1
+/// keep-alive connection), or until shutdown starts: then a GOAWAY, and
+/// the streams in flight finish.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_h2<I>(
     io: I,
     peer: SocketAddr,
@@ -35,6 +41,7 @@ pub(crate) async fn serve_h2<I>(
     mut stop: watch::Receiver<bool>,
     http: &http2::Builder<TokioExecutor>,
     body_timeout: Duration,
+    idle: Duration,
     tls: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -44,10 +51,32 @@ pub(crate) async fn serve_h2<I>(
         body_timeout,
         tls,
     });
-    let svc = service_fn(move |req| handle(state.clone(), conn.clone(), req));
+    let streams = Arc::new(Streams::new());
+    let open = streams.clone();
+    let svc = service_fn(move |req| {
+        // Held until the stream's response body is done (or dropped).
+        let guard = StreamGuard::open(&open);
+        let answer = handle(state.clone(), conn.clone(), req);
+        async move {
+            let Ok(resp) = answer.await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                body,
+                _guard: guard,
+            }))
+        }
+    });
     let mut conn = http.serve_connection(TokioIo::new(io), svc);
     let stopping = async {
         let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let idle_out = async {
+        loop {
+            let left = streams.idle_left(idle);
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
     };
     let result = tokio::select! {
         r = &mut conn => r,
@@ -55,9 +84,86 @@ pub(crate) async fn serve_h2<I>(
             Pin::new(&mut conn).graceful_shutdown();
             (&mut conn).await
         }
+        () = idle_out => {
+            tracing::debug!(%peer, "idle HTTP/2 connection closed");
+            Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// A connection's open streams, and since when it has had none.
+struct Streams {
+    open: AtomicUsize,
+    start: Instant,
+    /// Milliseconds after `start` when the last stream ended.
+    last_end: AtomicU64,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            open: AtomicUsize::new(0),
+            start: Instant::now(),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    /// How long until the connection has been idle for `idle`: the whole
+    /// of `idle` while a stream is open, zero once it is due.
+    fn idle_left(&self, idle: Duration) -> Duration {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return idle;
+        }
+        let since = self.start + Duration::from_millis(self.last_end.load(Ordering::Acquire));
+        (since + idle).saturating_duration_since(Instant::now())
+    }
+}
+
+/// One open stream; its drop marks the time the stream ended.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn open(streams: &Arc<Streams>) -> StreamGuard {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end.fetch_max(ms, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its stream open until it is done.
+pub(crate) struct Tracked {
+    body: ResponseBody,
+    _guard: StreamGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
