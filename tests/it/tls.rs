@@ -258,3 +258,24 @@ async fn mtls_admits_a_client_with_a_certificate_the_ca_signed_and_refuses_other
     );
     assert!(log.iter().all(|l| l["unit"] == "alice"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_that_does_not_load_stops_start_up_with_the_reason() {
+    let old = Backend::spawn("old").await;
+    let dir = TestDir::new();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (cert, _) = Ca::new("one").leaf(false);
+    put(&certs, "server.crt", &cert);
+    put(&certs, "server.key", &cert);
+    dir.write_config(&format!(
+        "{}{TLS}",
+        config(&[("old", &old), ("new", &old)], &ranker("50", "50"))
+    ));
+    let Err((status, log)) = Cohort::start_existing(&dir) else {
+        panic!("started with a certificate as its key");
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(log.contains("cannot load the TLS files"), "{log}");
+    assert!(log.contains("server.key: no private key"), "{log}");
+}
