@@ -146,3 +146,37 @@ async fn an_idle_h2_connection_is_closed_after_the_idle_timeout_but_not_while_a_
     assert!(cohort.terminate().success());
     assert_eq!(dir.access_log().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_h2_streams_in_flight_finish_and_logs_them() {
+    let old = Backend::spawn_with("old", Duration::from_millis(1000)).await;
+    let new = Backend::spawn_with("new", Duration::from_millis(1000)).await;
+    let dir = TestDir::new();
+    let cohort = Cohort::start(
+        &dir,
+        &config(&[("old", &old), ("new", &new)], &ranker("50", "50")),
+    );
+    let authority = cohort.addr.to_string();
+    let send = h2_client(tokio::net::TcpStream::connect(cohort.addr).await.unwrap()).await;
+    let streams: Vec<_> = (0..4)
+        .map(|i| {
+            let (mut send, authority) = (send.clone(), authority.clone());
+            tokio::spawn(async move {
+                h2_post(&mut send, &authority, "/predict", &format!("term-{i}")).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cohort.signal("TERM");
+    for s in streams {
+        let (status, headers, _) = s.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(headers.contains_key("x-cohort-variant"));
+    }
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 4, "every stream logged");
+    assert!(log
+        .iter()
+        .all(|l| l["protocol"] == "h2" && l["status"] == 200));
+}
