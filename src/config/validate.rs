@@ -1710,6 +1710,26 @@ experiments:
     }
 
     #[test]
+    fn tls_needs_both_files_and_resolves_them_against_the_config_folder() {
+        let e = one_error(&format!("{GOOD}tls: {{ cert_file: c.pem }}\n"));
+        assert_eq!(e.path, "tls.key_file", "{e}");
+        assert!(e.message.contains("tls needs key_file"), "{e}");
+        let c = check(&format!(
+            "{GOOD}tls: {{ cert_file: certs/c.pem, key_file: /keys/k.pem, client_ca_file: ca.pem }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsConfig {
+                cert_file: PathBuf::from("/base/certs/c.pem"),
+                key_file: PathBuf::from("/keys/k.pem"),
+                client_ca_file: Some(PathBuf::from("/base/ca.pem")),
+            })
+        );
+        assert_eq!(check(GOOD).unwrap().tls, None);
+    }
+
+    #[test]
     fn admin_block_without_token_is_an_error() {
         let yaml = format!("{GOOD}admin: {{ listen: 127.0.0.1:9901 }}\n");
         let e = one_error(&yaml);
