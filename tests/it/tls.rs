@@ -89,6 +89,13 @@ async fn alpn_picks_h2_or_http1_and_a_rotated_certificate_is_served_without_a_fa
         assert_eq!(r.header("x-cohort-experiment"), "ranker", "{r:?}");
     }
     assert_eq!(h2.header("x-cohort-variant"), h1.header("x-cohort-variant"));
+    // TLS 1.2 and 1.3 are both served.
+    for version in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"][..]] {
+        let mut args = vec!["--cacert", ca1_file.as_str()];
+        args.extend_from_slice(version);
+        let r = curl(&post_args(&url, "alice", &args)).await;
+        assert_eq!((r.code, r.status), (0, 200), "{version:?}: {r:?}");
+    }
     // A client that does not trust the CA is refused by itself.
     let untrusted = curl(&post_args(&url, "alice", &["--cacert", &ca2_file])).await;
     assert_ne!(untrusted.code, 0, "{untrusted:?}");
