@@ -56,6 +56,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The `tls` block's certificate, key or client CA did not load.
+    #[error("cannot load the TLS files: {0}")]
+    Tls(#[from] proxy::tls::TlsError),
     /// SIGTERM, SIGINT, SIGHUP or SIGUSR1 could not be hooked.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -76,6 +79,7 @@ pub async fn run(
     let grace = config.runtime.shutdown_timeout;
     let lean = config.runtime.http1_fast_path;
     let timeouts = proxy::lean::ClientTimeouts::of(&config.runtime);
+    let tls = config.tls.as_ref().map(proxy::tls::Tls::load).transpose()?;
     // Every handler is in place before anyone can learn we are up: a SIGHUP
     // that arrived before its handler would kill the process.
     let sig = |kind| signal(kind).map_err(RunError::Signals);
@@ -122,14 +126,29 @@ pub async fn run(
             log.reopen();
         }
     });
-    tracing::info!(addr = %local, "listening on http://{local}");
+    let scheme = if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch());
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(addr = %local, "listening on {scheme}://{local}");
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    proxy::listener::serve(listener, state.clone(), shutdown, grace, lean, timeouts).await;
+    proxy::listener::serve(
+        listener,
+        state.clone(),
+        shutdown,
+        grace,
+        lean,
+        timeouts,
+        tls,
+    )
+    .await;
     shutdown_flush(&state).await;
     Ok(())
 }

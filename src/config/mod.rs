@@ -66,6 +66,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The admin API; none runs without the `admin` block.
     pub admin: Option<AdminConfig>,
+    /// TLS on the proxy listener; none serves plaintext (HTTP/1.1 and h2c).
+    pub tls: Option<TlsConfig>,
     /// Where each value sat in the file, for errors found after validation.
     pub(crate) positions: Arc<PositionIndex>,
     /// The file this came from (`<embedded>` for the demo).
@@ -306,6 +308,20 @@ pub enum Route {
     /// The path must start with this (the route without its `*`); the
     /// longest matching prefix wins, and any exact route beats it.
     Prefix(String),
+}
+
+/// TLS termination on the proxy listener (`tls`). The paths are resolved
+/// against the config's folder; the files are read at start-up and re-read
+/// whenever their content changes ([`crate::proxy::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, every client must present a
+    /// certificate they signed (mTLS), or the handshake fails.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The admin API's own listener. Never started without a token.

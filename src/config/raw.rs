@@ -20,6 +20,15 @@ pub(crate) struct RawConfig {
     pub(crate) experiments: Vec<RawExperiment>,
     pub(crate) runtime: Option<RawRuntime>,
     pub(crate) admin: Option<RawAdmin>,
+    pub(crate) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,7 +27,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AccessLogConfig, AdminConfig, Config, ExperimentConfig, HealthCheck, LogTarget, LogUnit,
-    MissingUnitPolicy, OnStoreError, Route, RuntimeConfig, UpstreamConfig, VariantConfig,
+    MissingUnitPolicy, OnStoreError, Route, RuntimeConfig, TlsConfig, UpstreamConfig,
+    VariantConfig,
 };
 use crate::terms::{Bucketing, Weight};
 
@@ -49,6 +50,20 @@ pub struct ConfigRecord {
     /// an embedded config's JSON (and version) is what it always was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) store: Option<RedisStoreRecord>,
+    /// Absent (not null) without a tls block, so configs without one keep
+    /// the versions they had before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<TlsRecord>,
+}
+
+/// `tls`: the files' paths only. A rotated certificate is not a new config
+/// (the listener reloads it by itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TlsRecord {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 /// `store` with `kind: redis`; URLs with their password redacted, files by
@@ -290,6 +305,7 @@ impl ConfigRecord {
             experiments,
             runtime,
             admin,
+            tls,
             // Where the config came from, not what it says.
             positions: _,
             source: _,
@@ -325,6 +341,18 @@ impl ConfigRecord {
                 AdminRecord {
                     listen: *listen,
                     token_digest: token_digest.clone(),
+                }
+            }),
+            tls: tls.as_ref().map(|t| {
+                let TlsConfig {
+                    cert_file,
+                    key_file,
+                    client_ca_file,
+                } = t;
+                TlsRecord {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    client_ca_file: client_ca_file.clone(),
                 }
             }),
         }

@@ -39,6 +39,7 @@ pub(super) const CONFIG: Shape = Fields(&[
     ("experiments", List(&EXPERIMENT)),
     ("runtime", RUNTIME),
     ("admin", ADMIN),
+    ("tls", TLS),
 ]);
 
 /// `RawStore`.
@@ -137,6 +138,13 @@ const RUNTIME: Shape = Fields(&[
 
 /// `RawAdmin`.
 const ADMIN: Shape = Fields(&[("listen", Leaf), ("token_file", Leaf)]);
+
+/// `RawTls`.
+const TLS: Shape = Fields(&[
+    ("cert_file", Leaf),
+    ("key_file", Leaf),
+    ("client_ca_file", Leaf),
+]);
 
 /// Reports every key of `doc` that [`CONFIG`] does not list, and takes it out
 /// so the rest of the file can still be deserialized and validated. A key
@@ -320,6 +328,7 @@ experiments:
     bucketing: { scheme: growthbook, seed: a, hash_version: 2, flag_key: f, salt: s, rule_salt: r, experiment_id: '1', group_id: g, key: k, vendor_weights: [1] }
 runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t }
+tls: { cert_file: c, key_file: k, client_ca_file: ca }
 ";
 
     /// Calls `f` with every struct mapping of `value` and its fields.
@@ -362,8 +371,8 @@ admin: { listen: 127.0.0.1:9901, token_file: t }
             }
         });
         assert_eq!(
-            places, 10,
-            "top, store, access_log, upstream, health, experiment, variant, bucketing, runtime, admin"
+            places, 11,
+            "top, store, access_log, upstream, health, experiment, variant, bucketing, runtime, admin, tls"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);

@@ -267,8 +267,10 @@ fn validate(
 
     let runtime = runtime(&raw, e);
     let admin = admin(&raw, sources, e);
+    let tls = tls(&raw, sources, e);
     Some(Config {
         admin: admin?,
+        tls: tls?,
         listen: listen?,
         store_path,
         redis: redis?,
@@ -531,6 +533,32 @@ fn admin(
         listen: listen.ok()?,
         token_digest: hex(&Sha256::digest(token.as_bytes())[..6]),
         token,
+    }))
+}
+
+/// `tls`: both files named (their content is checked when the listener
+/// loads them, at start-up and on every change). `None` on error;
+/// `Some(None)` when there is no tls block.
+fn tls(raw: &RawConfig, sources: &Sources<'_>, e: &mut Errors<'_>) -> Option<Option<TlsConfig>> {
+    let Some(t) = &raw.tls else {
+        return Some(None);
+    };
+    let mut need = |field: &str, v: &Option<String>| {
+        if v.is_none() {
+            e.push(
+                format!("tls.{field}"),
+                format!("tls needs {field}"),
+                Some("name a PEM file, e.g. certs/server.crt".into()),
+            );
+        }
+        v.as_deref().map(|f| sources.path(f))
+    };
+    let cert_file = need("cert_file", &t.cert_file);
+    let key_file = need("key_file", &t.key_file);
+    Some(Some(TlsConfig {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_ca_file: t.client_ca_file.as_deref().map(|f| sources.path(f)),
     }))
 }
 
@@ -1999,6 +2027,26 @@ experiments:
             "overrides name unknown variant \"treatmnt\"",
             Some("did you mean \"treatment\"? variants: control, treatment"),
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_resolves_them_against_the_config_folder() {
+        let e = one_error(&format!("{GOOD}tls: {{ cert_file: c.pem }}\n"));
+        assert_eq!(e.path, "tls.key_file", "{e}");
+        assert!(e.message.contains("tls needs key_file"), "{e}");
+        let c = check(&format!(
+            "{GOOD}tls: {{ cert_file: certs/c.pem, key_file: /keys/k.pem, client_ca_file: ca.pem }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsConfig {
+                cert_file: PathBuf::from("/base/certs/c.pem"),
+                key_file: PathBuf::from("/keys/k.pem"),
+                client_ca_file: Some(PathBuf::from("/base/ca.pem")),
+            })
+        );
+        assert_eq!(check(GOOD).unwrap().tls, None);
     }
 
     #[test]

@@ -72,7 +72,7 @@ const NO_VARIANT: HeaderValue = HeaderValue::from_static("none");
 const STALE_RETRIES: u32 = 100;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the response (and the upstream request) is stamped with.
 pub(crate) struct Stamps {

@@ -1,24 +1,43 @@
-//! The accept loop: one task per client connection, on the lean path
-//! ([`super::lean`]) or hyper's ([`super::hyper`]), each told when
-//! shutdown starts (finish the request in flight, then close). A
-//! connection the lean path hands off goes on to hyper's front end here,
-//! so neither front end calls the other.
+//! The accept loop: one task per client connection, each told when
+//! shutdown starts (finish what is in flight, then close).
+//!
+//! A plaintext connection goes to the lean path ([`super::lean`]) or to
+//! hyper's HTTP/1 front end ([`super::hyper`]); one the lean path hands
+//! off, and any that opens with the HTTP/2 preface (h2c with prior
+//! knowledge, told apart by [`super::hyper::h2::sniff`]), goes on to
+//! hyper's front end here, so neither front end calls the other. With
+//! `tls`, every connection shakes hands first ([`super::tls`]) and ALPN
+//! picks hyper's HTTP/2 or HTTP/1 front end; the lean path serves
+//! plaintext only.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
-use tokio::net::TcpListener;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::hyper::h2::{self, Opening};
 use super::lean::{self, ClientLimits, HandOff, LeanExit};
+use super::tls::Tls;
 use crate::state::State;
+
+/// hyper's connection settings, made once for every connection.
+struct Front {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    limits: ClientLimits,
+}
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
-/// requests; `timeouts` bound how long clients may take. Returns the number of connections cut at the deadline.
+/// requests; `limits` bound how long clients may take; `tls` terminates
+/// TLS on every connection. Returns the number of connections cut at the
+/// deadline.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -26,16 +45,20 @@ pub(crate) async fn serve(
     grace: Duration,
     lean: bool,
     limits: ClientLimits,
+    tls: Option<Arc<Tls>>,
 ) -> usize {
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header)
         .max_header_size(limits.max_head)
         .keep_alive(true);
-    let http = Arc::new(http);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX));
+    let front = Arc::new(Front { h1, h2, limits });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -50,21 +73,27 @@ pub(crate) async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (state, rx, http) = (state.clone(), stop.subscribe(), http.clone());
-                let body = limits.body;
-                if lean {
-                    tokio::spawn(async move {
-                        if let LeanExit::HandOff(HandOff { io, stop, state, why }) =
-                            lean::serve(stream, peer, state, rx, limits).await
-                        {
-                            tracing::trace!(%peer, why, "connection handed to hyper");
-                            super::hyper::serve(io, peer, state, stop, &http, body).await;
-                        }
-                    });
-                } else {
-                    tokio::spawn(async move {
-                        super::hyper::serve(stream, peer, state, rx, &http, body).await
-                    });
+                let (state, rx, front) = (state.clone(), stop.subscribe(), front.clone());
+                match &tls {
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        tokio::spawn(async move {
+                            front.serve_tls(acceptor, stream, peer, state, rx).await
+                        });
+                    }
+                    None if lean => {
+                        tokio::spawn(async move {
+                            if let LeanExit::HandOff(HandOff { io, stop, state, why }) =
+                                lean::serve(stream, peer, state, rx, limits).await
+                            {
+                                tracing::trace!(%peer, why, "connection handed to hyper");
+                                front.serve_plain(io, peer, state, stop).await;
+                            }
+                        });
+                    }
+                    None => {
+                        tokio::spawn(async move { front.serve_plain(stream, peer, state, rx).await });
+                    }
                 }
             }
             () = &mut shutdown => break,
@@ -82,6 +111,60 @@ pub(crate) async fn serve(
                 "shutdown deadline reached with requests still in flight"
             );
             stop.receiver_count()
+        }
+    }
+}
+
+impl Front {
+    /// A plaintext connection: h2c if it opens with the HTTP/2 preface,
+    /// else HTTP/1.
+    async fn serve_plain<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        state: Arc<State>,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let l = self.limits;
+        match h2::sniff(io, l.idle, l.header, &mut stop).await {
+            Opening::H2(io) => {
+                h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, false).await
+            }
+            Opening::H1(io) => {
+                super::hyper::serve(io, peer, state, stop, &self.h1, l.body, false).await
+            }
+            Opening::Gone => {}
+        }
+    }
+
+    /// A TLS connection: the handshake (within the head timeout), then the
+    /// front end ALPN agreed on.
+    async fn serve_tls(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        state: Arc<State>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let l = self.limits;
+        let io = match tokio::time::timeout(l.header, acceptor.accept(stream)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+            h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, true).await;
+        } else {
+            super::hyper::serve(io, peer, state, stop, &self.h1, l.body, true).await;
         }
     }
 }

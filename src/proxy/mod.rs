@@ -17,4 +17,5 @@ pub mod h1;
 pub(crate) mod hyper;
 pub(crate) mod lean;
 pub(crate) mod listener;
+pub mod tls;
 pub(crate) mod upstream;

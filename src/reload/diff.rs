@@ -54,6 +54,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         runtime: runtime_a,
         admin: admin_a,
         store: shared_a,
+        tls: tls_a,
     } = old;
     let ConfigRecord {
         listen: listen_b,
@@ -65,6 +66,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         runtime: runtime_b,
         admin: admin_b,
         store: shared_b,
+        tls: tls_b,
     } = new;
     let mut d = ConfigDiff::default();
     if listen_a != listen_b {
@@ -75,6 +77,11 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
     }
     if shared_a != shared_b {
         d.restart_needed.push("store");
+    }
+    // The listener's acceptor re-reads the files' content by itself; which
+    // files (and whether there is TLS at all) is fixed at start-up.
+    if tls_a != tls_b {
+        d.restart_needed.push("tls");
     }
     access_log(log_a, log_b, &mut d);
     runtime(runtime_a, runtime_b, &mut d);
@@ -356,6 +363,28 @@ admin: { listen: 127.0.0.1:9090 }
         );
     }
 
+    /// A config without `tls` records no `tls` key: its version is the
+    /// one it had before the field existed. One with it differs.
+    #[test]
+    fn tls_is_absent_from_the_record_unless_configured() {
+        let plain = record(BASE, "t");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("tls"), "{json}");
+        let with = record(
+            &BASE.replace(
+                "admin:",
+                "tls: { cert_file: c.pem, key_file: k.pem }\nadmin:",
+            ),
+            "t",
+        );
+        assert_ne!(plain.version(), with.version());
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains(r#""tls":{"cert_file":"/d/c.pem","key_file":"/d/k.pem"}"#),
+            "{json}"
+        );
+    }
+
     /// One row per setting bound at start-up.
     #[test]
     fn settings_bound_at_start_up_need_a_restart() {
@@ -401,6 +430,11 @@ admin: { listen: 127.0.0.1:9090 }
                 "admin:",
                 "runtime: { shutdown_timeout: 1s }\nadmin:",
                 "runtime.shutdown_timeout",
+            ),
+            (
+                "admin:",
+                "tls: { cert_file: c.pem, key_file: k.pem }\nadmin:",
+                "tls",
             ),
         ];
         for (from, to, want) in rows {

@@ -17,7 +17,7 @@ use super::report::report;
 use crate::state::State;
 
 /// Two polls must agree before a change applies: at most ~500 ms.
-const POLL: Duration = Duration::from_millis(200);
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 
 /// Runs forever: reloads `path` whenever its content changes, and on
 /// SIGHUP (`hup`, registered by the caller before start-up finished).

@@ -80,6 +80,7 @@ async fn every_response_has_exactly_one_log_line_whose_fields_match() {
         assert_eq!(l["method"], *method);
         assert_eq!(l["path"], *path, "path without the query");
         assert_eq!(l["bytes_out"], r.body.len() as u64);
+        assert_eq!(l["protocol"], "http/1.1", "{l}");
         assert_eq!(l["schema"], 1);
         assert!(l["ts"].as_str().unwrap().ends_with('Z'));
         assert_eq!(l["config_version"].as_str().unwrap().len(), 12);

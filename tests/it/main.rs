@@ -4,7 +4,9 @@
 mod access_log;
 mod docs;
 mod durability;
+mod edge_util;
 mod golden;
+mod h2;
 mod hostile;
 mod http1;
 mod newcomer;
@@ -12,6 +14,7 @@ mod operator;
 mod proxy;
 mod reload;
 mod replicas;
+mod tls;
 mod upstreams;
 mod util;
 mod vendor;

@@ -24,6 +24,7 @@ impl AccessRecord {
         o.bytes("request_id", self.request_id.as_bytes());
         o.opt_str("method", self.method.as_ref().map(Method::as_str));
         o.opt_str("path", self.path.as_ref().map(Uri::path));
+        o.str("protocol", self.protocol);
         o.uint("status", u64::from(self.status));
         o.opt_str("experiment", self.experiment.as_deref());
         match &self.unit {
@@ -203,7 +204,7 @@ mod tests {
             v,
             json!({
                 "ts": "2026-12-01T13:33:19.075Z", "schema": 1, "request_id": "req-1",
-                "method": "POST", "path": "/predict", "status": 200,
+                "method": "POST", "path": "/predict", "protocol": "http/1.1", "status": 200,
                 "experiment": "ranker", "unit": "user-7", "variant": "new",
                 "epoch": 2, "current_epoch": 3, "first_exposure": true,
                 "in_experiment": true, "forced": false, "paused": false,

@@ -23,6 +23,8 @@ pub struct AccessRecord {
     /// `None` for a head the proxy could not parse (logged as null).
     pub method: Option<Method>,
     pub path: Option<Uri>,
+    /// `http/1.1` or `h2` (`http/1.0` for the rare HTTP/1.0 client).
+    pub protocol: &'static str,
     pub status: u16,
     pub experiment: Option<Arc<str>>,
     pub unit: Option<LoggedUnit>,
@@ -75,6 +77,7 @@ impl AccessRecord {
             request_id,
             method: Some(method),
             path: Some(path),
+            protocol: "http/1.1",
             status: 0,
             experiment: None,
             unit: None,

@@ -8,6 +8,7 @@
 //! the request body, so it is unit-tested without sockets.
 
 pub(crate) mod body;
+pub(crate) mod h2;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub(crate) struct Conn {
     pub peer: Peer,
     /// How long the client may pause while sending a request body.
     pub body_timeout: Duration,
+    /// Whether the client connected over TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
 }
 
 /// Serves a connection with hyper until it closes, or until shutdown
@@ -52,12 +55,14 @@ pub(crate) async fn serve<I>(
     mut stop: watch::Receiver<bool>,
     http: &http1::Builder,
     body_timeout: Duration,
+    tls: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
         body_timeout,
+        tls,
     });
     let st = state.clone();
     let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
@@ -124,6 +129,7 @@ where
         req.uri().clone(),
         snap.version.clone(),
     );
+    rec.protocol = protocol(req.version());
     let watch = Arc::new(BodyWatch::default());
     let pending = |rec: AccessRecord| PendingLog {
         log: state.log.clone(),
@@ -300,6 +306,15 @@ where
 {
     let (mut parts, body) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    // An HTTP/2 client names the host in :authority, not Host: the
+    // upstream (HTTP/1.1) sees it as an HTTP/1 client's Host.
+    if parts.version == http::Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = uri.authority.as_ref() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(lease.endpoint().authority.clone());
     if uri.path_and_query.is_none() {
@@ -319,6 +334,9 @@ where
         // the endpoint's own from the URI), as on the lean path.
         h.insert(header::HOST, lease.upstream().host.clone());
     }
+    if conn.tls {
+        h.insert(core::X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
     if chunked && !ends {
         h.insert(
             header::TRANSFER_ENCODING,
@@ -329,6 +347,15 @@ where
         parts,
         UpstreamBody::new(body, watch, conn.body_timeout),
     ))
+}
+
+/// The access log's `protocol`.
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    }
 }
 
 fn error_response(

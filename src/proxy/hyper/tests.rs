@@ -41,6 +41,7 @@ fn conn() -> Arc<Conn> {
     Arc::new(Conn {
         peer: Peer::new("10.0.0.1:5555".parse().unwrap()),
         body_timeout: Duration::from_millis(200),
+        tls: false,
     })
 }
 

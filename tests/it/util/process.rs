@@ -146,7 +146,10 @@ impl Cohort {
         let lines = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
+                let listening = ["listening on http://", "listening on https://"]
+                    .iter()
+                    .find_map(|l| line.split(l).nth(1));
+                if let Some(addr) = listening {
                     let addr: SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
                     let _ = tx.send(addr);
                 }
