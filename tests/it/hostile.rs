@@ -116,6 +116,9 @@ fn rows() -> Vec<Row> {
         head("GET /predict", "h-big", ""),
         "a".repeat(70 * 1024)
     );
+    // Three fields in `head`, 98 more: one over the fixed 100.
+    let extra: String = (0..98).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let many = format!("{}\r\n", head("GET /predict", "h-many", &extra));
     let mut rows = vec![
         // Malformed chunked request bodies: 400 and close, the client's.
         row("chunk size 0x5", chunked("h-0x5", "0x5\r\nhello\r\n0\r\n\r\n"), 400, bad),
@@ -246,6 +249,16 @@ fn rows() -> Vec<Row> {
         ),
         // Answers made before a head could be read whole: logged too.
         row("head over the limit", big, 431, Some("head_too_large")),
+        row("101 header fields", many, 431, Some("head_too_large")),
+        row(
+            "transfer-encoding not ending in chunked",
+            format!(
+                "{}\r\n0\r\n\r\n",
+                head("POST /predict", "h-te-last", "transfer-encoding: chunked, gzip\r\n")
+            ),
+            400,
+            bad,
+        ),
         // An invalid or conflicting Content-Length breaks the body's
         // framing: refused before the head is read whole, no body read.
         row(
@@ -324,7 +337,8 @@ struct Seen {
     answered: bool,
 }
 
-async fn send(addr: SocketAddr, r: &Row) -> Seen {
+/// What the client saw, and the answer's `x-request-id` if it had one.
+async fn send(addr: SocketAddr, r: &Row) -> (Seen, Option<String>) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     for (piece, pause) in &r.pieces {
         // The proxy may answer and close before a piece is all written.
@@ -333,11 +347,12 @@ async fn send(addr: SocketAddr, r: &Row) -> Seen {
     }
     if r.hang_up {
         drop(tcp);
-        return Seen {
+        let seen = Seen {
             status: None,
             closed: true,
             answered: false,
         };
+        return (seen, None);
     }
     if r.half_close {
         let _ = tcp.shutdown().await;
@@ -359,11 +374,17 @@ async fn send(addr: SocketAddr, r: &Row) -> Seen {
             Err(_) => break,
         }
     }
-    Seen {
+    let text = String::from_utf8_lossy(&got);
+    let request_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .map(str::to_owned);
+    let seen = Seen {
         status: final_status(&got),
         closed,
         answered: !got.is_empty(),
-    }
+    };
+    (seen, request_id)
 }
 
 /// The status of the last non-1xx response in `raw`.
@@ -400,16 +421,27 @@ async fn log_line(dir: &TestDir, r: &Row) -> Option<serde_json::Value> {
     }
 }
 
+/// A row's log line and its answer's `x-request-id`, on one path.
+type Seen2 = (Option<serde_json::Value>, Option<String>);
+
 /// Where the lean and hyper lines of the same rows differ in a field that
 /// must match (docs/operations.md, "What clients see"): status, error,
-/// method, path, and the request id of a head that was read. Only an
+/// method, path, and the request id of a head that was read; and whether
+/// the answer carried `x-request-id` (a JSON answer) or not (an empty
+/// one), and which. Only an
 /// abort mid-body differs, as documented: the lean path buffers a small
 /// Content-Length body before routing, so nothing was assigned and the
 /// line has no experiment; hyper's path routed (and assigned) on the
 /// head, and its line carries the assignment.
-fn differences(rows: &[Row], [lean, hyper]: &[Vec<Option<serde_json::Value>>; 2]) -> Vec<String> {
+fn differences(rows: &[Row], [lean, hyper]: &[Vec<Seen2>; 2]) -> Vec<String> {
     let mut out = Vec::new();
-    for ((r, l), h) in rows.iter().zip(lean).zip(hyper) {
+    for ((r, (l, l_id)), (h, h_id)) in rows.iter().zip(lean).zip(hyper) {
+        if l_id != h_id {
+            out.push(format!(
+                "{}: x-request-id: lean {l_id:?} but hyper {h_id:?}",
+                r.name
+            ));
+        }
         let (Some(l), Some(h)) = (l, h) else { continue };
         let mut fields = vec!["status", "error", "method", "path"];
         if l["method"].is_string() {
@@ -439,7 +471,7 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
     let raw = RawBackend::spawn(faulty).await;
     let (early, _early) = early_413().await;
     let mut failures = Vec::new();
-    let mut lines: [Vec<Option<serde_json::Value>>; 2] = Default::default();
+    let mut lines: [Vec<Seen2>; 2] = Default::default();
     for lean in [true, false] {
         let path = if lean { "lean" } else { "hyper" };
         let dir = TestDir::new();
@@ -456,7 +488,7 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
         );
         let cohort = Cohort::start(&dir, &yaml);
         for r in rows() {
-            let seen = send(cohort.addr, &r).await;
+            let (seen, request_id) = send(cohort.addr, &r).await;
             let want = Seen {
                 status: r.status,
                 closed: r.closes,
@@ -477,7 +509,7 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
                     r.name
                 ));
             }
-            lines[usize::from(!lean)].push(line);
+            lines[usize::from(!lean)].push((line, request_id));
         }
     }
     failures.extend(differences(&rows(), &lines));
