@@ -64,6 +64,9 @@ struct Row {
     pieces: Vec<(Vec<u8>, Duration)>,
     /// The client hangs up after its last piece without waiting.
     hang_up: bool,
+    /// The client half-closes (shuts down its sending side) after its
+    /// last piece, then reads what comes.
+    half_close: bool,
     /// The final status; `None`: no answer (the client left).
     status: Option<u16>,
     /// The access log's `error`; `None`: no error.
@@ -97,6 +100,7 @@ fn row(
         name,
         pieces: vec![(raw.into(), Duration::ZERO)],
         hang_up: false,
+        half_close: false,
         status: Some(status),
         error,
         closes: !keeps,
@@ -112,6 +116,9 @@ fn rows() -> Vec<Row> {
         head("GET /predict", "h-big", ""),
         "a".repeat(70 * 1024)
     );
+    // Three fields in `head`, 98 more: one over the fixed 100.
+    let extra: String = (0..98).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let many = format!("{}\r\n", head("GET /predict", "h-many", &extra));
     let mut rows = vec![
         // Malformed chunked request bodies: 400 and close, the client's.
         row("chunk size 0x5", chunked("h-0x5", "0x5\r\nhello\r\n0\r\n\r\n"), 400, bad),
@@ -138,6 +145,22 @@ fn rows() -> Vec<Row> {
                 Duration::from_millis(300),
             )],
             hang_up: true,
+            half_close: false,
+            status: None,
+            error: Some("client_gone"),
+            closes: true,
+        },
+        // Half-closed mid-body: the client still reads, and must get
+        // nothing — 499 is for the log only, never sent on the wire.
+        Row {
+            name: "client half-closes mid-body",
+            pieces: vec![(
+                format!("{}content-length: 100\r\n\r\n0123", head("POST /predict", "h-half", ""))
+                    .into_bytes(),
+                Duration::from_millis(300),
+            )],
+            hang_up: false,
+            half_close: true,
             status: None,
             error: Some("client_gone"),
             closes: true,
@@ -164,6 +187,12 @@ fn rows() -> Vec<Row> {
         row(
             "host with a space and a slash",
             "GET /predict HTTP/1.1\r\nhost: a b/c\r\nx-user-id: u\r\nx-request-id: h-host-sp\r\n\r\n",
+            400,
+            Some("bad_host"),
+        ),
+        row(
+            "host with a port that is not digits",
+            "GET /predict HTTP/1.1\r\nhost: t:abc\r\nx-user-id: u\r\nx-request-id: h-host-port\r\n\r\n",
             400,
             Some("bad_host"),
         ),
@@ -220,6 +249,51 @@ fn rows() -> Vec<Row> {
         ),
         // Answers made before a head could be read whole: logged too.
         row("head over the limit", big, 431, Some("head_too_large")),
+        row("101 header fields", many, 431, Some("head_too_large")),
+        row(
+            "transfer-encoding not ending in chunked",
+            format!(
+                "{}\r\n0\r\n\r\n",
+                head("POST /predict", "h-te-last", "transfer-encoding: chunked, gzip\r\n")
+            ),
+            400,
+            bad,
+        ),
+        // An invalid or conflicting Content-Length breaks the body's
+        // framing: refused before the head is read whole, no body read.
+        row(
+            "content-length list",
+            format!("{}content-length: 5, 5\r\n\r\nhello", head("POST /predict", "h-cl55", "")),
+            400,
+            bad,
+        ),
+        row(
+            "content-length with a sign",
+            format!("{}content-length: +5\r\n\r\nhello", head("POST /predict", "h-cl+5", "")),
+            400,
+            bad,
+        ),
+        row(
+            "negative content-length",
+            format!("{}content-length: -1\r\n\r\n", head("POST /predict", "h-cl-1", "")),
+            400,
+            bad,
+        ),
+        row(
+            "two different content-lengths",
+            format!(
+                "{}content-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+                head("POST /predict", "h-cl56", "")
+            ),
+            400,
+            bad,
+        ),
+        row(
+            "obs-fold header line",
+            "GET /predict HTTP/1.1\r\nhost: t\r\nx-a: b\r\n folded\r\n\r\n",
+            400,
+            Some("bad_request"),
+        ),
         row(
             "malformed header line",
             "GET /predict HTTP/1.1\r\nhost: t\r\nno colon here\r\n\r\n",
@@ -230,6 +304,7 @@ fn rows() -> Vec<Row> {
             name: "head that stalls",
             pieces: vec![(b"GET /predict HTTP/1.1\r\nhost: t\r\n".to_vec(), Duration::ZERO)],
             hang_up: false,
+            half_close: false,
             status: Some(408),
             error: Some("request_timeout"),
             closes: true,
@@ -253,14 +328,17 @@ fn rows() -> Vec<Row> {
     rows
 }
 
-/// What the client saw: the final status, and whether the proxy closed.
+/// What the client saw: the final status, whether the proxy closed, and
+/// whether any byte came back at all.
 #[derive(Debug, PartialEq)]
 struct Seen {
     status: Option<u16>,
     closed: bool,
+    answered: bool,
 }
 
-async fn send(addr: SocketAddr, r: &Row) -> Seen {
+/// What the client saw, and the answer's `x-request-id` if it had one.
+async fn send(addr: SocketAddr, r: &Row) -> (Seen, Option<String>) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     for (piece, pause) in &r.pieces {
         // The proxy may answer and close before a piece is all written.
@@ -269,10 +347,15 @@ async fn send(addr: SocketAddr, r: &Row) -> Seen {
     }
     if r.hang_up {
         drop(tcp);
-        return Seen {
+        let seen = Seen {
             status: None,
             closed: true,
+            answered: false,
         };
+        return (seen, None);
+    }
+    if r.half_close {
+        let _ = tcp.shutdown().await;
     }
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -291,10 +374,17 @@ async fn send(addr: SocketAddr, r: &Row) -> Seen {
             Err(_) => break,
         }
     }
-    Seen {
+    let text = String::from_utf8_lossy(&got);
+    let request_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .map(str::to_owned);
+    let seen = Seen {
         status: final_status(&got),
         closed,
-    }
+        answered: !got.is_empty(),
+    };
+    (seen, request_id)
 }
 
 /// The status of the last non-1xx response in `raw`.
@@ -331,12 +421,57 @@ async fn log_line(dir: &TestDir, r: &Row) -> Option<serde_json::Value> {
     }
 }
 
+/// A row's log line and its answer's `x-request-id`, on one path.
+type Seen2 = (Option<serde_json::Value>, Option<String>);
+
+/// Where the lean and hyper lines of the same rows differ in a field that
+/// must match (docs/operations.md, "What clients see"): status, error,
+/// method, path, and the request id of a head that was read; and whether
+/// the answer carried `x-request-id` (a JSON answer) or not (an empty
+/// one), and which. Only an
+/// abort mid-body differs, as documented: the lean path buffers a small
+/// Content-Length body before routing, so nothing was assigned and the
+/// line has no experiment; hyper's path routed (and assigned) on the
+/// head, and its line carries the assignment.
+fn differences(rows: &[Row], [lean, hyper]: &[Vec<Seen2>; 2]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ((r, (l, l_id)), (h, h_id)) in rows.iter().zip(lean).zip(hyper) {
+        if l_id != h_id {
+            out.push(format!(
+                "{}: x-request-id: lean {l_id:?} but hyper {h_id:?}",
+                r.name
+            ));
+        }
+        let (Some(l), Some(h)) = (l, h) else { continue };
+        let mut fields = vec!["status", "error", "method", "path"];
+        if l["method"].is_string() {
+            fields.push("request_id");
+        }
+        for f in fields {
+            if l[f] != h[f] {
+                out.push(format!("{}: {f}: lean {} but hyper {}", r.name, l[f], h[f]));
+            }
+        }
+        if r.error == Some("client_gone") {
+            let experiments = (l["experiment"].as_str(), h["experiment"].as_str());
+            if experiments != (None, Some("ranker")) {
+                out.push(format!(
+                    "{}: experiment (lean, hyper): {experiments:?}",
+                    r.name
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
     let good = Backend::spawn("good").await;
     let raw = RawBackend::spawn(faulty).await;
     let (early, _early) = early_413().await;
     let mut failures = Vec::new();
+    let mut lines: [Vec<Seen2>; 2] = Default::default();
     for lean in [true, false] {
         let path = if lean { "lean" } else { "hyper" };
         let dir = TestDir::new();
@@ -353,10 +488,11 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
         );
         let cohort = Cohort::start(&dir, &yaml);
         for r in rows() {
-            let seen = send(cohort.addr, &r).await;
+            let (seen, request_id) = send(cohort.addr, &r).await;
             let want = Seen {
                 status: r.status,
                 closed: r.closes,
+                answered: r.status.is_some(),
             };
             if seen != want {
                 failures.push(format!("{path}: {}: got {seen:?}, want {want:?}", r.name));
@@ -373,8 +509,10 @@ async fn hostile_inputs_get_the_same_strict_answer_on_both_paths() {
                     r.name
                 ));
             }
+            lines[usize::from(!lean)].push((line, request_id));
         }
     }
+    failures.extend(differences(&rows(), &lines));
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 

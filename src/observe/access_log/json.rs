@@ -221,6 +221,39 @@ mod tests {
         assert!(text.ends_with("\"error\":null}"), "{text}");
     }
 
+    /// docs/access-log.md's field table names exactly the keys a line
+    /// holds, in both directions: a field added, renamed or dropped here
+    /// without the table (or the other way round) fails.
+    #[test]
+    fn the_documented_field_table_matches_the_keys_written() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/access-log.md"))
+                .expect("docs/access-log.md");
+        let table = doc
+            .split_once("| field | type | meaning |")
+            .expect("the field table")
+            .1;
+        let documented: std::collections::BTreeSet<&str> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name))
+            .collect();
+        // Every optional field set, so the line holds every key there is.
+        let mut r = record();
+        r.store_degraded = true;
+        r.fallback = true;
+        let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
+        let written: std::collections::BTreeSet<&str> = v
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(!written.is_empty());
+        assert_eq!(documented, written);
+    }
+
     #[test]
     fn store_degraded_appears_only_on_degraded_lines() {
         let mut r = record();

@@ -155,33 +155,47 @@ fn dashed_prefix(name: &[u8]) -> bool {
 }
 
 /// Whether a Host value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC
-/// 3986 §3.2.2): no whitespace, `/`, `?`, `#` or `@`. Empty is allowed
-/// (a target without authority).
+/// 3986 §3.2.2): no whitespace, `/`, `?`, `#` or `@`, brackets only
+/// around an IP literal, and a port of digits only (`t:abc` is refused).
+/// Empty is allowed (a target without authority).
 pub fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-            )
-    })
+    let (host, rest) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => v.split_at(end + 1),
+            None => return false,
+        },
+        _ => v.split_at(v.iter().position(|&b| b == b':').unwrap_or(v.len())),
+    };
+    let port = match rest.split_first() {
+        None => &[][..],
+        Some((b':', port)) => port,
+        Some(_) => return false,
+    };
+    let literal = host.first() == Some(&b'[');
+    port.iter().all(u8::is_ascii_digit)
+        && host.iter().enumerate().all(|(i, &b)| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+                // An IP literal: `[` first, `]` last, `:` between.
+                || (literal && (b == b':' || (b == b'[' && i == 0) || (b == b']' && i == host.len() - 1)))
+        })
 }
 
 /// Whether a Transfer-Encoding value names only codings the proxy
@@ -249,10 +263,21 @@ mod tests {
 
     #[test]
     fn host_values_and_codings_follow_rfc_9112() {
-        for ok in ["a", "a.b:80", "[::1]:8080", "", "xn--bcher-kva.example"] {
+        for ok in [
+            "a",
+            "a.b:80",
+            "[::1]:8080",
+            "[::1]",
+            "",
+            "xn--bcher-kva.example",
+            "a:",
+        ] {
             assert!(valid_host(ok.as_bytes()), "{ok:?}");
         }
-        for bad in ["a b/c", "a/b", "a@b", "a?b", "a#b", "a\tb"] {
+        for bad in [
+            "a b/c", "a/b", "a@b", "a?b", "a#b", "a\tb", "t:abc", "t:80:1", "t:8o", "[::1",
+            "[::1]x", "a]b", "a[b", "::1",
+        ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
         assert!(codings_supported(b"chunked"));

@@ -5,7 +5,6 @@
 //! the HTTP/2 preface) from an HTTP/1 one on a plaintext port, handing the
 //! bytes it read on with the connection ([`Prefixed`]).
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
-use super::{handle, Conn};
+use super::{handle, ClientGone, Conn};
 use crate::proxy::core::Peer;
 use crate::state::State;
 
@@ -58,8 +57,10 @@ pub(crate) async fn serve_h2<I>(
         let guard = StreamGuard::open(&open);
         let answer = handle(state.clone(), conn.clone(), req);
         async move {
-            let Ok(resp) = answer.await;
-            Ok::<_, Infallible>(resp.map(|body| Tracked {
+            // A client gone mid-body (already logged 499): the error makes
+            // hyper reset the stream instead of sending an answer.
+            let resp = answer.await?;
+            Ok::<_, ClientGone>(resp.map(|body| Tracked {
                 body,
                 _guard: guard,
             }))

@@ -10,7 +10,6 @@
 pub(crate) mod body;
 pub(crate) mod h2;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -101,13 +100,34 @@ pub(crate) async fn serve<I>(
             ProxyError::HeadTooLarge
         }
     } else if e.is_parse() && !e.is_parse_version_h2() {
-        // hyper answered 400 itself.
-        ProxyError::BadRequest("malformed head")
+        // hyper answered 400 itself: an invalid or conflicting
+        // Content-Length (`5, 5`, `+5`, two values) or Transfer-Encoding
+        // breaks the body's framing; anything else, the head's syntax.
+        let why = e.to_string();
+        if why.contains("content-length") || why.contains("transfer-encoding") {
+            ProxyError::BadFraming
+        } else {
+            ProxyError::BadRequest("malformed head")
+        }
     } else {
         return;
     };
     core::log_unparsed(&state, &refused);
 }
+
+/// The service's one error: the client went away mid-request. hyper then
+/// closes the connection without writing a response — 499 is a status
+/// for the access log only, never sent on the wire (as NGINX uses it).
+#[derive(Debug)]
+pub(crate) struct ClientGone;
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client went away mid-request")
+    }
+}
+
+impl std::error::Error for ClientGone {}
 
 /// The service: check, route, assign, forward, stamp, and leave one
 /// access-log record.
@@ -115,7 +135,7 @@ pub(crate) async fn handle<B>(
     state: Arc<State>,
     conn: Arc<Conn>,
     req: Request<B>,
-) -> Result<Response<ResponseBody>, Infallible>
+) -> Result<Response<ResponseBody>, ClientGone>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -255,7 +275,15 @@ where
     let err = match watch.fault() {
         Some(BodyFault::Framing) => ProxyError::BadFraming,
         Some(BodyFault::Timeout) => ProxyError::RequestTimeout,
-        Some(BodyFault::Gone) => ProxyError::ClientGone,
+        Some(BodyFault::Gone) => {
+            // Nothing is sent (the client may still be reading after a
+            // half-close): logged 499, then hyper closes.
+            let e = ProxyError::ClientGone;
+            rec.status = e.status().as_u16();
+            rec.error = Some(e.cause());
+            core::finish(&state.log, rec, started.elapsed(), watch.bytes(), 0);
+            return Err(ClientGone);
+        }
         // Still waiting for the client's body when the upstream timed out.
         None if matches!(failure, UpstreamFailure::Timeout) && !watch.ended() => {
             ProxyError::RequestTimeout

@@ -157,10 +157,8 @@ async fn a_request_body_that_breaks_or_stalls_is_the_clients_fault() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_on(dir.path(), silent_upstream().await).await;
     let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size");
-    let gone = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut short");
     for (body, status, cause) in [
         (Body(Some(Err(bad))), 400, "bad_framing"),
-        (Body(Some(Err(gone))), 499, "client_gone"),
         // Never a byte: the body timeout (200 ms here) ends it.
         (Body(None), 408, "request_timeout"),
     ] {
@@ -176,4 +174,21 @@ async fn a_request_body_that_breaks_or_stalls_is_the_clients_fault() {
         assert_eq!(resp.headers()["x-cohort-variant"], "control", "{cause}");
         assert_eq!(body_json(resp).await["error"], cause);
     }
+}
+
+/// A client gone mid-body gets no response at all: the service fails, so
+/// hyper closes without writing (499 is the access log's status only).
+#[tokio::test]
+async fn a_client_gone_mid_body_is_sent_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_on(dir.path(), silent_upstream().await).await;
+    let gone = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut short");
+    let req = request(
+        Method::POST,
+        "/predict",
+        &[("host", "a"), ("x-user-id", "u1")],
+    )
+    .body(Body(Some(Err(gone))))
+    .unwrap();
+    assert!(handle(state, conn(), req).await.is_err());
 }

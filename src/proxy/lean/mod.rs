@@ -259,12 +259,19 @@ impl Connection {
                     }
                 }
                 () = self.header_timer.until(at) => {
-                    if !idle {
-                        // Part of a request came and the rest did not.
-                        let _ = self.client.write_all(h1::REQUEST_TIMEOUT).await;
-                        match need {
-                            Some(_) => self.log_refused(&ProxyError::RequestTimeout),
-                            None => core::log_unparsed(&self.state, &ProxyError::RequestTimeout),
+                    // Part of a request came and the rest did not: a head
+                    // gets the empty 408, a head whose body stalled the
+                    // JSON one hyper's path sends for a stalled body.
+                    match need.and_then(|_| self.pending_record()) {
+                        _ if idle => {}
+                        Some(rec) => {
+                            let started = std::time::Instant::now();
+                            self.own_response(ProxyError::RequestTimeout, None, rec, started, stop)
+                                .await;
+                        }
+                        None => {
+                            let _ = self.client.write_all(h1::REQUEST_TIMEOUT).await;
+                            core::log_unparsed(&self.state, &ProxyError::RequestTimeout);
                         }
                     }
                     return Next::Closed;
@@ -404,9 +411,21 @@ impl Connection {
         }
     }
 
-    /// Logs a request the client abandoned or stalled before its body was
-    /// whole (the head at the front of `buf`); nothing was forwarded.
+    /// Logs a request the client abandoned before its body was whole (the
+    /// head at the front of `buf`); nothing was forwarded.
     fn log_refused(&self, e: &ProxyError) {
+        let Some(mut rec) = self.pending_record() else {
+            return core::log_unparsed(&self.state, e);
+        };
+        rec.status = e.status().as_u16();
+        rec.error = Some(e.cause());
+        self.log(rec, Duration::ZERO, 0);
+    }
+
+    /// The access record of the request whose head is at the front of
+    /// `buf` and whose body is not whole (`bytes_in`: what came of it), or
+    /// `None` when its method or target cannot be read.
+    fn pending_record(&self) -> Option<AccessRecord> {
         let head = Bytes::copy_from_slice(&self.buf[..self.head.head_len]);
         let req = h1::Request {
             bytes: &head,
@@ -416,7 +435,7 @@ impl Connection {
             Method::from_bytes(req.method()),
             Uri::from_maybe_shared(head.slice(self.head.target.clone())),
         ) else {
-            return core::log_unparsed(&self.state, e);
+            return None;
         };
         let mut rec = AccessRecord::new(
             SystemTime::now(),
@@ -425,10 +444,8 @@ impl Connection {
             uri,
             self.state.snapshot().version.clone(),
         );
-        rec.status = e.status().as_u16();
-        rec.error = Some(e.cause());
-        let received = self.buf.len().saturating_sub(self.head.head_len) as u64;
-        core::finish(&self.state.log, rec, Duration::ZERO, received, 0);
+        rec.bytes_in = self.buf.len().saturating_sub(self.head.head_len) as u64;
+        Some(rec)
     }
 
     /// Sends the head in `self.out` and `body` upstream and reads the
