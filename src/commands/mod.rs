@@ -1,5 +1,5 @@
 //! The one-shot commands behind the CLI, one file each: [`check`], [`plan`],
-//! [`history`] and [`import`]. Each returns an [`Outcome`] (its output and exit code)
+//! [`history`], [`import`] and [`report`]. Each returns an [`Outcome`] (its output and exit code)
 //! and prints nothing itself; `main` prints, so every command can be tested
 //! without a process.
 
@@ -7,6 +7,7 @@ pub mod check;
 pub mod history;
 pub mod import;
 pub mod plan;
+pub mod report;
 
 pub use check::check_command;
 pub use history::history_command;
