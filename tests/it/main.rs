@@ -11,5 +11,6 @@ mod newcomer;
 mod operator;
 mod proxy;
 mod reload;
+mod report;
 mod util;
 mod vendor;
