@@ -41,26 +41,26 @@ pub(crate) fn scan(line: &[u8]) -> Result<Line<'_>, Malformed> {
     }
     loop {
         s.ws();
-        let key = s.string()?;
+        let key = s.key()?;
         s.ws();
         s.expect(b':')?;
         s.ws();
         match key.as_ref() {
-            "ts" => out.ts = s.opt_string()?,
-            "status" => out.status = s.opt_uint()?.unwrap_or(0),
-            "experiment" => out.experiment = s.opt_string()?,
-            "unit" => out.unit = s.opt_string()?,
-            "variant" => out.variant = s.opt_string()?,
-            "epoch" => {
+            b"ts" => out.ts = s.opt_string()?,
+            b"status" => out.status = s.opt_uint()?.unwrap_or(0),
+            b"experiment" => out.experiment = s.opt_string()?,
+            b"unit" => out.unit = s.opt_string()?,
+            b"variant" => out.variant = s.opt_string()?,
+            b"epoch" => {
                 out.epoch = Some(
                     s.opt_uint()?
                         .map_or(0, |e| u32::try_from(e).unwrap_or(u32::MAX)),
                 )
             }
-            "first_exposure" => out.first_exposure = s.bool()?,
-            "share" => out.share = s.opt_float()?,
-            "reason" => out.reason = s.opt_string()?,
-            "total_ms" => out.total_us = s.opt_millis()?,
+            b"first_exposure" => out.first_exposure = s.bool()?,
+            b"share" => out.share = s.opt_float()?,
+            b"reason" => out.reason = s.opt_string()?,
+            b"total_ms" => out.total_us = s.opt_millis()?,
             _ => s.skip_value()?,
         }
         s.ws();
@@ -232,6 +232,34 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A member's name as bytes: borrowed, unless it holds escapes.
+    fn key(&mut self) -> Result<Cow<'a, [u8]>, Malformed> {
+        let start = self.i + 1;
+        self.skip_string()?;
+        let raw = &self.b[start..self.i - 1];
+        if !raw.contains(&b'\\') {
+            return Ok(Cow::Borrowed(raw));
+        }
+        self.i = start - 1;
+        Ok(Cow::Owned(self.string()?.into_owned().into_bytes()))
+    }
+
+    /// Steps over a string without decoding it: only the quotes and
+    /// escapes matter (the line is checked as far as the report reads it).
+    fn skip_string(&mut self) -> Result<(), Malformed> {
+        self.expect(b'"')?;
+        loop {
+            match self.next() {
+                Some(b'"') => return Ok(()),
+                Some(b'\\') => {
+                    self.next().ok_or(Malformed)?;
+                }
+                Some(0..=0x1f) | None => return Err(Malformed),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// A string, borrowed unless it holds escapes.
     fn string(&mut self) -> Result<Cow<'a, str>, Malformed> {
         self.expect(b'"')?;
@@ -304,7 +332,7 @@ impl<'a> Scanner<'a> {
     /// Steps over any JSON value (fields the report does not read).
     fn skip_value(&mut self) -> Result<(), Malformed> {
         match self.peek().ok_or(Malformed)? {
-            b'"' => self.string().map(drop),
+            b'"' => self.skip_string(),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -313,7 +341,7 @@ impl<'a> Scanner<'a> {
                 loop {
                     match self.peek().ok_or(Malformed)? {
                         b'"' => {
-                            self.string()?;
+                            self.skip_string()?;
                             continue;
                         }
                         b'{' | b'[' => depth += 1,

@@ -203,13 +203,27 @@ struct UnitState {
     flags: u8,
 }
 
+/// Two independent 64-bit hashes of (experiment, unit): a multiply-fold
+/// hash over 8-byte words (the wyhash idea, not its constants), fast for
+/// the short ids units are. Not keyed: the log is trusted input, and a
+/// collision can only merge two units' audit facts.
 fn unit_key(experiment: usize, unit: &str) -> UnitKey {
+    fn fold(a: u64, b: u64) -> u64 {
+        let m = u128::from(a) * u128::from(b);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
     let half = |seed: u64| {
-        let mut h = std::hash::DefaultHasher::new();
-        seed.hash(&mut h);
-        experiment.hash(&mut h);
-        unit.hash(&mut h);
-        h.finish()
+        let mut h = fold(seed ^ experiment as u64, 0xa076_1d64_78bd_642f);
+        let bytes = unit.as_bytes();
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            h = fold(h ^ w, 0xe703_7ed1_a0b4_28db);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = fold(h ^ u64::from_le_bytes(tail), 0x8ebc_6af0_9c88_c6e3);
+        fold(h ^ bytes.len() as u64, 0x5899_65cc_7537_4cc3)
     };
     UnitKey(half(0x9e37_79b9_7f4a_7c15), half(0x6a09_e667_f3bc_c909))
 }
@@ -256,7 +270,6 @@ impl Tally {
                 cell.latency.saturating_record(us.max(1));
             }
         }
-        let ts = line.ts.as_deref().and_then(parse_ts);
         if line.first_exposure {
             cell.first_exposures += 1;
             match line.share {
@@ -267,7 +280,7 @@ impl Tally {
                 }
                 None => *x.missing_share.entry(epoch).or_insert(0) += 1,
             }
-            if let Some(t) = ts {
+            if let Some(t) = line.ts.as_deref().and_then(parse_ts) {
                 let start = x.epoch_start.entry(epoch).or_insert(t);
                 *start = (*start).min(t);
                 x.timeline.add(t, usize::from(v));

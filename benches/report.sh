@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `cohort report` speed and memory: generates LINES access-log lines over
+# UNITS units (benches/report.rs), then reports them with the release
+# binary, pinned to one core, and prints lines/s and the peak RSS.
+#   benches/report.sh [LINES [UNITS]]      # default 5000000 1000000
+#   GZIP=1 benches/report.sh               # the same log gzip-compressed
+# Run it twice with different LINES and the same UNITS: the peak RSS stays
+# (memory is bounded by units, not lines); with different UNITS it moves by
+# about the bytes per unit docs/report.md states.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lines=${1:-5000000}
+units=${2:-1000000}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cargo build --release --locked --quiet --bin cohort
+cargo bench --locked --quiet --bench report -- "$dir/access.jsonl" "$lines" "$units"
+log="$dir/access.jsonl"
+if [ "${GZIP:-0}" = 1 ]; then
+  gzip -1 "$log"
+  log="$log.gz"
+fi
+echo "log: $lines lines, $units units, $(du -m "$log" | cut -f1) MiB${GZIP:+ (gzip)}"
+python3 - "$log" "$lines" <<'PY'
+import resource, subprocess, sys, time
+log, lines = sys.argv[1], int(sys.argv[2])
+cmd = ["target/release/cohort", "report", "--no-progress", "--format", "json", log]
+try:
+    subprocess.run(["taskset", "-c", "0", "true"], check=True)
+    cmd = ["taskset", "-c", "0"] + cmd
+except (OSError, subprocess.CalledProcessError):
+    pass
+t0 = time.monotonic()
+done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+secs = time.monotonic() - t0
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+print(f"exit {done.returncode}; {secs:.2f} s; {lines / secs / 1e6:.2f} M lines/s; peak RSS {rss / 1024:.1f} MiB")
+PY
