@@ -249,14 +249,13 @@ impl<'a> Scanner<'a> {
     fn skip_string(&mut self) -> Result<(), Malformed> {
         self.expect(b'"')?;
         loop {
-            match self.next() {
-                Some(b'"') => return Ok(()),
-                Some(b'\\') => {
-                    self.next().ok_or(Malformed)?;
-                }
-                Some(0..=0x1f) | None => return Err(Malformed),
-                Some(_) => {}
+            let at = memchr::memchr2(b'"', b'\\', &self.b[self.i..]).ok_or(Malformed)?;
+            self.i += at + 1;
+            if self.b[self.i - 1] == b'"' {
+                return Ok(());
             }
+            // An escape: step over the escaped byte.
+            self.next().ok_or(Malformed)?;
         }
     }
 
@@ -264,17 +263,16 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, Malformed> {
         self.expect(b'"')?;
         let start = self.i;
-        loop {
-            match self.next() {
-                Some(b'"') => {
-                    return std::str::from_utf8(&self.b[start..self.i - 1])
-                        .map(Cow::Borrowed)
-                        .map_err(|_| Malformed)
-                }
-                Some(b'\\') => break,
-                Some(0..=0x1f) | None => return Err(Malformed),
-                Some(_) => {}
+        let at = memchr::memchr2(b'"', b'\\', &self.b[start..]).ok_or(Malformed)?;
+        self.i = start + at + 1;
+        if self.b[self.i - 1] == b'"' {
+            let raw = &self.b[start..self.i - 1];
+            if raw.iter().any(|&c| c < 0x20) {
+                return Err(Malformed);
             }
+            return std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|_| Malformed);
         }
         // Escapes: decode the whole string into an owned one.
         let mut out: Vec<u8> = self.b[start..self.i - 1].to_vec();
