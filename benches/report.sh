@@ -3,7 +3,7 @@
 # UNITS units (benches/report.rs), then reports them with the release
 # binary, pinned to one core, and prints lines/s and the peak RSS.
 #   benches/report.sh [LINES [UNITS]]      # default 5000000 1000000
-#   GZIP=1 benches/report.sh               # the same log gzip-compressed
+#   COMPRESS=gzip benches/report.sh               # the same log gzip-compressed
 # Run it twice with different LINES and the same UNITS: the peak RSS stays
 # (memory is bounded by units, not lines); with different UNITS it moves by
 # about the bytes per unit docs/report.md states.
@@ -16,11 +16,11 @@ trap 'rm -rf "$dir"' EXIT
 cargo build --release --locked --quiet --bin cohort
 cargo bench --locked --quiet --bench report -- "$dir/access.jsonl" "$lines" "$units"
 log="$dir/access.jsonl"
-if [ "${GZIP:-0}" = 1 ]; then
+if [ "${COMPRESS:-}" = gzip ]; then
   gzip -1 "$log"
   log="$log.gz"
 fi
-echo "log: $lines lines, $units units, $(du -m "$log" | cut -f1) MiB${GZIP:+ (gzip)}"
+echo "log: $lines lines, $units units, $(du -m "$log" | cut -f1) MiB${COMPRESS:+ ($COMPRESS)}"
 python3 - "$log" "$lines" <<'PY'
 import resource, subprocess, sys, time
 log, lines = sys.argv[1], int(sys.argv[2])
