@@ -117,6 +117,10 @@ enum Command {
         /// No progress bar (it is only ever drawn on a terminal).
         #[arg(long)]
         no_progress: bool,
+        /// A store directory: the weights of epochs whose lines predate the
+        /// log's `share` field come from its ledger.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
     },
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
@@ -235,12 +239,14 @@ fn main() -> ExitCode {
             format,
             alpha,
             no_progress,
+            store,
         }) => emit(cohort::commands::report::report_command(
             &cohort::commands::report::ReportOptions {
                 logs,
                 format,
                 alpha,
                 progress: !no_progress,
+                store,
             },
         )),
         Some(Command::Demo {

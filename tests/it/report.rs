@@ -444,6 +444,40 @@ async fn a_clean_proxy_log_reports_clean_and_fits_the_schema() {
     let (code, table, _) = report(&[dir.log_path().to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(!table.contains("FAILED"), "{table}");
+
+    // Lines from before the `share` field: no SRM test from the log alone;
+    // with --store, the epoch's weights come from the store's ledger.
+    let old = dir.path().join("old.jsonl");
+    let mut text = String::new();
+    for l in &lines {
+        let mut l = l.clone();
+        l.as_object_mut().unwrap().remove("share");
+        text.push_str(&format!("{l}\n"));
+    }
+    std::fs::write(&old, text).unwrap();
+    let epoch1 = |out: &str| -> Value {
+        let v: Value = serde_json::from_str(out).unwrap();
+        experiment(&v, "ranker")["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["epoch"] == 1)
+            .unwrap()
+            .clone()
+    };
+    let (code, out, _) = report(&["--format", "json", old.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(epoch1(&out)["srm_p_value"], Value::Null);
+    let store = dir.path().join("data");
+    let (code, out, err) = report(&[
+        "--format",
+        "json",
+        "--store",
+        store.to_str().unwrap(),
+        old.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(epoch1(&out)["srm_p_value"], e1["srm_p_value"]);
 }
 
 /// The JSON Schema keywords docs/access-log.schema.json uses, checked by

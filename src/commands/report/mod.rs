@@ -41,6 +41,9 @@ pub struct ReportOptions {
     pub alpha: f64,
     /// Show progress on stderr (when it is a terminal).
     pub progress: bool,
+    /// A store whose ledger gives the weights of epochs whose first
+    /// exposures were logged without `share` (lines older than the field).
+    pub store: Option<PathBuf>,
 }
 
 /// Runs the report: exit 0 clean, 3 when the audit or an SRM test
@@ -61,6 +64,12 @@ pub fn report_command(opts: &ReportOptions) -> Outcome {
         }
     }
     progress.clear();
+    if let Some(dir) = &opts.store {
+        match crate::assign::store::StoreView::open(dir) {
+            Ok(view) => tally.shares_from_ledger(&view.ledger()),
+            Err(e) => return Outcome::fail(format!("cohort report: store {}: {e}", dir.display())),
+        }
+    }
     let summary = summary::summarize(&tally, opts.alpha);
     let mut stderr = String::new();
     if tally.malformed > 0 {

@@ -338,6 +338,35 @@ impl Tally {
         }
     }
 
+    /// For each epoch with first exposures logged without `share`, takes
+    /// every variant's share from the rule `ledger` recorded for it (its
+    /// weight; the store does not record which variants were disabled).
+    pub(crate) fn shares_from_ledger(&mut self, ledger: &crate::assign::ledger::Ledger) {
+        for x in &mut self.experiments {
+            let Some(recorded) = ledger.get(&x.name) else {
+                continue;
+            };
+            let missing: Vec<u32> = x
+                .missing_share
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(e, _)| *e)
+                .collect();
+            for epoch in missing {
+                let Some(rec) = recorded.epochs.iter().find(|r| r.epoch.0 == epoch) else {
+                    continue;
+                };
+                x.shares.retain(|(e, _), _| *e != epoch);
+                for rv in &rec.rule.variants {
+                    let v = x.variant(&rv.name);
+                    let share = f64::from(rv.weight.0) / 10_000.0;
+                    x.shares.insert((epoch, v), (share, 1));
+                }
+                x.missing_share.remove(&epoch);
+            }
+        }
+    }
+
     /// Units the audit holds.
     #[cfg(test)]
     pub(crate) fn units(&self) -> usize {
