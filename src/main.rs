@@ -103,6 +103,28 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         csv: Option<PathBuf>,
     },
+    /// Read access logs (plain or gzip) and print per experiment, epoch and
+    /// variant the units, first exposures, requests, error rate and latency;
+    /// each epoch's sample-ratio test; and the cohort-integrity audit.
+    /// Exit 0 clean, 3 when the audit or an SRM test fails, 1 on a read error.
+    Report {
+        /// Access log files, in order (rotated ones first).
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// table, json or html (one self-contained page).
+        #[arg(long, default_value = "table")]
+        format: cohort::commands::report::Format,
+        /// An SRM p-value below this fails the report.
+        #[arg(long, default_value_t = cohort::commands::report::DEFAULT_ALPHA)]
+        alpha: f64,
+        /// No progress bar (it is only ever drawn on a terminal).
+        #[arg(long)]
+        no_progress: bool,
+        /// A store directory: the weights of epochs whose lines predate the
+        /// log's `share` field come from its ledger.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Run two demo model backends (127.0.0.1:9001, :9002) and the proxy in
     /// front of them on the embedded example config.
     Demo {
@@ -285,6 +307,21 @@ fn main() -> ExitCode {
                 &input,
             )))
         }
+        Some(Command::Report {
+            logs,
+            format,
+            alpha,
+            no_progress,
+            store,
+        }) => emit(cohort::commands::report::report_command(
+            &cohort::commands::report::ReportOptions {
+                logs,
+                format,
+                alpha,
+                progress: !no_progress,
+                store,
+            },
+        )),
         Some(Command::Demo {
             listen,
             data,

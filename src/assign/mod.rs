@@ -183,6 +183,26 @@ impl Assigner {
         }
     }
 
+    /// Variant `v`'s share of the units this assigner stores as new: its
+    /// weight over the enabled variants' weights (a disabled variant's
+    /// draws are served the first variant and not stored). The access
+    /// log's `share`.
+    pub fn share(&self, v: usize) -> f64 {
+        let width = |i: usize| {
+            let (a, b) = self.buckets.range(i);
+            f64::from(b - a)
+        };
+        let enabled: f64 = (0..self.disabled.len())
+            .filter(|&i| !self.disabled[i])
+            .map(width)
+            .sum();
+        if enabled > 0.0 {
+            width(v) / enabled
+        } else {
+            0.0
+        }
+    }
+
     /// Effective pause: the file's `paused: true` or an admin pause.
     pub fn paused(&self) -> bool {
         self.paused_in_file || self.table.admin_paused()

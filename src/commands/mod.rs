@@ -1,6 +1,6 @@
 //! The one-shot commands behind the CLI, one file each: [`check`], [`plan`],
-//! [`history`], [`import`] and [`migrate`] (`cohort store migrate`). Each
-//! returns an [`Outcome`] (its output and exit code)
+//! [`history`], [`import`], [`migrate`] (`cohort store migrate`) and
+//! [`report`]. Each returns an [`Outcome`] (its output and exit code)
 //! and prints nothing itself; `main` prints, so every command can be tested
 //! without a process.
 
@@ -9,6 +9,7 @@ pub mod history;
 pub mod import;
 pub mod migrate;
 pub mod plan;
+pub mod report;
 
 pub use check::check_command;
 pub use history::{history_command, history_redis};

@@ -251,6 +251,11 @@ pub(crate) async fn route_request(
                     rec.epoch = served.epoch.0;
                     rec.reason = Some(served.reason.as_str());
                     rec.first_exposure = served.first_exposure;
+                    // The log carries each epoch's weights (for SRM tests
+                    // on the log alone, `cohort report`): on first exposures.
+                    rec.share = served
+                        .first_exposure
+                        .then(|| x.assigner.share(served.variant));
                     rec.in_experiment = served.in_experiment;
                     rec.forced = served.reason == Reason::Forced;
                     rec.paused = served.reason == Reason::Paused;

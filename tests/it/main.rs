@@ -14,6 +14,7 @@ mod operator;
 mod proxy;
 mod reload;
 mod replicas;
+mod report;
 mod tls;
 mod upstreams;
 mod util;

@@ -36,6 +36,10 @@ impl AccessRecord {
         o.uint("epoch", u64::from(self.epoch));
         o.uint("current_epoch", u64::from(self.current_epoch));
         o.bool("first_exposure", self.first_exposure);
+        match self.share {
+            Some(s) => o.float("share", s),
+            None => o.null("share"),
+        }
         o.bool("in_experiment", self.in_experiment);
         o.bool("forced", self.forced);
         o.bool("paused", self.paused);
@@ -113,6 +117,17 @@ impl<'a> JsonObject<'a> {
         self.key(k);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    /// A finite float as Rust's shortest round-trip decimal (`0.5`, `1`).
+    fn float(&mut self, k: &str, v: f64) {
+        use std::io::Write;
+        self.key(k);
+        if v.is_finite() {
+            write!(self.out, "{v}").expect("writing to a Vec");
+        } else {
+            self.out.extend_from_slice(b"null");
+        }
     }
 
     fn bool(&mut self, k: &str, v: bool) {
@@ -207,7 +222,7 @@ mod tests {
                 "method": "POST", "path": "/predict", "protocol": "http/1.1", "status": 200,
                 "experiment": "ranker", "unit": "user-7", "variant": "new",
                 "epoch": 2, "current_epoch": 3, "first_exposure": true,
-                "in_experiment": true, "forced": false, "paused": false,
+                "share": 0.5, "in_experiment": true, "forced": false, "paused": false,
                 "reason": "sticky", "bucket": 4321, "upstream": "127.0.0.1:9002",
                 "upstream_ms": 0.075, "total_ms": 2.0, "bytes_in": 64,
                 "bytes_out": 1024, "config_version": "abc123", "error": null
@@ -293,6 +308,7 @@ mod tests {
             "variant",
             "reason",
             "bucket",
+            "share",
             "upstream",
             "upstream_ms",
             "error",

@@ -32,6 +32,10 @@ pub struct AccessRecord {
     pub epoch: u32,
     pub current_epoch: u32,
     pub first_exposure: bool,
+    /// On a first exposure: the served variant's share of new units under
+    /// the epoch it was assigned in (0.5 for 50/50), so the log alone
+    /// carries what a sample-ratio test needs. `None` (null) otherwise.
+    pub share: Option<f64>,
     /// Whether the unit holds an assignment in this experiment.
     pub in_experiment: bool,
     pub forced: bool,
@@ -85,6 +89,7 @@ impl AccessRecord {
             epoch: 0,
             current_epoch: 0,
             first_exposure: false,
+            share: None,
             in_experiment: false,
             forced: false,
             paused: false,
@@ -140,6 +145,7 @@ pub(crate) mod tests {
         r.epoch = 2;
         r.current_epoch = 3;
         r.first_exposure = true;
+        r.share = Some(0.5);
         r.in_experiment = true;
         r.reason = Some("sticky");
         r.bucket = Some(4321);
