@@ -156,8 +156,9 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
             let AdminRecord {
                 listen,
                 token_digest,
+                metrics_auth,
             } = r;
-            (*listen, token_digest.clone())
+            (*listen, (token_digest.clone(), *metrics_auth))
         })
         .unzip()
     };
@@ -166,8 +167,15 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
     if listen_a != listen_b {
         d.restart_needed.push("admin.listen");
     }
-    if listen_a.is_some() && listen_b.is_some() && token_a != token_b {
-        d.settings.push("admin token rotated".to_string());
+    if let (Some(_), Some(_), Some((ta, ma)), Some((tb, mb))) =
+        (listen_a, listen_b, &token_a, &token_b)
+    {
+        if ta != tb {
+            d.settings.push("admin token rotated".to_string());
+        }
+        if ma != mb {
+            d.settings.push(format!("admin.metrics_auth: {ma} -> {mb}"));
+        }
     }
 }
 
