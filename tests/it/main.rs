@@ -7,6 +7,7 @@ mod durability;
 mod golden;
 mod hostile;
 mod http1;
+mod metrics;
 mod newcomer;
 mod operator;
 mod proxy;
