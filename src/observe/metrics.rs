@@ -24,7 +24,8 @@
 //! `cohort_srm_alarm` when p < [`SRM_ALARM_P`] with at least
 //! [`SRM_MIN_EXPOSURES`] first exposures, and logs a warning at most once a
 //! minute per experiment. Only `new` assignments are first exposures, so
-//! forced, paused, uncovered and unit-less traffic never enter the test.
+//! forced, paused, uncovered and unit-less traffic never enter the test;
+//! weight-0 and currently disabled variants are left out.
 //! Names, labels and the meaning of each series: docs/metrics.md.
 
 use std::collections::HashMap;
@@ -184,6 +185,10 @@ struct ExperimentMeter {
     epochs: Vec<Arc<EpochMeter>>,
     /// The applied config's epoch, when the experiment is in it.
     current: Option<usize>,
+    /// Which of the current epoch's variants are disabled now: a new unit
+    /// whose bucket falls there is served the first variant unstored, so
+    /// a disabled variant has no first exposures and leaves the SRM test.
+    disabled: Vec<bool>,
 }
 
 impl ExperimentMeter {
@@ -278,11 +283,20 @@ impl Metrics {
                     epochs.len() - 1
                 }
             };
+            let disabled = epochs[current]
+                .variants
+                .iter()
+                .map(|n| {
+                    cfg.and_then(|c| c.variants.iter().find(|v| v.name == **n))
+                        .is_some_and(|v| v.disabled)
+                })
+                .collect();
             next.push(Arc::new(ExperimentMeter {
                 name: x.name.clone(),
                 variants,
                 epochs,
                 current: Some(current),
+                disabled,
             }));
         }
         for m in old.iter() {
@@ -292,6 +306,7 @@ impl Metrics {
                     variants: m.variants.clone(),
                     epochs: m.epochs.clone(),
                     current: None,
+                    disabled: Vec::new(),
                 }));
             }
         }
@@ -359,13 +374,19 @@ impl Metrics {
                 continue;
             };
             let counts = e.counts();
+            let weights: Vec<u32> = e
+                .weights
+                .iter()
+                .zip(&x.disabled)
+                .map(|(w, off)| if *off { 0 } else { *w })
+                .collect();
             let n: u64 = counts
                 .iter()
-                .zip(&e.weights)
+                .zip(&weights)
                 .filter(|(_, w)| **w > 0)
                 .map(|(c, _)| c)
                 .sum();
-            let p = srm_p_value(&counts, &e.weights);
+            let p = srm_p_value(&counts, &weights);
             e.p_value.store(p.to_bits(), Ordering::Relaxed);
             let alarm = p < SRM_ALARM_P && n >= SRM_MIN_EXPOSURES;
             e.alarm.store(alarm, Ordering::Relaxed);

@@ -586,7 +586,7 @@ async fn a_prometheus_server_scrapes_the_proxy() {
 async fn srm_alarm_fires_on_a_skewed_stream_and_stays_quiet_on_a_fair_one() {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let dir = TestDir::new();
-    let experiments = "  - name: skewed\n    routes: [/skewed]\n    salt: srm-skewed\n    variants:\n      - { name: control, upstream: old, weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }\n  - name: fair\n    routes: [/fair]\n    salt: srm-fair\n    variants:\n      - { name: control, upstream: old, weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }\n";
+    let experiments = "  - name: skewed\n    routes: [/skewed]\n    salt: srm-skewed\n    variants:\n      - { name: control, upstream: old, weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }\n  - name: fair\n    routes: [/fair]\n    salt: srm-fair\n    variants:\n      - { name: control, upstream: old, weight: 50 }\n      - { name: treatment, upstream: new, weight: 50 }\n  - name: partly-off\n    routes: [/partly-off]\n    salt: srm-partly-off\n    variants:\n      - { name: control, upstream: old, weight: 34 }\n      - { name: treatment, upstream: new, weight: 33 }\n      - { name: off, upstream: new, weight: 33, disabled: true }\n";
     let cohort = Cohort::start(
         &dir,
         &with_admin(&dir, &config(&[("old", &old), ("new", &new)], experiments)),
@@ -620,16 +620,24 @@ async fn srm_alarm_fires_on_a_skewed_stream_and_stays_quiet_on_a_fair_one() {
                 for t in tasks {
                     let r = t.await.unwrap();
                     assert_eq!(r.status, 200);
-                    epoch = r.epoch();
+                    // A unit served unstored is stamped epoch 0.
+                    epoch = epoch.max(r.epoch());
                 }
             }
             epoch
         }
     };
-    let (e_skewed, e_fair) = tokio::join!(send("/skewed", skewed), send("/fair", fair));
+    // A disabled variant takes no new units (they are served control
+    // unstored): it leaves the test instead of raising a false alarm.
+    let partly: Vec<String> = (0..N).map(|i| format!("partly-{i}")).collect();
+    let (e_skewed, e_fair, e_partly) = tokio::join!(
+        send("/skewed", skewed),
+        send("/fair", fair),
+        send("/partly-off", partly)
+    );
 
     let s = scrape_until(&client, admin, |s| {
-        s.count("cohort_access_log_lines_total", &[("result", "written")]) == 2 * N as u64
+        s.count("cohort_access_log_lines_total", &[("result", "written")]) == 3 * N as u64
     })
     .await;
     let (es, ef) = (e_skewed.to_string(), e_fair.to_string());
@@ -653,6 +661,11 @@ async fn srm_alarm_fires_on_a_skewed_stream_and_stays_quiet_on_a_fair_one() {
     assert!(gauge("cohort_srm_p_value", "skewed", &es) < 1e-100);
     assert_eq!(gauge("cohort_srm_alarm", "fair", &ef), 0.0);
     assert!(gauge("cohort_srm_p_value", "fair", &ef) > 0.001);
+    let ep = e_partly.to_string();
+    assert_eq!(first("partly-off", "off", &ep), 0);
+    assert!(first("partly-off", "control", &ep) + first("partly-off", "treatment", &ep) > 600);
+    assert_eq!(gauge("cohort_srm_alarm", "partly-off", &ep), 0.0);
+    assert!(gauge("cohort_srm_p_value", "partly-off", &ep) > 0.001);
 
     // The warning names the experiment and says what SRM at the proxy means;
     // at most one a minute, however often it is evaluated.
