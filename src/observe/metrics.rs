@@ -527,12 +527,12 @@ impl Collector for Scrape {
         for (name, help, pick) in [
             (
                 REQUEST_DURATION,
-                "Time from the request head to the last response byte, in seconds",
+                "Time from the request's arrival to the last response byte, in seconds",
                 (|v: &VariantMeter| &v.duration) as fn(&VariantMeter) -> &Histogram,
             ),
             (
                 UPSTREAM_DURATION,
-                "Time the upstream took to answer with a response head, in seconds",
+                "Time from sending the request upstream to its response head (or failure), in seconds",
                 |v: &VariantMeter| &v.upstream,
             ),
         ] {
