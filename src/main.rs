@@ -70,6 +70,9 @@ enum Command {
         #[arg(long, requires = "experiment")]
         unit: Option<String>,
     },
+    /// Operations on the assignment store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Record a vendor's existing assignments (GrowthBook sticky-bucket
     /// documents, or a CSV of unit,variant) as the experiment's epoch-1
     /// assignments in the config's store, so migrating moves nobody. Run it
@@ -126,6 +129,34 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy an embedded store (ledger and assignments) into Redis, keeping
+    /// every unit's variant and epoch. Idempotent: run it again after
+    /// stopping the proxy to catch units first seen meanwhile.
+    Migrate {
+        /// The embedded store directory (`store.path`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The Redis URL (`redis://[user:pass@]host:port/db`, `rediss://`);
+        /// repeat for cluster seed nodes.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The `store.key_prefix` the replicas will use.
+        #[arg(long, default_value = "cohort")]
+        key_prefix: String,
+        /// Redis Cluster (implied by several --to).
+        #[arg(long)]
+        cluster: bool,
+        /// A file holding the Redis password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// A PEM CA bundle for rediss://.
+        #[arg(long)]
+        tls_ca_file: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -154,6 +185,16 @@ fn main() -> ExitCode {
             let store = match (store, config) {
                 (Some(s), _) => s,
                 (None, Some(c)) => match cohort::config::load_file(&c) {
+                    Ok(cfg) if cfg.redis.is_some() => {
+                        let unit = experiment.as_deref().zip(unit.as_deref());
+                        let opts =
+                            cohort::reload::redis_options(cfg.redis.as_ref().expect("checked"));
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("a tokio runtime");
+                        return emit(rt.block_on(cohort::commands::history_redis(opts, unit)));
+                    }
                     Ok(cfg) => cfg.store_path,
                     Err(e) => {
                         eprintln!("{e}");
@@ -174,6 +215,38 @@ fn main() -> ExitCode {
             };
             let unit = experiment.as_deref().zip(unit.as_deref());
             emit(cohort::commands::history_command(&store, unit))
+        }
+        Some(Command::Store(StoreCommand::Migrate {
+            from,
+            to,
+            key_prefix,
+            cluster,
+            password_file,
+            tls_ca_file,
+        })) => {
+            let read = |p: Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+                p.map(|p| std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display())))
+                    .transpose()
+            };
+            let (password, tls_ca) = match (read(password_file), read(tls_ca_file)) {
+                (Ok(p), Ok(c)) => (p, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("cohort store migrate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let to = cohort::commands::MigrateTo {
+                cluster: cluster || to.len() > 1,
+                urls: to,
+                key_prefix,
+                password: password.map(|p| String::from_utf8_lossy(&p).trim().to_string()),
+                tls_ca,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            emit(rt.block_on(cohort::commands::migrate_command(&from, to)))
         }
         Some(Command::Import {
             config,

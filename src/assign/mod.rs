@@ -91,6 +91,9 @@ pub struct Served {
     /// The unit's bucket under the current rule (under a vendor scheme,
     /// the vendor's own bucket value on its own scale).
     pub bucket: Option<Bucket>,
+    /// The shared store was unreachable: assigned by the contract hash
+    /// under the current epoch, to be written back (`serve_by_hash`).
+    pub store_degraded: bool,
 }
 
 /// What assignment needs of one configured experiment. Assignment's own
@@ -195,6 +198,7 @@ impl Assigner {
             first_exposure: false,
             in_experiment: false,
             bucket: None,
+            store_degraded: false,
         }
     }
 
@@ -210,7 +214,23 @@ impl Assigner {
             Some(d) => Bucket(d.bucket),
         };
         let bucket = Some(b);
-        let stored = self.table.get(&key);
+        let mut stored = self.table.get(&key);
+        // The variant a new unit would get now (None: outside coverage);
+        // only worked out for a unit this process has not cached, so a
+        // returning unit pays nothing for it.
+        let fresh = match (stored, draw) {
+            (Some(_), _) => None,
+            (None, None) => (self.coverage.0 >= hash::BUCKETS
+                || hash::coverage_bucket(&self.salt, unit).0 < self.coverage.0)
+                .then(|| self.buckets.variant_for(b)),
+            (None, Some(d)) => d.variant,
+        };
+        if stored.is_none() && !self.would_store(unit, fresh) {
+            // A shared store may hold the unit though this process has not
+            // seen it; a new unit's assignment asks the store anyway. If the
+            // store cannot answer, the unit is served as if it had none.
+            stored = store.lookup(self.id, key).await.unwrap_or(None);
+        }
         let kept = |variant, reason| Served {
             variant,
             epoch: stored.map_or(Epoch::UNASSIGNED, |a| a.epoch),
@@ -218,6 +238,7 @@ impl Assigner {
             first_exposure: false,
             in_experiment: stored.is_some(),
             bucket,
+            store_degraded: false,
         };
         if !self.overrides.is_empty() {
             if let Some(&v) = self.overrides.get(unit) {
@@ -230,19 +251,8 @@ impl Assigner {
         if let Some(a) = stored {
             return Ok(self.stored(a.variant, a.epoch, bucket, false));
         }
-        let v = match draw {
-            None => {
-                if self.coverage.0 < hash::BUCKETS
-                    && hash::coverage_bucket(&self.salt, unit).0 >= self.coverage.0
-                {
-                    return Ok(kept(0, Reason::NotCovered));
-                }
-                self.buckets.variant_for(b)
-            }
-            Some(d) => match d.variant {
-                Some(v) => v,
-                None => return Ok(kept(0, Reason::NotCovered)),
-            },
+        let Some(v) = fresh else {
+            return Ok(kept(0, Reason::NotCovered));
         };
         if self.disabled[v] {
             return Ok(kept(0, Reason::Disabled));
@@ -250,12 +260,22 @@ impl Assigner {
         let got = store
             .assign(self.id, key, self.ledger_ids[v], self.epoch)
             .await?;
-        Ok(self.stored(
+        let mut served = self.stored(
             got.assignment.variant,
             got.assignment.epoch,
             bucket,
             got.created,
-        ))
+        );
+        served.store_degraded = got.degraded;
+        Ok(served)
+    }
+
+    /// Whether a unit without a stored assignment would get a new one now
+    /// (no override, not paused, covered, its new variant `fresh` enabled).
+    fn would_store(&self, unit: &[u8], fresh: Option<usize>) -> bool {
+        (self.overrides.is_empty() || !self.overrides.contains_key(unit))
+            && !self.paused()
+            && fresh.is_some_and(|v| !self.disabled[v])
     }
 
     fn stored(&self, id: VariantId, epoch: Epoch, bucket: Option<Bucket>, created: bool) -> Served {
@@ -271,6 +291,7 @@ impl Assigner {
             first_exposure: created,
             in_experiment: true,
             bucket,
+            store_degraded: false,
         }
     }
 }

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use super::Outcome;
-use crate::assign::store::StoreView;
+use crate::assign::ledger::Ledger;
+use crate::assign::store::{Assignment, RedisOptions, RedisStore, StoreView};
 use crate::observe::time::rfc3339_millis;
 
 /// `cohort history`: every applied config, or what one unit saw.
@@ -14,7 +15,39 @@ pub fn history_command(store: &Path, unit: Option<(&str, &str)>) -> Outcome {
         Ok(v) => v,
         Err(e) => return Outcome::fail(e),
     };
-    let ledger = view.ledger();
+    let found = unit.and_then(|(x, u)| view.get(x, u.as_bytes()));
+    render(&view.ledger(), &store.display().to_string(), unit, found)
+}
+
+/// `cohort history` on the shared store of a `kind: redis` config: the
+/// ledger as Redis holds it, and a unit's assignment read from Redis.
+pub async fn history_redis(opts: RedisOptions, unit: Option<(&str, &str)>) -> Outcome {
+    let store = match RedisStore::open(opts).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(format!("cannot read the Redis store: {e}")),
+    };
+    let ledger = store.ledger();
+    let mut found = None;
+    if let Some((x, u)) = unit {
+        if let Some(l) = ledger.get(x) {
+            match store
+                .lookup(l.id, crate::assign::hash::unit_key(x, u.as_bytes()))
+                .await
+            {
+                Ok(a) => found = a,
+                Err(e) => return Outcome::fail(e),
+            }
+        }
+    }
+    render(&ledger, "the Redis store", unit, found)
+}
+
+fn render(
+    ledger: &Ledger,
+    store: &str,
+    unit: Option<(&str, &str)>,
+    found: Option<Assignment>,
+) -> Outcome {
     let mut out = String::new();
     match unit {
         None => {
@@ -51,12 +84,9 @@ pub fn history_command(store: &Path, unit: Option<(&str, &str)>) -> Outcome {
         }
         Some((experiment, unit)) => {
             let Some(x) = ledger.get(experiment) else {
-                return Outcome::fail(format!(
-                    "no experiment {experiment:?} in {}",
-                    store.display()
-                ));
+                return Outcome::fail(format!("no experiment {experiment:?} in {store}"));
             };
-            match view.get(experiment, unit.as_bytes()) {
+            match found {
                 None => {
                     return Outcome {
                         stdout: format!("{unit:?} has no assignment in {experiment:?}\n"),

@@ -313,7 +313,20 @@ pub async fn import_command(
     if !errors.is_empty() {
         return fail_lines(input, &errors);
     }
-    let store = match Store::open(&config.store_path) {
+    // The config's store, whichever it is (a Redis store takes the units
+    // with SET NX, like a first request would).
+    let opened = match &config.redis {
+        None => Store::open(&config.store_path),
+        Some(r) => {
+            // Never degrade here: a unit not acknowledged by Redis must
+            // fail the import, not be queued by a process about to exit.
+            let mut o = crate::reload::redis_options(r);
+            o.serve_by_hash = false;
+            o.timeout = std::time::Duration::from_secs(5);
+            Store::open_redis(o).await
+        }
+    };
+    let store = match opened {
         Ok(s) => Arc::new(s),
         Err(e @ StoreError::Locked(_)) => {
             return Outcome::fail(format!(

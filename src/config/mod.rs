@@ -50,6 +50,9 @@ pub struct Config {
     /// The assignment store's directory (`store.path`), resolved against the
     /// config's folder.
     pub store_path: PathBuf,
+    /// The shared store (`store.kind: redis`); none runs the embedded
+    /// journal in `store_path`.
+    pub redis: Option<RedisStoreConfig>,
     /// Where the access log goes and how it shows units.
     pub access_log: AccessLogConfig,
     /// The backends, by name.
@@ -79,6 +82,77 @@ pub struct AccessLogConfig {
     pub target: LogTarget,
     /// How the `unit` field shows the unit id (`log_unit`).
     pub unit: LogUnit,
+}
+
+/// The `store` block with `kind: redis`: where the shared store is and
+/// how requests behave when it is slow or down.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisStoreConfig {
+    /// `redis://` or `rediss://` URLs: one (`url`), or the seed nodes of a
+    /// cluster (`urls`).
+    pub urls: Vec<String>,
+    /// Redis Cluster (`cluster: true`, or several `urls`).
+    pub cluster: bool,
+    /// Every key starts with `<key_prefix>:`.
+    pub key_prefix: String,
+    /// The most one Redis call on the request path may take.
+    pub timeout: Duration,
+    /// What a request gets when Redis fails or is slower than `timeout`.
+    pub on_store_error: OnStoreError,
+    /// `WAIT` for this many replicas before a new unit's response (0: no
+    /// `WAIT`).
+    pub wait_replicas: u32,
+    /// The password from `password_file` (wins over the URL's); never
+    /// logged nor part of the config version.
+    pub password: Option<String>,
+    /// The PEM bundle of `tls_ca_file`, for `rediss://` with a private CA.
+    pub tls_ca: Option<Vec<u8>>,
+    /// `password_file` and `tls_ca_file` as written (what the record keeps).
+    pub(crate) files: (Option<String>, Option<String>),
+}
+
+// The password stays out of Debug output, so no log line can carry it.
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreConfig")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("on_store_error", &self.on_store_error)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("password_file", &self.files.0)
+            .field("tls_ca_file", &self.files.1)
+            .finish()
+    }
+}
+
+/// `url` with any password in it replaced by `***`, for logs and records.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `store.on_store_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Assign by the contract hash under the current epoch, flag the line
+    /// `store_degraded`, write the assignment back when Redis returns.
+    ServeByHash,
+    /// Answer 503 (stamped); nothing is assigned.
+    Reject,
 }
 
 /// Where access log lines are written.

@@ -33,7 +33,17 @@ pub(crate) struct RawAdmin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
-    pub(crate) path: String,
+    pub(crate) kind: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) url: Option<String>,
+    pub(crate) urls: Option<Vec<String>>,
+    pub(crate) cluster: Option<bool>,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) on_store_error: Option<String>,
+    pub(crate) wait_replicas: Option<u32>,
+    pub(crate) password_file: Option<String>,
+    pub(crate) tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

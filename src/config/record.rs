@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AccessLogConfig, AdminConfig, Config, ExperimentConfig, LogTarget, LogUnit, MissingUnitPolicy,
-    Route, RuntimeConfig, UpstreamConfig, VariantConfig,
+    OnStoreError, Route, RuntimeConfig, UpstreamConfig, VariantConfig,
 };
 use crate::terms::{Bucketing, Weight};
 
@@ -45,6 +45,24 @@ pub struct ConfigRecord {
     pub(crate) experiments: Vec<ExperimentRecord>,
     pub(crate) runtime: RuntimeRecord,
     pub(crate) admin: Option<AdminRecord>,
+    /// The shared store (`kind: redis`). Absent for the embedded journal, so
+    /// an embedded config's JSON (and version) is what it always was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<RedisStoreRecord>,
+}
+
+/// `store` with `kind: redis`; URLs with their password redacted, files by
+/// path (the password itself is never recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RedisStoreRecord {
+    pub(crate) urls: Vec<String>,
+    pub(crate) cluster: bool,
+    pub(crate) key_prefix: String,
+    pub(crate) timeout_ms: u64,
+    pub(crate) on_store_error: OnStoreError,
+    pub(crate) wait_replicas: u32,
+    pub(crate) password_file: Option<String>,
+    pub(crate) tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +239,7 @@ impl ConfigRecord {
         let Config {
             listen,
             store_path,
+            redis,
             access_log,
             upstreams,
             default_upstream,
@@ -235,6 +254,16 @@ impl ConfigRecord {
         ConfigRecord {
             listen: *listen,
             store_path: store_path.clone(),
+            store: redis.as_ref().map(|r| RedisStoreRecord {
+                urls: r.urls.iter().map(|u| super::redact_url(u)).collect(),
+                cluster: r.cluster,
+                key_prefix: r.key_prefix.clone(),
+                timeout_ms: r.timeout.as_millis() as u64,
+                on_store_error: r.on_store_error,
+                wait_replicas: r.wait_replicas,
+                password_file: r.files.0.clone(),
+                tls_ca_file: r.files.1.clone(),
+            }),
             access_log: access_log_record(access_log),
             upstreams: upstreams
                 .iter()

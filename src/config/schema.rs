@@ -42,7 +42,19 @@ pub(super) const CONFIG: Shape = Fields(&[
 ]);
 
 /// `RawStore`.
-const STORE: Shape = Fields(&[("path", Leaf)]);
+const STORE: Shape = Fields(&[
+    ("kind", Leaf),
+    ("path", Leaf),
+    ("url", Leaf),
+    ("urls", List(&Leaf)),
+    ("cluster", Leaf),
+    ("key_prefix", Leaf),
+    ("timeout", Leaf),
+    ("on_store_error", Leaf),
+    ("wait_replicas", Leaf),
+    ("password_file", Leaf),
+    ("tls_ca_file", Leaf),
+]);
 
 /// `RawAccessLog`.
 const ACCESS_LOG: Shape = Fields(&[
@@ -276,7 +288,7 @@ mod tests {
     /// Every key of [`CONFIG`], each with a value of its type.
     const FULL: &str = "\
 listen: 127.0.0.1:8080
-store: { path: ./data }
+store: { kind: redis, path: ./data, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
 access_log: { path: '-', log_unit: hashed, log_unit_key_file: key }
 upstreams:
   old: { url: 'http://a:1', connect_timeout: 1s, timeout: 2s, max_idle_per_host: 3 }

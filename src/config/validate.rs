@@ -205,7 +205,13 @@ fn validate(
         }
     };
 
-    let store_path = sources.path(raw.store.as_ref().map_or("./data", |s| s.path.as_str()));
+    let store_path = sources.path(
+        raw.store
+            .as_ref()
+            .and_then(|s| s.path.as_deref())
+            .unwrap_or("./data"),
+    );
+    let redis = store(&raw, sources, e);
     let access_log = access_log(&raw, sources, e);
 
     let mut upstreams = BTreeMap::new();
@@ -265,6 +271,7 @@ fn validate(
         admin: admin?,
         listen: listen?,
         store_path,
+        redis: redis?,
         access_log: access_log?,
         upstreams,
         default_upstream: raw.default_upstream.clone(),
@@ -295,6 +302,187 @@ fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
 }
 
 /// `None` on error; `Some(None)` when there is no admin block.
+/// The `store` block's shared-store fields: `Some(None)` for the embedded
+/// journal, `None` after an error.
+fn store(
+    raw: &RawConfig,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+) -> Option<Option<RedisStoreConfig>> {
+    let Some(s) = &raw.store else {
+        return Some(None);
+    };
+    let redis_only: [(&str, bool); 9] = [
+        ("url", s.url.is_some()),
+        ("urls", s.urls.is_some()),
+        ("cluster", s.cluster.is_some()),
+        ("key_prefix", s.key_prefix.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("on_store_error", s.on_store_error.is_some()),
+        ("wait_replicas", s.wait_replicas.is_some()),
+        ("password_file", s.password_file.is_some()),
+        ("tls_ca_file", s.tls_ca_file.is_some()),
+    ];
+    match s.kind.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            let mut ok = true;
+            for (field, set) in redis_only {
+                if set {
+                    ok = false;
+                    e.push(
+                        format!("store.{field}"),
+                        format!("store.{field} is for the shared store only"),
+                        Some("set `kind: redis`, or remove it".into()),
+                    );
+                }
+            }
+            return ok.then_some(None);
+        }
+        "redis" => {}
+        other => {
+            e.push(
+                "store.kind",
+                format!("unknown store kind {other:?}"),
+                Some("write `embedded` (the default) or `redis`".into()),
+            );
+            return None;
+        }
+    }
+    let mut ok = true;
+    if s.path.is_some() {
+        ok = false;
+        e.push(
+            "store.path",
+            "store.path is the embedded journal's directory; a redis store has none",
+            Some(
+                "remove it (see `cohort store migrate` to move an embedded store into Redis)"
+                    .into(),
+            ),
+        );
+    }
+    let urls = match (&s.url, &s.urls) {
+        (Some(u), None) => vec![u.clone()],
+        (None, Some(us)) if !us.is_empty() => us.clone(),
+        (Some(_), Some(_)) => {
+            e.push(
+                "store.urls",
+                "store.url and store.urls are both set",
+                Some("use `url` for one server, `urls` for cluster seed nodes".into()),
+            );
+            return None;
+        }
+        _ => {
+            e.push(
+                "store",
+                "a redis store needs `url` (or `urls` for a cluster)",
+                Some("write e.g. url: redis://127.0.0.1:6379/0".into()),
+            );
+            return None;
+        }
+    };
+    for (i, u) in urls.iter().enumerate() {
+        let path = if s.urls.is_some() {
+            format!("store.urls[{i}]")
+        } else {
+            "store.url".to_string()
+        };
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            ok = false;
+            e.push(
+                path,
+                format!("{:?} is not a redis:// or rediss:// URL", redact_url(u)),
+                Some("write e.g. redis://HOST:6379/0, or rediss://HOST:6380 for TLS".into()),
+            );
+        }
+    }
+    let key_prefix = s.key_prefix.clone().unwrap_or_else(|| "cohort".into());
+    if key_prefix.is_empty()
+        || key_prefix.len() > 64
+        || !key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        ok = false;
+        e.push(
+            "store.key_prefix",
+            format!("{key_prefix:?} is not a key prefix"),
+            Some("use 1-64 letters, digits, `-`, `_` or `.` (no `:` and no `{}`, which would pin keys to one cluster slot)".into()),
+        );
+    }
+    let timeout = duration(
+        "store.timeout",
+        s.timeout.as_deref(),
+        Duration::from_millis(50),
+        e,
+    );
+    let on_store_error = match s.on_store_error.as_deref().unwrap_or("serve_by_hash") {
+        "serve_by_hash" => Some(OnStoreError::ServeByHash),
+        "reject" => Some(OnStoreError::Reject),
+        other => {
+            e.push(
+                "store.on_store_error",
+                format!("unknown policy {other:?}"),
+                Some("write `serve_by_hash` (the default) or `reject`".into()),
+            );
+            None
+        }
+    };
+    let password = match &s.password_file {
+        None => Some(None),
+        Some(f) => match sources.read(f) {
+            Ok(t) => match String::from_utf8(trim_key(t)) {
+                Ok(p) if !p.is_empty() => Some(Some(p)),
+                _ => {
+                    e.push(
+                        "store.password_file",
+                        format!("{f:?} holds no password (empty, or not UTF-8)"),
+                        None,
+                    );
+                    None
+                }
+            },
+            Err(err) => {
+                e.push(
+                    "store.password_file",
+                    format!("cannot read {f:?}: {err}"),
+                    None,
+                );
+                None
+            }
+        },
+    };
+    let tls_ca = match &s.tls_ca_file {
+        None => Some(None),
+        Some(f) => match sources.read(f) {
+            Ok(pem) => Some(Some(pem)),
+            Err(err) => {
+                e.push(
+                    "store.tls_ca_file",
+                    format!("cannot read {f:?}: {err}"),
+                    None,
+                );
+                None
+            }
+        },
+    };
+    let cluster = s.cluster.unwrap_or(false) || urls.len() > 1;
+    let resolve = |f: &Option<String>| f.as_ref().map(|f| sources.path(f).display().to_string());
+    if !ok {
+        return None;
+    }
+    Some(Some(RedisStoreConfig {
+        urls,
+        cluster,
+        key_prefix,
+        timeout: timeout?,
+        on_store_error: on_store_error?,
+        wait_replicas: s.wait_replicas.unwrap_or(0),
+        password: password?,
+        tls_ca: tls_ca?,
+        files: (resolve(&s.password_file), resolve(&s.tls_ca_file)),
+    }))
+}
+
 fn admin(
     raw: &RawConfig,
     sources: &Sources<'_>,
@@ -1779,6 +1967,82 @@ experiments:
         assert_eq!(a, b);
         let c = check(&GOOD.replace("9002", "9003")).unwrap().version();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_redis_store_block_is_read_with_its_defaults_and_secrets_from_files() {
+        let yaml = format!("store: {{ kind: redis, url: 'redis://u:secret@r:6379/2', password_file: pw, tls_ca_file: /ca.pem }}\n{GOOD}");
+        let files = InMemory::default()
+            .with("/base/pw", "from-file\n")
+            .with("/ca.pem", "PEM");
+        let c = check_files(&yaml, &Env::default(), &files).unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.urls, ["redis://u:secret@r:6379/2"]);
+        assert!(!r.cluster);
+        assert_eq!(r.key_prefix, "cohort");
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert_eq!(r.on_store_error, OnStoreError::ServeByHash);
+        assert_eq!(r.wait_replicas, 0);
+        assert_eq!(r.password.as_deref(), Some("from-file"));
+        assert_eq!(r.tls_ca.as_deref(), Some(&b"PEM"[..]));
+        // Neither the password nor the URL's reaches Debug or the record.
+        let shown = format!("{r:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("from-file"),
+            "{shown}"
+        );
+        let record = serde_json::to_string(&crate::config::record::ConfigRecord::of(&c)).unwrap();
+        assert!(
+            !record.contains("secret") && !record.contains("from-file"),
+            "{record}"
+        );
+        assert!(record.contains("redis://u:***@r:6379/2"), "{record}");
+        // Several urls mean a cluster.
+        let yaml = format!("store: {{ kind: redis, urls: ['redis://a:1', 'redis://b:1'], key_prefix: exp-1, on_store_error: reject, timeout: 20ms, wait_replicas: 1 }}\n{GOOD}");
+        let c = check(&yaml).unwrap();
+        let r = c.redis.unwrap();
+        assert!(r.cluster);
+        assert_eq!(r.on_store_error, OnStoreError::Reject);
+        assert_eq!((r.timeout, r.wait_replicas), (Duration::from_millis(20), 1));
+        // The embedded store stays the default, `store: { path }` as before.
+        let c = check(&format!("store: {{ path: ./d }}\n{GOOD}")).unwrap();
+        assert!(c.redis.is_none());
+        assert_eq!(c.store_path, PathBuf::from("/base/./d"));
+    }
+
+    #[test]
+    fn store_block_errors_are_each_reported_with_their_path() {
+        let cases = [
+            ("kind: postgres", "store.kind"),
+            ("kind: redis", "store"),
+            ("kind: redis, url: 'http://x'", "store.url"),
+            ("kind: redis, url: 'redis://x', path: ./d", "store.path"),
+            (
+                "kind: redis, url: 'redis://x', key_prefix: 'a{b}'",
+                "store.key_prefix",
+            ),
+            (
+                "kind: redis, url: 'redis://x', timeout: fast",
+                "store.timeout",
+            ),
+            (
+                "kind: redis, url: 'redis://x', on_store_error: retry",
+                "store.on_store_error",
+            ),
+            (
+                "kind: redis, url: 'redis://x', password_file: nope",
+                "store.password_file",
+            ),
+            ("url: 'redis://x'", "store.url"),
+            (
+                "kind: redis, url: 'redis://x', urls: ['redis://y']",
+                "store.urls",
+            ),
+        ];
+        for (block, path) in cases {
+            let errs = check(&format!("store: {{ {block} }}\n{GOOD}")).unwrap_err();
+            assert!(errs.iter().any(|e| e.path == path), "{block}: {errs:?}");
+        }
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub(crate) async fn route_request(
                     rec.in_experiment = served.in_experiment;
                     rec.forced = served.reason == Reason::Forced;
                     rec.paused = served.reason == Reason::Paused;
+                    rec.store_degraded = served.store_degraded;
                     rec.bucket = served.bucket.map(|b| b.0);
                     Routed {
                         upstream: v.upstream.clone(),

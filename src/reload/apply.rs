@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::assign::ledger::{AppliedConfig, Ledger, LedgerEvent};
-use crate::assign::store::{Store, StoreError};
+use crate::assign::store::{RedisOptions, Store, StoreError};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::observe::access_log::AccessLog;
 use crate::observe::time::now_rfc3339;
@@ -77,7 +77,10 @@ impl State {
         config_path: Option<PathBuf>,
         listen_override: Option<SocketAddr>,
     ) -> Result<Arc<State>, StartError> {
-        let store = Store::open(&config.store_path)?;
+        let store = match &config.redis {
+            None => Store::open(&config.store_path)?,
+            Some(r) => Store::open_redis(redis_options(r)).await?,
+        };
         let log = AccessLog::open(&config.access_log.target).map_err(|source| StartError::Log {
             target: match &config.access_log.target {
                 crate::config::LogTarget::File(p) => p.display().to_string(),
@@ -85,21 +88,75 @@ impl State {
             },
             source,
         })?;
-        let ledger = store.ledger();
-        let plan = plan_against(&ledger, &store, &config).map_err(|errors| {
-            StartError::Rejected(ConfigErrors {
-                file: config.source.clone(),
-                errors,
-            })
-        })?;
-        let snap = Snapshot::build(config, &planned(ledger, &plan), &store, None);
-        if plan.changes_anything() {
-            store
-                .append_ledger(with_history(&plan, &snap, "start-up"))
-                .await?;
-        }
+        // A shared ledger may move between reading and appending (another
+        // replica applied): plan again against the new one.
+        let mut tries = 0;
+        let (plan, snap) = loop {
+            let (ledger, version) = store.fresh_ledger().await?;
+            let plan = plan_against(&ledger, &store, &config).map_err(|errors| {
+                StartError::Rejected(ConfigErrors {
+                    file: config.source.clone(),
+                    errors,
+                })
+            })?;
+            let snap = Snapshot::build(config.clone(), &planned(ledger, &plan), &store, None);
+            if !plan.changes_anything() {
+                break (plan, snap);
+            }
+            match store
+                .append_ledger_at(with_history(&plan, &snap, "start-up"), version)
+                .await
+            {
+                Ok(()) => break (plan, snap),
+                Err(StoreError::LedgerMoved) if tries < LEDGER_RETRIES => {
+                    tries += 1;
+                    tracing::warn!("the shared ledger changed while this replica started (another replica applied a config); planning again against it");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         tracing::info!(config_version = %plan.config_version, "applied config at start-up\n{plan}");
-        Ok(State::new(snap, store, log, config_path, listen_override))
+        let state = State::new(snap, store, log, config_path, listen_override);
+        if let Some(shared) = state.store.shared() {
+            follow_ledger(Arc::downgrade(&state), shared.watch_ledger());
+        }
+        Ok(state)
+    }
+
+    /// Another replica moved the shared ledger: if this replica's applied
+    /// config is exactly what the ledger now says (same rules, the other
+    /// replica applied the same file first), rebuild the snapshot on the
+    /// new epochs; otherwise keep serving and say why.
+    async fn adopt_ledger(&self) {
+        let _one_at_a_time = self.lock_changes().await;
+        let cur = self.snapshot();
+        let ledger = self.store.ledger();
+        let behind = cur.experiments.iter().any(|x| {
+            ledger
+                .get(&x.name)
+                .is_some_and(|l| l.current().epoch != x.assigner.epoch)
+        });
+        if !behind {
+            return;
+        }
+        let config = (*cur.config).clone();
+        match plan_against(&ledger, &self.store, &config) {
+            Ok(plan) if !plan.changes_epochs() => {
+                let snap = Snapshot::build(config, &ledger, &self.store, Some(&cur));
+                self.swap(snap);
+                tracing::info!(
+                    config_version = %plan.config_version,
+                    "adopted the shared ledger: another replica applied this config's rules first"
+                );
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    applied_by_other = ledger.last_applied().map(|a| a.config_version.as_str()).unwrap_or("?"),
+                    this_replica = %cur.version,
+                    "the shared ledger moved to rules this replica's config does not have; it keeps serving its own until its config file matches (stored units are served as stored either way)"
+                );
+            }
+        }
     }
 
     /// Re-reads the config file and applies it: every reload trigger comes
@@ -129,25 +186,74 @@ impl State {
         if *config.version() == *cur.version {
             return Ok(Reloaded::Unchanged);
         }
-        let ledger = self.store.ledger();
-        let plan = plan_against(&ledger, &self.store, &config).map_err(|errors| {
-            ReloadError::Rejected(ConfigErrors {
-                file: config.source.clone(),
-                errors,
-            })
-        })?;
         let restart_needed =
             diff(&ConfigRecord::of(&cur.config), &ConfigRecord::of(&config)).restart_needed;
-        let snap = Snapshot::build(config, &planned(ledger, &plan), &self.store, Some(&cur));
-        self.store
-            .append_ledger(with_history(&plan, &snap, trigger))
-            .await?;
+        let mut tries = 0;
+        let (plan, snap) = loop {
+            let (ledger, version) = self.store.fresh_ledger().await?;
+            let plan = plan_against(&ledger, &self.store, &config).map_err(|errors| {
+                ReloadError::Rejected(ConfigErrors {
+                    file: config.source.clone(),
+                    errors,
+                })
+            })?;
+            let snap = Snapshot::build(
+                config.clone(),
+                &planned(ledger, &plan),
+                &self.store,
+                Some(&cur),
+            );
+            match self
+                .store
+                .append_ledger_at(with_history(&plan, &snap, trigger), version)
+                .await
+            {
+                Ok(()) => break (plan, snap),
+                Err(StoreError::LedgerMoved) if tries < LEDGER_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(
+                        config_version = %plan.config_version,
+                        "another replica changed the shared ledger while this one applied its config: planning again against the ledger it wrote (this replica's config is applied after it)"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.swap(snap);
         Ok(Reloaded::Applied {
             plan,
             restart_needed,
         })
     }
+}
+
+/// How often an apply plans again after losing the ledger's CAS.
+const LEDGER_RETRIES: u32 = 8;
+
+/// The store's view of the config's `store` block (assignment never
+/// imports the config).
+pub fn redis_options(r: &crate::config::RedisStoreConfig) -> RedisOptions {
+    RedisOptions {
+        urls: r.urls.clone(),
+        cluster: r.cluster,
+        key_prefix: r.key_prefix.clone(),
+        timeout: r.timeout,
+        serve_by_hash: r.on_store_error == crate::config::OnStoreError::ServeByHash,
+        wait_replicas: r.wait_replicas,
+        password: r.password.clone(),
+        tls_ca: r.tls_ca.clone(),
+    }
+}
+
+/// Rebuilds the snapshot whenever the shared ledger moves, for as long as
+/// the state lives.
+fn follow_ledger(state: std::sync::Weak<State>, mut version: tokio::sync::watch::Receiver<u64>) {
+    tokio::spawn(async move {
+        while version.changed().await.is_ok() {
+            let Some(state) = state.upgrade() else { return };
+            state.adopt_ledger().await;
+        }
+    });
 }
 
 fn plan_against(ledger: &Ledger, store: &Store, config: &Config) -> Result<Plan, Vec<ConfigError>> {

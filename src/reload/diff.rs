@@ -53,6 +53,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         experiments: experiments_a,
         runtime: runtime_a,
         admin: admin_a,
+        store: shared_a,
     } = old;
     let ConfigRecord {
         listen: listen_b,
@@ -63,6 +64,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         experiments: experiments_b,
         runtime: runtime_b,
         admin: admin_b,
+        store: shared_b,
     } = new;
     let mut d = ConfigDiff::default();
     if listen_a != listen_b {
@@ -70,6 +72,9 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
     }
     if store_a != store_b {
         d.restart_needed.push("store.path");
+    }
+    if shared_a != shared_b {
+        d.restart_needed.push("store");
     }
     access_log(log_a, log_b, &mut d);
     runtime(runtime_a, runtime_b, &mut d);

@@ -17,5 +17,5 @@ pub mod plan;
 pub(crate) mod report;
 pub(crate) mod watch;
 
-pub use apply::StartError;
+pub use apply::{redis_options, StartError};
 pub(crate) use apply::{ReloadError, Reloaded};

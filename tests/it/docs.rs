@@ -243,7 +243,15 @@ fn every_command_and_flag_the_docs_use_exists() {
                     top_help.contains(&format!("\n  {first} ")),
                     "{page}: `cohort {inv}` uses a command `cohort --help` does not list"
                 );
-                (cohort_cmd(&[first, "--help"]).1, &inv[first.len()..])
+                let help = cohort_cmd(&[first, "--help"]).1;
+                // A nested command (`cohort store migrate`): its own help.
+                match inv.split_whitespace().nth(1) {
+                    Some(sub) if help.contains(&format!("\n  {sub} ")) => {
+                        let at = inv.find(sub).unwrap() + sub.len();
+                        (cohort_cmd(&[first, sub, "--help"]).1, &inv[at..])
+                    }
+                    _ => (help, &inv[first.len()..]),
+                }
             };
             for flag in flags_of
                 .split_whitespace()

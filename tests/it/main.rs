@@ -12,5 +12,6 @@ mod newcomer;
 mod operator;
 mod proxy;
 mod reload;
+mod replicas;
 mod util;
 mod vendor;

@@ -19,8 +19,8 @@ use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
 use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
 
-/// The assignment store: open once per process.
-pub struct Store {
+/// The embedded journal store: open once per process.
+pub struct Embedded {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Cmd>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -28,9 +28,9 @@ pub struct Store {
     _lock: File,
 }
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the store in `dir` and replays its journal.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         let io_err = |source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -58,6 +58,7 @@ impl Store {
         let shared = Arc::new(Shared {
             path: path.clone(),
             ledger: Mutex::new(Ledger::default()),
+            ledger_events: Default::default(),
             tables: Mutex::new(Vec::new()),
         });
         let file = open_journal(&path, &shared)?;
@@ -67,7 +68,7 @@ impl Store {
             .name("cohort-store".into())
             .spawn(move || write_loop(file, rx, writer_shared))
             .map_err(io_err)?;
-        Ok(Store {
+        Ok(Embedded {
             shared,
             tx,
             writer: Mutex::new(Some(writer)),
@@ -125,6 +126,13 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The number of ledger events journaled so far: the ledger's version.
+    pub(super) fn ledger_version(&self) -> u64 {
+        self.shared
+            .ledger_events
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits until everything queued so far is on disk.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -135,7 +143,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for Embedded {
     fn drop(&mut self) {
         // Replace our sender so the writer's channel closes, then join it.
         let (dead, _) = mpsc::channel();
@@ -146,13 +154,13 @@ impl Drop for Store {
     }
 }
 
-impl UnitCounts for Store {
+impl UnitCounts for Embedded {
     fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
         self.table(experiment).units(variant)
     }
 }
 
-fn unix_now() -> u32 {
+pub(super) fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)

@@ -62,4 +62,12 @@ pub enum StoreError {
         /// The experiment's epoch now.
         current: u32,
     },
+    /// The shared store did not answer (down, slow past `store.timeout`,
+    /// or refusing): with `on_store_error: reject` the request gets 503.
+    #[error("shared store unavailable: {0}")]
+    Unavailable(String),
+    /// Another replica appended to the shared ledger after this one read
+    /// it: the change must be planned again against the new ledger.
+    #[error("another replica changed the shared ledger meanwhile")]
+    LedgerMoved,
 }

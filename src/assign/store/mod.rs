@@ -24,21 +24,239 @@
 //! The parts, one job each: `table` (the in-memory map of one experiment),
 //! `shared` (the ledger and tables the writer, replay and views fill),
 //! `replay` (opening a journal and rebuilding the state from it),
-//! `writer` (the group-commit thread), `embedded` (the [`Store`] a
-//! process serves from) and `view` (a read-only [`StoreView`]).
+//! `writer` (the group-commit thread), `embedded` (the journal backend)
+//! and `view` (a read-only [`StoreView`]).
+//!
+//! **Backends.** [`Backend`] is what a process serves from; it has two
+//! implementations: the embedded journal ([`Embedded`], the default, one
+//! process) and Redis ([`RedisStore`], shared by every replica; see its
+//! module for keys, first-writer-wins and degraded mode). [`Store`] is the
+//! one a process opens, dispatching to either.
 
 mod embedded;
 mod error;
+pub mod redis;
 mod replay;
 mod shared;
 mod table;
 mod view;
 mod writer;
 
-pub use embedded::Store;
+use std::future::Future;
+use std::sync::Arc;
+
+pub use self::redis::{RedisOptions, RedisStore};
+pub use embedded::Embedded;
 pub use error::StoreError;
 pub use table::{Assigned, Assignment, Table};
 pub use view::StoreView;
+
+use crate::assign::epoch::Epoch;
+use crate::assign::hash::UnitKey;
+use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
+
+/// What serving needs of an assignment store, whichever engine keeps it.
+pub trait Backend: UnitCounts + Send + Sync {
+    /// The epoch ledger as this process knows it.
+    fn ledger(&self) -> Ledger;
+    /// The ledger read afresh for planning a change, and its version.
+    fn fresh_ledger(&self) -> impl Future<Output = Result<(Ledger, u64), StoreError>> + Send;
+    /// Appends `events` if the ledger is still at `version`, else
+    /// [`StoreError::LedgerMoved`].
+    fn append_ledger_at(
+        &self,
+        events: Vec<LedgerEvent>,
+        version: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The assignments of experiment `id` held in memory.
+    fn table(&self, id: ExperimentId) -> Arc<Table>;
+    /// Stores a new unit's assignment unless one is stored (first writer
+    /// wins); returns what is stored.
+    fn assign(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<Assigned, StoreError>> + Send;
+}
+
+impl Backend for Embedded {
+    fn ledger(&self) -> Ledger {
+        Embedded::ledger(self)
+    }
+    async fn fresh_ledger(&self) -> Result<(Ledger, u64), StoreError> {
+        // One process owns the journal: what it holds is the newest.
+        Ok((Embedded::ledger(self), self.ledger_version()))
+    }
+    async fn append_ledger_at(
+        &self,
+        events: Vec<LedgerEvent>,
+        _version: u64,
+    ) -> Result<(), StoreError> {
+        self.append_ledger(events).await
+    }
+    fn table(&self, id: ExperimentId) -> Arc<Table> {
+        Embedded::table(self, id)
+    }
+    async fn assign(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> Result<Assigned, StoreError> {
+        Embedded::assign(self, id, key, variant, epoch).await
+    }
+}
+
+impl Backend for RedisStore {
+    fn ledger(&self) -> Ledger {
+        RedisStore::ledger(self)
+    }
+    async fn fresh_ledger(&self) -> Result<(Ledger, u64), StoreError> {
+        RedisStore::fresh_ledger(self).await
+    }
+    async fn append_ledger_at(
+        &self,
+        events: Vec<LedgerEvent>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        RedisStore::append_ledger_at(self, events, version).await
+    }
+    fn table(&self, id: ExperimentId) -> Arc<Table> {
+        RedisStore::table(self, id)
+    }
+    async fn assign(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> Result<Assigned, StoreError> {
+        RedisStore::assign(self, id, key, variant, epoch).await
+    }
+}
+
+/// The store a serving process opened: the embedded journal or Redis.
+pub enum Store {
+    /// The journal in one local directory (one process).
+    Embedded(Embedded),
+    /// Redis, shared by every replica.
+    Redis(Arc<RedisStore>),
+}
+
+impl Store {
+    /// Opens the embedded journal in `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<Store, StoreError> {
+        Embedded::open(dir).map(Store::Embedded)
+    }
+
+    /// Connects to Redis and reads the shared ledger.
+    pub async fn open_redis(opts: RedisOptions) -> Result<Store, StoreError> {
+        RedisStore::open(opts).await.map(Store::Redis)
+    }
+
+    /// The Redis backend, if this is one.
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
+        match self {
+            Store::Redis(r) => Some(r),
+            Store::Embedded(_) => None,
+        }
+    }
+
+    /// The epoch ledger as this process knows it.
+    pub fn ledger(&self) -> Ledger {
+        match self {
+            Store::Embedded(s) => s.ledger(),
+            Store::Redis(s) => s.ledger(),
+        }
+    }
+
+    /// The ledger read afresh (from Redis for the shared store), with its
+    /// version for [`Store::append_ledger_at`].
+    pub async fn fresh_ledger(&self) -> Result<(Ledger, u64), StoreError> {
+        match self {
+            Store::Embedded(s) => Backend::fresh_ledger(s).await,
+            Store::Redis(s) => s.fresh_ledger().await,
+        }
+    }
+
+    /// Appends `events` if the ledger is still at `version`.
+    pub async fn append_ledger_at(
+        &self,
+        events: Vec<LedgerEvent>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.append_ledger(events).await,
+            Store::Redis(s) => s.append_ledger_at(events, version).await,
+        }
+    }
+
+    /// Appends `events` whatever the ledger's version (they apply to any:
+    /// an admin pause).
+    pub async fn append_ledger(&self, events: Vec<LedgerEvent>) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.append_ledger(events).await,
+            Store::Redis(s) => s.append_ledger(events).await,
+        }
+    }
+
+    /// The assignments of experiment `id` held in memory.
+    pub fn table(&self, id: ExperimentId) -> Arc<Table> {
+        match self {
+            Store::Embedded(s) => s.table(id),
+            Store::Redis(s) => s.table(id),
+        }
+    }
+
+    /// A unit's stored assignment when this process has not cached it: only
+    /// the shared store can hold one this process has not seen.
+    pub async fn lookup(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+    ) -> Result<Option<Assignment>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(None),
+            Store::Redis(s) => s.lookup(id, key).await,
+        }
+    }
+
+    /// Stores a new unit's assignment unless one is stored (first writer
+    /// wins); returns what is stored.
+    pub async fn assign(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+        variant: VariantId,
+        epoch: Epoch,
+    ) -> Result<Assigned, StoreError> {
+        match self {
+            Store::Embedded(s) => s.assign(id, key, variant, epoch).await,
+            Store::Redis(s) => s.assign(id, key, variant, epoch).await,
+        }
+    }
+
+    /// Waits until everything acknowledged is durable (embedded: on disk;
+    /// Redis acknowledges each write itself).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.sync().await,
+            Store::Redis(_) => Ok(()),
+        }
+    }
+}
+
+impl UnitCounts for Store {
+    fn units(&self, experiment: ExperimentId, variant: VariantId) -> u64 {
+        match self {
+            Store::Embedded(s) => s.units(experiment, variant),
+            Store::Redis(s) => s.units(experiment, variant),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@ use crate::assign::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent};
 pub(super) struct Shared {
     pub(super) path: PathBuf,
     pub(super) ledger: Mutex<Ledger>,
+    /// Ledger events applied so far: the ledger's version.
+    pub(super) ledger_events: std::sync::atomic::AtomicU64,
     pub(super) tables: Mutex<Vec<Arc<Table>>>,
 }
 
@@ -40,6 +42,7 @@ impl Shared {
 
     pub(super) fn apply_ledger(&self, ev: &LedgerEvent) -> Result<(), LedgerError> {
         let id = self.ledger.lock().expect("ledger lock").apply(ev)?;
+        self.ledger_events.fetch_add(1, Ordering::Relaxed);
         match (ev, id) {
             (LedgerEvent::Epoch { record, .. }, Some(id)) => {
                 let table = self.table(id);

@@ -123,6 +123,14 @@ impl Table {
         (Assignment::unpack(v), created)
     }
 
+    /// Every stored (unit key, assignment), in no order.
+    pub(super) fn entries(&self) -> Vec<(UnitKey, Assignment)> {
+        self.map
+            .iter()
+            .map(|e| (*e.key(), Assignment::unpack(*e.value())))
+            .collect()
+    }
+
     pub(super) fn clear(&self) {
         self.map.clear();
         self.map.shrink_to_fit();
@@ -139,4 +147,7 @@ pub struct Assigned {
     pub assignment: Assignment,
     /// False when a concurrent first request of the same unit won the race.
     pub created: bool,
+    /// The shared store could not be reached: the assignment was made by
+    /// the contract hash and will be written back later (`serve_by_hash`).
+    pub degraded: bool,
 }

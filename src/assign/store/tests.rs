@@ -190,6 +190,7 @@ async fn parallel_replay_equals_sequential_replay_and_the_first_record_wins() {
         let shared = Shared {
             path: path.clone(),
             ledger: Mutex::new(Ledger::default()),
+            ledger_events: Default::default(),
             tables: Mutex::new(Vec::new()),
         };
         let mut f = File::open(&path).unwrap();

@@ -8,6 +8,7 @@ use super::error::StoreError;
 use super::replay::{replay_journal, JOURNAL_FILE};
 use super::shared::Shared;
 use super::table::Assignment;
+use crate::assign::hash::UnitKey;
 use crate::assign::ledger::{ExperimentId, Ledger, UnitCounts, VariantId};
 
 /// A read-only look at a store that another process may be running:
@@ -25,6 +26,7 @@ impl StoreView {
         let shared = Shared {
             path: path.clone(),
             ledger: Mutex::new(Ledger::default()),
+            ledger_events: Default::default(),
             tables: Mutex::new(Vec::new()),
         };
         let mut file = File::open(&path).map_err(|source| StoreError::Io {
@@ -33,6 +35,18 @@ impl StoreView {
         })?;
         replay_journal(&mut file, &path, &shared)?;
         Ok(StoreView { shared })
+    }
+
+    /// Every stored assignment: (experiment id, unit key, assignment).
+    pub fn assignments(&self) -> Vec<(ExperimentId, UnitKey, Assignment)> {
+        let tables = self.shared.tables.lock().expect("tables lock").clone();
+        let mut out = Vec::new();
+        for (id, t) in tables.iter().enumerate() {
+            for (k, a) in t.entries() {
+                out.push((id as ExperimentId, k, a));
+            }
+        }
+        out
     }
 
     /// A copy of the replayed epoch ledger.

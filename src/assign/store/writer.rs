@@ -80,6 +80,7 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
                         Assigned {
                             assignment,
                             created,
+                            degraded: false,
                         }
                     });
                     let _ = reply.send(r);

@@ -38,6 +38,10 @@ impl AccessRecord {
         o.bool("in_experiment", self.in_experiment);
         o.bool("forced", self.forced);
         o.bool("paused", self.paused);
+        if self.store_degraded {
+            // Only on degraded lines: every other line keeps its shape.
+            o.bool("store_degraded", true);
+        }
         o.opt_str("reason", self.reason);
         match self.bucket {
             Some(b) => o.uint("bucket", u64::from(b)),
@@ -211,6 +215,15 @@ mod tests {
             .collect();
         assert_eq!(&keys[..3], ["ts", "schema", "request_id"]);
         assert!(text.ends_with("\"error\":null}"), "{text}");
+    }
+
+    #[test]
+    fn store_degraded_appears_only_on_degraded_lines() {
+        let mut r = record();
+        assert!(!line(&r).contains("store_degraded"));
+        r.store_degraded = true;
+        let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
+        assert_eq!(v["store_degraded"], true);
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct AccessRecord {
     pub in_experiment: bool,
     pub forced: bool,
     pub paused: bool,
+    /// Assigned by hash while the shared store was unreachable (logged only
+    /// when true: `store_degraded: true`).
+    pub store_degraded: bool,
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
     pub upstream: Option<Arc<str>>,
@@ -79,6 +82,7 @@ impl AccessRecord {
             in_experiment: false,
             forced: false,
             paused: false,
+            store_degraded: false,
             reason: None,
             bucket: None,
             upstream: None,

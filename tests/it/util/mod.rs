@@ -9,11 +9,13 @@ mod backends;
 mod clients;
 mod load;
 mod process;
+mod redis;
 
 pub(crate) use backends::*;
 pub(crate) use clients::*;
 pub(crate) use load::*;
 pub(crate) use process::*;
+pub(crate) use redis::*;
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
