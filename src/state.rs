@@ -43,6 +43,7 @@ impl State {
         config_path: Option<PathBuf>,
         listen_override: Option<SocketAddr>,
     ) -> Arc<State> {
+        log.metrics().track(&snapshot);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -57,6 +58,8 @@ impl State {
 
     /// Makes `snapshot` the one new requests use.
     pub(crate) fn swap(&self, snapshot: Snapshot) {
+        // Its requests' metric slots exist before any request can see it.
+        self.log.metrics().track(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
     }
 

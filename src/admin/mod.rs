@@ -1,6 +1,7 @@
 //! The admin API, on its own listener (loopback by default): health,
-//! the applied config and epoch ledger, assignment lookups, reload, and
-//! the kill switch. Every call but the health checks needs the bearer
+//! Prometheus metrics, the applied config and epoch ledger, assignment
+//! lookups, reload, and the kill switch. Every call but the health checks
+//! and `GET /metrics` (unless `admin.metrics_auth`) needs the bearer
 //! token; the token is compared in constant time and never logged.
 //!
 //! [`client`] is the other side, used by `cohort plan`.
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::assign::hash::unit_key;
 use crate::assign::ledger::{units_by_variant, ExperimentLedger, Ledger};
 use crate::config::ConfigError;
+use crate::observe::metrics::{ProcessFacts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::observe::time::rfc3339_millis;
 use crate::reload::{ReloadError, Reloaded};
 use crate::state::{PauseError, State};
@@ -123,6 +125,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
     Ok(match (method.clone(), segs.as_slice()) {
         (Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({ "status": "live" })),
         (Method::GET, ["readyz"]) => ready(&state).await,
+        (Method::GET, ["metrics"]) if !metrics_need_token(&state) => metrics(&state),
         _ if !authorized(&state, &req) => {
             tracing::warn!(%method, path, "admin call without a valid bearer token");
             let mut r = error(
@@ -136,6 +139,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             );
             r
         }
+        (Method::GET, ["metrics"]) => metrics(&state),
         (Method::GET, ["admin", "config"]) => config_view(&state),
         (Method::GET, ["admin", "history"]) => history(&state),
         (Method::GET, ["admin", "upstreams"]) => upstreams(&state),
@@ -149,7 +153,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         (Method::POST, ["admin", "experiments", name, action @ ("pause" | "resume")]) => {
             pause(&state, name, *action == "pause").await
         }
-        (_, ["healthz" | "readyz"])
+        (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["admin", "config" | "history" | "reload" | "upstreams"])
         | (_, ["admin", "assignments", _, _])
         | (_, ["admin", "experiments", _, "pause" | "resume"]) => error(
@@ -186,6 +190,43 @@ async fn ready(state: &State) -> Resp {
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e),
     }
+}
+
+fn metrics_need_token(state: &State) -> bool {
+    state
+        .snapshot()
+        .config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.metrics_auth)
+}
+
+/// `GET /metrics`: the Prometheus text exposition (docs/metrics.md).
+fn metrics(state: &State) -> Resp {
+    let ledger = state.store.ledger();
+    let stored = ledger
+        .experiments
+        .iter()
+        .map(|l| {
+            let n = units_by_variant(l, &state.store)
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            (l.name.clone(), n)
+        })
+        .collect();
+    let text = state.log.metrics().render(ProcessFacts {
+        config_version: state.snapshot().version.to_string(),
+        stored,
+        log_written: state.log.written_lines(),
+        log_dropped: state.log.failed_lines(),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
+    r
 }
 
 /// What `GET /admin/config` returns; also what `cohort plan` plans against.

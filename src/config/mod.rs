@@ -334,6 +334,8 @@ pub struct AdminConfig {
     pub token: String,
     /// Part of the config version, so a rotated token is a change.
     pub token_digest: String,
+    /// `GET /metrics` needs the token too (default: it does not).
+    pub metrics_auth: bool,
 }
 
 // Secrets stay out of Debug output, so no log line can carry them.
@@ -342,6 +344,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &"<redacted>")
+            .field("metrics_auth", &self.metrics_auth)
             .finish()
     }
 }

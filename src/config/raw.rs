@@ -36,6 +36,7 @@ pub(crate) struct RawTls {
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
     pub(crate) token_file: Option<String>,
+    pub(crate) metrics_auth: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -263,6 +263,10 @@ pub(crate) struct AdminRecord {
     pub(crate) listen: SocketAddr,
     /// The token's digest only: a rotated token is a new version.
     pub(crate) token_digest: String,
+    /// Left out when false (its default), so a record (and the config
+    /// version hashed from it) is the same as before the setting existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) metrics_auth: bool,
 }
 
 /// The on-disk document: the record with its format version.
@@ -337,10 +341,12 @@ impl ConfigRecord {
                     listen,
                     token: _,
                     token_digest,
+                    metrics_auth,
                 } = a;
                 AdminRecord {
                     listen: *listen,
                     token_digest: token_digest.clone(),
+                    metrics_auth: *metrics_auth,
                 }
             }),
             tls: tls.as_ref().map(|t| {

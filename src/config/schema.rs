@@ -137,7 +137,11 @@ const RUNTIME: Shape = Fields(&[
 ]);
 
 /// `RawAdmin`.
-const ADMIN: Shape = Fields(&[("listen", Leaf), ("token_file", Leaf)]);
+const ADMIN: Shape = Fields(&[
+    ("listen", Leaf),
+    ("token_file", Leaf),
+    ("metrics_auth", Leaf),
+]);
 
 /// `RawTls`.
 const TLS: Shape = Fields(&[
@@ -327,7 +331,7 @@ experiments:
     overrides_file: o.yaml
     bucketing: { scheme: growthbook, seed: a, hash_version: 2, flag_key: f, salt: s, rule_salt: r, experiment_id: '1', group_id: g, key: k, vendor_weights: [1] }
 runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
-admin: { listen: 127.0.0.1:9901, token_file: t }
+admin: { listen: 127.0.0.1:9901, token_file: t, metrics_auth: true }
 tls: { cert_file: c, key_file: k, client_ca_file: ca }
 ";
 

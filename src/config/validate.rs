@@ -533,6 +533,7 @@ fn admin(
         listen: listen.ok()?,
         token_digest: hex(&Sha256::digest(token.as_bytes())[..6]),
         token,
+        metrics_auth: a.metrics_auth.unwrap_or(false),
     }))
 }
 

@@ -532,8 +532,8 @@ impl ErrorAnswer {
     }
 }
 
-/// Completes `rec` with the final sizes and duration and logs it: the one
-/// way a request's access-log line is written.
+/// Completes `rec` with the final sizes and duration, counts it in the
+/// metrics and logs it: the one way a request's access-log line is written.
 pub(crate) fn finish(
     log: &AccessLog,
     mut rec: AccessRecord,
@@ -544,6 +544,7 @@ pub(crate) fn finish(
     rec.bytes_in = bytes_in;
     rec.bytes_out = bytes_out;
     rec.total_time = took;
+    log.metrics().count(&rec);
     log.record(&rec);
 }
 
@@ -557,6 +558,7 @@ pub(crate) fn log_unparsed(state: &State, e: &ProxyError) {
     );
     rec.status = e.status().as_u16();
     rec.error = Some(e.cause());
+    state.log.metrics().count(&rec);
     state.log.record(&rec);
 }
 

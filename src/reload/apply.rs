@@ -159,11 +159,21 @@ impl State {
         }
     }
 
-    /// Re-reads the config file and applies it.
+    /// Re-reads the config file and applies it: every reload trigger comes
+    /// through here, so this is where `cohort_reloads_total` is counted.
     pub(crate) async fn reload_file(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
-        let path = self.config_path().ok_or(ReloadError::NoFile)?;
-        let cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
-        self.apply(cfg, trigger).await
+        let outcome = async {
+            let path = self.config_path().ok_or(ReloadError::NoFile)?;
+            let cfg = config::load_file(path).map_err(ReloadError::Invalid)?;
+            self.apply(cfg, trigger).await
+        }
+        .await;
+        match &outcome {
+            Ok(Reloaded::Applied { .. }) => self.log.metrics().count_reload(true),
+            Ok(Reloaded::Unchanged) => {}
+            Err(_) => self.log.metrics().count_reload(false),
+        }
+        outcome
     }
 
     pub(crate) async fn apply(

@@ -168,8 +168,9 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
             let AdminRecord {
                 listen,
                 token_digest,
+                metrics_auth,
             } = r;
-            (*listen, token_digest.clone())
+            (*listen, (token_digest.clone(), *metrics_auth))
         })
         .unzip()
     };
@@ -178,8 +179,15 @@ fn admin(a: Option<&AdminRecord>, b: Option<&AdminRecord>, d: &mut ConfigDiff) {
     if listen_a != listen_b {
         d.restart_needed.push("admin.listen");
     }
-    if listen_a.is_some() && listen_b.is_some() && token_a != token_b {
-        d.settings.push("admin token rotated".to_string());
+    if let (Some(_), Some(_), Some((ta, ma)), Some((tb, mb))) =
+        (listen_a, listen_b, &token_a, &token_b)
+    {
+        if ta != tb {
+            d.settings.push("admin token rotated".to_string());
+        }
+        if ma != mb {
+            d.settings.push(format!("admin.metrics_auth: {ma} -> {mb}"));
+        }
     }
 }
 
@@ -524,6 +532,15 @@ admin: { listen: 127.0.0.1:9090 }
         assert!(d.settings[0].starts_with("access_log.log_unit: \"Raw\" -> {\"Hashed\""));
         let d = diff(&record(BASE, "t"), &record(BASE, "rotated"));
         assert_eq!(d.settings, vec!["admin token rotated"]);
+        let d = diff_of("9090 }", "9090, metrics_auth: true }");
+        assert_eq!(d.settings, vec!["admin.metrics_auth: false -> true"]);
+        assert!(d.restart_needed.is_empty());
+        // At its default the field is left out of the record, so configs
+        // from before it existed keep their version.
+        let json = |y: &str| serde_json::to_string(&record(y, "t")).unwrap();
+        let explicit = BASE.replace("9090 }", "9090, metrics_auth: false }");
+        assert_eq!(json(BASE), json(&explicit));
+        assert!(!json(BASE).contains("metrics_auth"));
         let d = diff_of(
             "http://127.0.0.1:2 }",
             "http://127.0.0.1:3 }\n  extra: { url: http://127.0.0.1:4 }",

@@ -9,6 +9,7 @@ mod golden;
 mod h2;
 mod hostile;
 mod http1;
+mod metrics;
 mod newcomer;
 mod operator;
 mod proxy;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::record::AccessRecord;
 use crate::config::LogTarget;
+use crate::observe::metrics::Metrics;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const NAP: Duration = Duration::from_millis(20);
@@ -63,6 +64,10 @@ pub struct AccessLog {
     tx: mpsc::Sender<Msg>,
     buffers: Arc<Buffers>,
     counters: Arc<Counters>,
+    /// The metrics every finished request is counted in: carried on the
+    /// log's handle because both front ends already hold it where a
+    /// request ends (`proxy::core::finish`).
+    metrics: Arc<Metrics>,
 }
 
 impl AccessLog {
@@ -84,7 +89,13 @@ impl AccessLog {
             tx,
             buffers,
             counters,
+            metrics: Metrics::new(),
         })
+    }
+
+    /// The metrics of the requests this log records.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn record(&self, rec: &AccessRecord) {
