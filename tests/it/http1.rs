@@ -245,6 +245,11 @@ async fn pooled_connections_the_upstream_closed_are_not_used() {
             )
             .await;
         statuses.push(r.status.as_u16());
+        // The proxy puts the upstream connection back in its pool after
+        // the answer reached the client: give it the moment to, so the
+        // second request is the one that meets the reused connection
+        // (under load it could otherwise take a fresh one and pass).
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(statuses, [200, 502]);
 }
