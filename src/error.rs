@@ -206,6 +206,7 @@ mod tests {
         let src = include_str!("error.rs");
         let ops = include_str!("../docs/operations.md");
         let log = include_str!("../docs/access-log.md");
+        let schema = include_str!("../docs/access-log.schema.json");
         let names: Vec<&str> = src
             .lines()
             .filter(|l| l.trim_start().starts_with("Cause::") && l.contains("=> \""))
@@ -221,6 +222,10 @@ mod tests {
             assert!(
                 log.contains(&code),
                 "docs/access-log.md does not list {code}"
+            );
+            assert!(
+                schema.contains(&format!("\"{name}\"")),
+                "docs/access-log.schema.json does not allow {name}"
             );
         }
     }
