@@ -38,10 +38,14 @@ impl TestDir {
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
-    /// Every access-log line written so far, parsed.
+    /// Every whole access-log line written so far, parsed. The writer
+    /// appends in large writes, so a read can end inside a line: that
+    /// last, unfinished line is left for the next read.
     pub(crate) fn access_log(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        text.lines()
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
             .collect()
     }
