@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::buckets::Weight;
-use super::schemes::Bucketing;
+use crate::terms::Bucketing;
 
 /// A positive integer numbering an experiment's rules in the order applied.
 /// `Epoch(0)` means "unassigned" on the wire and is never stored.
