@@ -3,9 +3,8 @@
 //! every stream is checked, routed, assigned, stamped and logged by the one
 //! core. [`sniff`] tells an h2c client with prior knowledge (it opens with
 //! the HTTP/2 preface) from an HTTP/1 one on a plaintext port, handing the
-//! bytes it read on with the connection ([`Prefixed`]).
+//! bytes it read on with the connection ([`Rewind`]).
 
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,16 +12,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
 use super::{handle, ClientGone, Conn};
 use crate::proxy::core::Peer;
+use crate::proxy::lean::Rewind;
 use crate::state::State;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
@@ -171,9 +171,9 @@ impl http_body::Body for Tracked {
 /// How a plaintext connection starts.
 pub(crate) enum Opening<I> {
     /// With the HTTP/2 preface: h2c with prior knowledge.
-    H2(Prefixed<I>),
+    H2(Rewind<I>),
     /// With anything else: HTTP/1.
-    H1(Prefixed<I>),
+    H1(Rewind<I>),
     /// Closed, silent past `limit`, or shutdown started before a byte came.
     Gone,
 }
@@ -209,7 +209,7 @@ where
         }
     }
     let h2 = buf.starts_with(PREFACE);
-    let io = Prefixed {
+    let io = Rewind {
         rest: buf.freeze(),
         io,
     };
@@ -217,58 +217,6 @@ where
         Opening::H2(io)
     } else {
         Opening::H1(io)
-    }
-}
-
-/// A connection with the bytes already read from it put back in front.
-pub(crate) struct Prefixed<I> {
-    rest: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.rest.is_empty() {
-            let n = self.rest.len().min(buf.remaining());
-            buf.put_slice(&self.rest[..n]);
-            self.rest.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -34,12 +34,15 @@ impl Deadline {
 
 /// The client socket with the bytes the lean path already read put back
 /// in front, for hyper to serve.
-pub(crate) struct Rewind {
-    pub(super) rest: Bytes,
-    pub(super) io: TcpStream,
+///
+/// Generic over the socket: HTTP/2's opening sniff on a plaintext port
+/// (`proxy::hyper::h2`) puts its bytes back the same way.
+pub(crate) struct Rewind<I = TcpStream> {
+    pub(crate) rest: Bytes,
+    pub(crate) io: I,
 }
 
-impl AsyncRead for Rewind {
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,7 +58,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
