@@ -16,6 +16,7 @@ mod proxy;
 mod reload;
 mod replicas;
 mod report;
+mod rotation;
 mod tls;
 mod upstreams;
 mod util;
