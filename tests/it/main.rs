@@ -2,6 +2,7 @@
 //! One test binary so the 2-core CI links once.
 
 mod access_log;
+mod deploy;
 mod docs;
 mod durability;
 mod edge_util;
