@@ -22,3 +22,4 @@ mod tls;
 mod upstreams;
 mod util;
 mod vendor;
+mod warehouse;
