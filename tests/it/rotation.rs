@@ -209,3 +209,60 @@ async fn a_full_disk_costs_log_lines_counted_and_rate_limited_never_requests() {
     );
     assert!(cohort.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_midway_leaves_only_whole_lines_and_counts_the_rest() {
+    let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
+    let dir = TestDir::new();
+    let yaml = with_admin(
+        &dir,
+        &config(&[("old", &old), ("new", &new)], &ranker("50", "50")),
+    );
+    dir.write_config(&yaml);
+    // A file-size limit of 32 KiB (SIGXFSZ ignored, so a write past it
+    // fails with EFBIG instead of killing the process): the write that
+    // crosses it is cut off in the middle of a line, as on a full disk.
+    // Ten units keep the store's journal far below the limit.
+    let cohort = Cohort::start_in_shell(&dir, "trap '' XFSZ; ulimit -f 32");
+    let admin = cohort.admin_addr();
+    let client = TestClient::new();
+    let units: Vec<String> = (0..200).map(|i| format!("cut-{}", i % 10)).collect();
+    let served = post_all(&client, cohort.addr, &units, 4).await;
+    assert!(
+        served.iter().all(|r| r.status == 200),
+        "every request is served"
+    );
+    let count = |text: &str, result: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "cohort_access_log_lines_total{{result=\"{result}\"}} "
+                ))
+            })
+            .map(|v| v.trim().parse::<f64>().unwrap() as usize)
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (written, dropped) = loop {
+        let m = admin_call(&client, admin, "GET", "/metrics", None).await;
+        let (w, d) = (count(&m.body, "written"), count(&m.body, "dropped"));
+        if w + d == 200 {
+            break (w, d);
+        }
+        assert!(Instant::now() < deadline, "lines unaccounted:\n{}", m.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        dropped > 0 && written > 0,
+        "written {written}, dropped {dropped}"
+    );
+    let text = std::fs::read_to_string(dir.log_path()).unwrap();
+    assert!(text.len() <= 32 * 1024);
+    assert!(text.ends_with('\n'), "the torn line was cut off");
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("a torn line ({e}): {l:?}"));
+    }
+    assert_eq!(text.lines().count(), written, "written = lines in the file");
+    assert!(cohort.terminate().success());
+}
