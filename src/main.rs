@@ -106,7 +106,8 @@ enum Command {
     /// Read access logs (plain or gzip) and print per experiment, epoch and
     /// variant the units, first exposures, requests, error rate and latency;
     /// each epoch's sample-ratio test; and the cohort-integrity audit.
-    /// Exit 0 clean, 3 when the audit or an SRM test fails, 1 on a read error.
+    /// Exit 0 clean, 3 when the audit or an SRM test fails, 1 on a usage or
+    /// read error.
     Report {
         /// Access log files, in order (rotated ones first).
         #[arg(required = true, value_name = "LOG")]
@@ -188,7 +189,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match cli.command {
         Some(Command::Check { path }) => emit(cohort::commands::check_command(&path)),
         Some(Command::Plan {
@@ -363,6 +367,19 @@ fn main() -> ExitCode {
             run(cfg, Some(path), cli.listen, false)
         }
     }
+}
+
+/// A command line clap refuses: its message, and exit 2 (clap's usage
+/// code), except for `cohort report`, whose scripted callers tell "the
+/// experiment failed" (3) from "the report could not run" (1) and so get 1
+/// for every usage or read error. `--help` and `--version` exit 0.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let report = std::env::args_os().nth(1).is_some_and(|a| a == "report");
+    ExitCode::from(if report { 1 } else { 2 })
 }
 
 fn emit(o: cohort::commands::Outcome) -> ExitCode {

@@ -84,6 +84,21 @@ pub struct AccessLogConfig {
     pub target: LogTarget,
     /// How the `unit` field shows the unit id (`log_unit`).
     pub unit: LogUnit,
+    /// Built-in rotation of the file (`rotate`); none leaves rotation to an
+    /// outside tool (logrotate with SIGUSR1).
+    pub rotate: Option<RotateConfig>,
+    /// Compress closed files with gzip (`compress: gzip`; needs `rotate`).
+    pub gzip: bool,
+}
+
+/// `access_log.rotate`: close the file and start a new one when either
+/// bound is reached (at least one is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotateConfig {
+    /// The most bytes a file holds (a single longer line gets a file of its own).
+    pub max_bytes: Option<u64>,
+    /// The longest a file collects lines, from its first line.
+    pub max_age: Option<Duration>,
 }
 
 /// The `store` block with `kind: redis`: where the shared store is and

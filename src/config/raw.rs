@@ -61,6 +61,17 @@ pub(crate) struct RawAccessLog {
     pub(crate) path: String,
     pub(crate) log_unit: Option<String>,
     pub(crate) log_unit_key_file: Option<String>,
+    pub(crate) rotate: Option<RawRotate>,
+    pub(crate) compress: Option<String>,
+}
+
+/// `access_log.rotate`. `max_bytes` is read as a string so both `1048576`
+/// and `64MiB` parse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRotate {
+    pub(crate) max_bytes: Option<String>,
+    pub(crate) max_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

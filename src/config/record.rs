@@ -84,6 +84,20 @@ pub(crate) struct RedisStoreRecord {
 pub(crate) struct AccessLogRecord {
     pub(crate) target: LogTargetRecord,
     pub(crate) unit: LogUnitRecord,
+    /// Absent without built-in rotation, so configs without it keep the
+    /// versions they had before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rotate: Option<RotateRecord>,
+    /// `compress: gzip`; absent (not false) without it, as `rotate`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) gzip: bool,
+}
+
+/// `access_log.rotate`; the age in whole milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RotateRecord {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,8 +414,18 @@ impl ConfigRecord {
 }
 
 fn access_log_record(a: &AccessLogConfig) -> AccessLogRecord {
-    let AccessLogConfig { target, unit } = a;
+    let AccessLogConfig {
+        target,
+        unit,
+        rotate,
+        gzip,
+    } = a;
     AccessLogRecord {
+        rotate: rotate.map(|r| RotateRecord {
+            max_bytes: r.max_bytes,
+            max_age_ms: r.max_age.map(|d| d.as_millis() as u64),
+        }),
+        gzip: *gzip,
         target: match target {
             LogTarget::Stdout => LogTargetRecord::Stdout,
             LogTarget::File(p) => LogTargetRecord::File(p.clone()),

@@ -62,7 +62,12 @@ const ACCESS_LOG: Shape = Fields(&[
     ("path", Leaf),
     ("log_unit", Leaf),
     ("log_unit_key_file", Leaf),
+    ("rotate", ROTATE),
+    ("compress", Leaf),
 ]);
+
+/// `RawRotate`.
+const ROTATE: Shape = Fields(&[("max_bytes", Leaf), ("max_age", Leaf)]);
 
 /// `RawUpstream`, the value of `upstreams.<name>`.
 const UPSTREAM: Shape = Fields(&[
@@ -312,7 +317,7 @@ mod tests {
     const FULL: &str = "\
 listen: 127.0.0.1:8080
 store: { kind: redis, path: ./data, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
-access_log: { path: '-', log_unit: hashed, log_unit_key_file: key }
+access_log: { path: '-', log_unit: hashed, log_unit_key_file: key, rotate: { max_bytes: 64MiB, max_age: 1h }, compress: gzip }
 upstreams:
   old: { url: 'http://a:1', endpoints: ['http://b:1'], connect_timeout: 1s, timeout: 2s, total_timeout: 3s, max_idle_per_host: 3, health: { path: /h, interval: 1s, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }, eject_after: 3, eject_for: 5s }
 default_upstream: old
@@ -375,8 +380,8 @@ tls: { cert_file: c, key_file: k, client_ca_file: ca }
             }
         });
         assert_eq!(
-            places, 11,
-            "top, store, access_log, upstream, health, experiment, variant, bucketing, runtime, admin, tls"
+            places, 12,
+            "top, store, access_log, rotate, upstream, health, experiment, variant, bucketing, runtime, admin, tls"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);

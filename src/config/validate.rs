@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::files::Files;
-use super::raw::{RawBucketing, RawConfig, RawExperiment, RawHealth, RawUpstream};
+use super::raw::{RawAccessLog, RawBucketing, RawConfig, RawExperiment, RawHealth, RawUpstream};
 use super::{schema, *};
 use crate::terms::{valid_unit, Bucketing, Weight, WHOLE};
 use sha2::{Digest, Sha256};
@@ -581,6 +581,8 @@ fn access_log(
         return Some(AccessLogConfig {
             target: LogTarget::Stdout,
             unit: LogUnit::Raw,
+            rotate: None,
+            gzip: false,
         });
     };
     let target = if a.path == "-" {
@@ -637,7 +639,102 @@ fn access_log(
             return None;
         }
     };
-    Some(AccessLogConfig { target, unit })
+    let (rotate, gzip) = rotation(a, &target, e)?;
+    Some(AccessLogConfig {
+        target,
+        unit,
+        rotate,
+        gzip,
+    })
+}
+
+/// `access_log.rotate` and `access_log.compress`: only for a file, at least
+/// one bound, and compression only of files that rotation closes.
+fn rotation(
+    a: &RawAccessLog,
+    target: &LogTarget,
+    e: &mut Errors<'_>,
+) -> Option<(Option<RotateConfig>, bool)> {
+    let before = e.list.len();
+    let rotate = a.rotate.as_ref().map(|r| {
+        let max_bytes = r.max_bytes.as_deref().and_then(|b| {
+            let n = parse_size(b);
+            if n.is_none() {
+                e.push(
+                    "access_log.rotate.max_bytes",
+                    format!("{b:?} is not a size"),
+                    Some("write bytes (1048576) or with a unit: 64KiB, 100MiB, 1GiB".into()),
+                );
+            }
+            n
+        });
+        let max_age = r.max_age.as_deref().and_then(|s| {
+            let d = parse_duration(s).filter(|d| *d >= Duration::from_secs(1));
+            if d.is_none() {
+                e.push(
+                    "access_log.rotate.max_age",
+                    format!("{s:?} is not a duration of at least 1s"),
+                    Some("write e.g. 30s, 15m or 24h".into()),
+                );
+            }
+            d
+        });
+        if r.max_bytes.is_none() && r.max_age.is_none() {
+            e.push(
+                "access_log.rotate",
+                "rotate needs max_bytes, max_age or both",
+                Some("e.g. rotate: { max_bytes: 100MiB, max_age: 1h }".into()),
+            );
+        }
+        if *target == LogTarget::Stdout {
+            e.push(
+                "access_log.rotate",
+                "stdout cannot be rotated",
+                Some("give access_log.path a file, or drop rotate".into()),
+            );
+        }
+        RotateConfig { max_bytes, max_age }
+    });
+    let gzip = match a.compress.as_deref() {
+        None | Some("none") => false,
+        Some("gzip") if rotate.is_some() => true,
+        Some("gzip") => {
+            e.push(
+                "access_log.compress",
+                "compress needs rotate: it compresses the files rotation closes",
+                Some(
+                    "add rotate: { max_bytes: ..., max_age: ... }, or let logrotate compress"
+                        .into(),
+                ),
+            );
+            false
+        }
+        Some(other) => {
+            e.push(
+                "access_log.compress",
+                format!("unknown value {other:?}"),
+                Some("expected gzip or none".into()),
+            );
+            false
+        }
+    };
+    (e.list.len() == before).then_some((rotate, gzip))
+}
+
+/// `1048576`, `64KiB`, `100MiB`, `1GiB`: a positive number of bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale).filter(|b| *b > 0)
 }
 
 fn trim_key(mut k: Vec<u8>) -> Vec<u8> {
@@ -845,6 +942,7 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
         _ => return None,
     };
     (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
@@ -2069,6 +2167,70 @@ experiments:
     }
 
     #[test]
+    fn rotation_and_compression_validate() {
+        let yaml = format!(
+            "access_log: {{ path: ./a.jsonl, rotate: {{ max_bytes: 64MiB, max_age: 1h }}, compress: gzip }}\n{GOOD}"
+        );
+        let c = check(&yaml).unwrap();
+        let r = c.access_log.rotate.unwrap();
+        assert_eq!(r.max_bytes, Some(64 << 20));
+        assert_eq!(r.max_age, Some(Duration::from_secs(3600)));
+        assert!(c.access_log.gzip);
+        let plain =
+            format!("access_log: {{ path: ./a.jsonl, rotate: {{ max_bytes: 4096 }} }}\n{GOOD}");
+        let c = check(&plain).unwrap();
+        assert_eq!(c.access_log.rotate.unwrap().max_bytes, Some(4096));
+        assert!(!c.access_log.gzip);
+
+        let bad = |log: &str| one_error(&format!("access_log: {log}\n{GOOD}"));
+        assert_error(
+            &bad("{ path: ./a, rotate: { max_bytes: 12XB } }"),
+            "access_log.rotate.max_bytes",
+            (1, 47),
+            "not a size",
+            Some("64KiB"),
+        );
+        assert_error(
+            &bad("{ path: ./a, rotate: { max_age: 10ms } }"),
+            "access_log.rotate.max_age",
+            (1, 45),
+            "at least 1s",
+            Some("24h"),
+        );
+        assert_error(
+            &bad("{ path: ./a, rotate: {} }"),
+            "access_log.rotate",
+            (1, 34),
+            "needs max_bytes, max_age or both",
+            Some("max_bytes"),
+        );
+        assert_error(
+            &bad("{ path: '-', rotate: { max_bytes: 1 } }"),
+            "access_log.rotate",
+            (1, 34),
+            "stdout cannot be rotated",
+            Some("drop rotate"),
+        );
+        assert_error(
+            &bad("{ path: ./a, compress: gzip }"),
+            "access_log.compress",
+            (1, 36),
+            "compress needs rotate",
+            Some("logrotate"),
+        );
+        assert_error(
+            &bad("{ path: ./a, rotate: { max_age: 1h }, compress: zstd }"),
+            "access_log.compress",
+            (1, 61),
+            "unknown value \"zstd\"",
+            Some("gzip or none"),
+        );
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("1.5MiB"), None);
+    }
+
+    #[test]
     fn hashed_log_unit_without_key_is_an_error() {
         let yaml = format!("access_log: {{ path: '-', log_unit: hashed }}\n{GOOD}");
         let e = one_error(&yaml);
@@ -2136,6 +2298,7 @@ experiments:
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("0s"), None);
     }

@@ -81,7 +81,7 @@ impl State {
             None => Store::open(&config.store_path)?,
             Some(r) => Store::open_redis(redis_options(r)).await?,
         };
-        let log = AccessLog::open(&config.access_log.target).map_err(|source| StartError::Log {
+        let log = AccessLog::open(&config.access_log).map_err(|source| StartError::Log {
             target: match &config.access_log.target {
                 crate::config::LogTarget::File(p) => p.display().to_string(),
                 crate::config::LogTarget::Stdout => "stdout".into(),

@@ -112,13 +112,24 @@ fn access_log(a: &AccessLogRecord, b: &AccessLogRecord, d: &mut ConfigDiff) {
     let AccessLogRecord {
         target: target_a,
         unit: unit_a,
+        rotate: rotate_a,
+        gzip: gzip_a,
     } = a;
     let AccessLogRecord {
         target: target_b,
         unit: unit_b,
+        rotate: rotate_b,
+        gzip: gzip_b,
     } = b;
     if target_a != target_b {
         d.restart_needed.push("access_log.path");
+    }
+    // The writer thread owns the file and its rotation from start-up.
+    if rotate_a != rotate_b {
+        d.restart_needed.push("access_log.rotate");
+    }
+    if gzip_a != gzip_b {
+        d.restart_needed.push("access_log.compress");
     }
     if unit_a != unit_b {
         d.settings
@@ -405,6 +416,11 @@ admin: { listen: 127.0.0.1:9090 }
                 "access_log.path",
             ),
             (
+                "path: ./log.jsonl",
+                "path: ./log.jsonl, rotate: { max_age: 1h }",
+                "access_log.rotate",
+            ),
+            (
                 "admin: { listen: 127.0.0.1:9090 }",
                 "admin: { listen: 127.0.0.1:9091 }",
                 "admin.listen",
@@ -453,6 +469,14 @@ admin: { listen: 127.0.0.1:9090 }
                 "{to}: {d:?}"
             );
         }
+        let d = diff_of(
+            "path: ./log.jsonl",
+            "path: ./log.jsonl, rotate: { max_age: 1h }, compress: gzip",
+        );
+        assert_eq!(
+            d.restart_needed,
+            ["access_log.rotate", "access_log.compress"]
+        );
     }
 
     /// One row per live setting of an experiment.

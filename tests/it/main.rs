@@ -2,6 +2,7 @@
 //! One test binary so the 2-core CI links once.
 
 mod access_log;
+mod deploy;
 mod docs;
 mod durability;
 mod edge_util;
@@ -16,7 +17,9 @@ mod proxy;
 mod reload;
 mod replicas;
 mod report;
+mod rotation;
 mod tls;
 mod upstreams;
 mod util;
 mod vendor;
+mod warehouse;

@@ -267,12 +267,30 @@ fn the_json_has_the_documented_shape_and_gzip_reads_like_plain() {
         }
     }
 
-    // Unreadable input and bad usage are exit 1 and 2 (clap's usage code).
+    // Unreadable input and bad usage are both exit 1 (3 is kept for a
+    // failed audit or SRM test, 0 for clean).
     let (code, _, err) = report(&[dir.path().join("missing.jsonl").to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("missing.jsonl"), "{err}");
-    let (code, _, _) = report(&["--format", "xml", plain.to_str().unwrap()]);
-    assert_ne!(code, 0);
+    let p = plain.to_str().unwrap();
+    for usage in [
+        &["--format", "xml", p][..],
+        &["--no-such-flag", p],
+        &[],
+        &["--alpha", "x", p],
+        &["--alpha", "2", p],
+        &["--alpha", "0", p],
+    ] {
+        let (code, _, err) = report(usage);
+        assert_eq!(code, 1, "{usage:?}: {err}");
+        assert!(
+            !err.is_empty(),
+            "{usage:?}: a usage error says what is wrong"
+        );
+    }
+    let (code, out, _) = report(&["--help"]);
+    assert_eq!(code, 0, "--help is not an error");
+    assert!(out.contains("--format"));
 }
 
 #[test]

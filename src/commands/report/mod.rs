@@ -47,8 +47,15 @@ pub struct ReportOptions {
 }
 
 /// Runs the report: exit 0 clean, 3 when the audit or an SRM test
-/// fails, 1 when a log cannot be read.
+/// fails, 1 when a log cannot be read or the options make no sense (clap's
+/// own usage errors are mapped to 1 in `main`).
 pub fn report_command(opts: &ReportOptions) -> Outcome {
+    if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
+        return Outcome::fail(format!(
+            "cohort report: --alpha {} is not a significance level (0 < alpha < 1)",
+            opts.alpha
+        ));
+    }
     let mut tally = Tally::default();
     let total: u64 = opts
         .logs

@@ -2,20 +2,20 @@
 //! thread that collects them into the sink (file or stdout).
 
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::file::LogFile;
 use super::record::AccessRecord;
-use crate::config::LogTarget;
+use crate::config::{AccessLogConfig, LogTarget};
 use crate::observe::metrics::Metrics;
 
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const NAP: Duration = Duration::from_millis(20);
 const BUFFER: usize = 64 * 1024;
+/// At most one error line per this much time, however many lines fail.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Per thread, what may wait for the writer: about 30 s of this thread's
 /// lines at 50k requests/s, far more than a healthy disk ever lags by.
 /// (The buffer grows by doubling, so its memory can reach twice this.)
@@ -71,9 +71,10 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens `target` (creating parent directories) and starts the writer.
-    pub fn open(target: &LogTarget) -> io::Result<AccessLog> {
-        let sink = Sink::open(target)?;
+    /// Opens the log's file (creating parent directories) or stdout, and
+    /// starts the writer (and, with `compress: gzip`, the compressor).
+    pub fn open(config: &AccessLogConfig) -> io::Result<AccessLog> {
+        let sink = Sink::open(config)?;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters {
             written: AtomicU64::new(0),
@@ -154,74 +155,97 @@ impl AccessLog {
 
 enum Sink {
     Stdout(io::Stdout),
-    File { path: PathBuf, out: BufWriter<File> },
+    File(LogFile),
 }
 
 impl Sink {
-    fn open(target: &LogTarget) -> io::Result<Sink> {
-        match target {
+    fn open(config: &AccessLogConfig) -> io::Result<Sink> {
+        match &config.target {
             LogTarget::Stdout => Ok(Sink::Stdout(io::stdout())),
-            LogTarget::File(path) => Ok(Sink::File {
-                path: path.clone(),
-                out: BufWriter::with_capacity(BUFFER, open_append(path)?),
-            }),
+            LogTarget::File(path) => {
+                Ok(Sink::File(LogFile::open(path, config.rotate, config.gzip)?))
+            }
         }
     }
 
-    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Writes `lines` whole lines; returns how many made it, and the first
+    /// error.
+    fn write(&mut self, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
         match self {
-            Sink::Stdout(s) => s.lock().write_all(line),
-            Sink::File { out, .. } => out.write_all(line),
+            Sink::File(f) => f.write_lines(bytes, lines),
+            Sink::Stdout(s) => {
+                let mut s = s.lock();
+                for chunk in bytes.chunks(BUFFER) {
+                    if let Err(e) = s.write_all(chunk).and_then(|()| s.flush()) {
+                        return (0, Some(e));
+                    }
+                    std::thread::yield_now();
+                }
+                (lines, None)
+            }
         }
     }
 
-    /// Writes `bytes` a buffer's worth at a time, yielding the core after
-    /// each: the writer shares it with the proxy's workers, and one long
-    /// write of a whole collection (hundreds of KiB at full load) would
-    /// hold them off for its whole duration and show in their p99.
-    fn write_yielding(&mut self, bytes: &[u8]) -> io::Result<()> {
-        for chunk in bytes.chunks(BUFFER) {
-            self.write(chunk)?;
-            std::thread::yield_now();
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
+    /// The work due on each collection even without lines: `max_age`.
+    fn tick(&mut self) -> io::Result<()> {
         match self {
-            Sink::Stdout(s) => s.lock().flush(),
-            Sink::File { out, .. } => out.flush(),
+            Sink::File(f) => f.rotate_if_old(),
+            Sink::Stdout(_) => Ok(()),
         }
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        if let Sink::File { path, out } = self {
-            out.flush()?;
-            *out = BufWriter::with_capacity(BUFFER, open_append(path)?);
+        match self {
+            Sink::File(f) => f.reopen(),
+            Sink::Stdout(_) => Ok(()),
         }
-        Ok(())
     }
 }
 
-fn open_append(path: &PathBuf) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// The writer's error reporting: at most one error line a second, each
+/// saying how many lines were dropped since the last one, so a full disk
+/// cannot flood stderr (itself maybe on that disk).
+struct Alarm {
+    last: Option<Instant>,
+    /// `failed` as of the last report.
+    reported: u64,
+}
+
+impl Alarm {
+    fn raise(&mut self, error: Option<&io::Error>, c: &Counters) {
+        let failed = c.failed.load(Ordering::Relaxed);
+        if error.is_none() && failed == self.reported {
+            return;
+        }
+        if self.last.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let dropped = failed - self.reported;
+        self.reported = failed;
+        match error {
+            Some(e) => tracing::error!(
+                error = %e,
+                dropped_lines = dropped,
+                total_dropped = failed,
+                "access log write failed; the proxy keeps serving"
+            ),
+            None => tracing::error!(
+                dropped_lines = dropped,
+                total_dropped = failed,
+                "access log lines dropped: the writer cannot keep up; the proxy keeps serving"
+            ),
+        }
     }
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Collects every thread's lines each nap. Napping rather than being woken
 /// per line keeps the writer off the request path: no futex syscall or
 /// context switch per line, one pass over whatever came meanwhile.
 fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c: Arc<Counters>) {
-    let mut last_flush = Instant::now();
-    let mut pending: u64 = 0;
-    let mut last_error_report = Instant::now() - Duration::from_secs(60);
-    let mut report = |e: &io::Error, c: &Counters| {
-        if last_error_report.elapsed() > Duration::from_secs(10) {
-            last_error_report = Instant::now();
-            tracing::error!(error = %e, failed_lines = c.failed.load(Ordering::Relaxed), "access log write failed");
-        }
+    let mut alarm = Alarm {
+        last: None,
+        reported: 0,
     };
     let mut acks = Vec::new();
     let mut taken = Pending::default();
@@ -240,18 +264,18 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
                 }
             }
         }
+        let mut error = sink.tick().err();
         // Collected after the messages: a flush asked for after a line was
         // recorded finds that line here.
         let threads: Vec<_> = lock(&buffers.all).clone();
         for b in &threads {
             std::mem::swap(&mut *lock(b), &mut taken);
             if taken.lines > 0 {
-                match sink.write_yielding(&taken.bytes) {
-                    Ok(()) => pending += taken.lines,
-                    Err(e) => {
-                        c.failed.fetch_add(taken.lines, Ordering::Relaxed);
-                        report(&e, &c);
-                    }
+                let (written, e) = sink.write(&taken.bytes, taken.lines);
+                c.written.fetch_add(written, Ordering::Relaxed);
+                c.failed.fetch_add(taken.lines - written, Ordering::Relaxed);
+                if let Some(e) = e {
+                    error.get_or_insert(e);
                 }
             }
             taken.bytes.clear();
@@ -264,22 +288,10 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
         lock(&buffers.all).retain(|b| Arc::strong_count(b) > 1 || lock(b).lines > 0);
         if reopen {
             if let Err(e) = sink.reopen() {
-                report(&e, &c);
+                error.get_or_insert(e);
             }
         }
-        if !acks.is_empty() || disconnected || reopen || last_flush.elapsed() >= FLUSH_EVERY {
-            match sink.flush() {
-                Ok(()) => {
-                    c.written.fetch_add(pending, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    c.failed.fetch_add(pending, Ordering::Relaxed);
-                    report(&e, &c);
-                }
-            }
-            pending = 0;
-            last_flush = Instant::now();
-        }
+        alarm.raise(error.as_ref(), &c);
         for tx in acks.drain(..) {
             let _ = tx.send(());
         }
@@ -292,14 +304,28 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LogUnit, RotateConfig};
     use crate::observe::access_log::sample_record as record;
     use serde_json::Value;
+
+    fn file_config(
+        path: &std::path::Path,
+        rotate: Option<RotateConfig>,
+        gzip: bool,
+    ) -> AccessLogConfig {
+        AccessLogConfig {
+            target: LogTarget::File(path.to_path_buf()),
+            unit: LogUnit::Raw,
+            rotate,
+            gzip,
+        }
+    }
 
     #[test]
     fn every_threads_lines_reach_the_file_in_each_threads_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.jsonl");
-        let log = AccessLog::open(&LogTarget::File(path.clone())).unwrap();
+        let log = AccessLog::open(&file_config(&path, None, false)).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = log.clone();
@@ -336,5 +362,190 @@ mod tests {
         // The ended threads' buffers left the writer's table.
         std::thread::sleep(NAP * 3);
         assert_eq!(lock(&log.buffers.all).len(), 1);
+    }
+
+    /// Every line of the log at `path` and its closed files (a closed file
+    /// beside its `.gz` is read from the `.gz`), file by file in name order.
+    fn all_files(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+        use std::io::Read;
+        let dir = path.parent().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".partial"))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in &names {
+            if !n.ends_with(".gz") && names.contains(&format!("{n}.gz")) {
+                continue;
+            }
+            let raw = std::fs::read(dir.join(n)).unwrap();
+            let text = if n.ends_with(".gz") {
+                let mut t = Vec::new();
+                flate2::read::GzDecoder::new(&raw[..])
+                    .read_to_end(&mut t)
+                    .unwrap();
+                t
+            } else {
+                raw
+            };
+            out.push((n.clone(), text));
+        }
+        out
+    }
+
+    #[test]
+    fn rotation_by_size_keeps_every_line_whole_and_gzips_closed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        // A leftover of a stopped run: a closed file not yet compressed and
+        // a half-written archive of it.
+        let old = dir.path().join("access.jsonl.20261201T000000.000001Z");
+        let mut line = Vec::new();
+        record().write_json(&mut line);
+        line.push(b'\n');
+        std::fs::write(&old, &line).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("access.jsonl.20261201T000000.000001Z.gz.partial"),
+            b"x",
+        )
+        .unwrap();
+        let max = 2048;
+        let rotate = RotateConfig {
+            max_bytes: Some(max),
+            max_age: None,
+        };
+        let log = AccessLog::open(&file_config(&path, Some(rotate), true)).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let mut r = record();
+                        r.bytes_in = t * 1000 + i;
+                        log.record(&r);
+                        if i % 50 == 0 {
+                            std::thread::sleep(NAP);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.flush();
+        assert_eq!((log.written_lines(), log.failed_lines()), (1200, 0));
+        // The compressor works in the background: wait for it to catch up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.ends_with(".partial") || (n.contains(".jsonl.") && !n.ends_with(".gz"))
+        }) {
+            assert!(Instant::now() < deadline, "closed files left uncompressed");
+            std::thread::sleep(NAP);
+        }
+        let files = all_files(&path);
+        assert!(files.len() > 20, "{} files", files.len());
+        assert_eq!(files[0].0, "access.jsonl", "the live file sorts first");
+        assert_eq!(files[1].0, "access.jsonl.20261201T000000.000001Z.gz");
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, text) in &files[2..] {
+            assert!(name.ends_with("Z.gz"), "{name}");
+            assert!(
+                !text.is_empty() && text.len() as u64 <= max,
+                "{name}: {} bytes",
+                text.len()
+            );
+            assert!(text.ends_with(b"\n"));
+        }
+        for (name, text) in &files[1..] {
+            for l in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let v: Value =
+                    serde_json::from_slice(l).unwrap_or_else(|e| panic!("{name}: torn line {e}"));
+                if name.contains("20261201") {
+                    continue;
+                }
+                assert!(
+                    seen.insert(v["bytes_in"].as_u64().unwrap()),
+                    "duplicate line"
+                );
+            }
+        }
+        let live = &files[0].1;
+        for l in live.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            assert!(
+                seen.insert(v["bytes_in"].as_u64().unwrap()),
+                "duplicate line"
+            );
+        }
+        assert_eq!(seen.len(), 1200, "every line in exactly one file");
+    }
+
+    #[test]
+    fn rotation_by_age_closes_a_file_with_lines_and_never_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let rotate = RotateConfig {
+            max_bytes: None,
+            max_age: Some(Duration::from_millis(300)),
+        };
+        let log = AccessLog::open(&file_config(&path, Some(rotate), false)).unwrap();
+        log.record(&record());
+        log.flush();
+        let closed = || {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p != &path)
+                .collect();
+            v.sort();
+            v
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closed().is_empty() {
+            assert!(Instant::now() < deadline, "no rotation by age");
+            std::thread::sleep(NAP);
+        }
+        // Idle: the empty live file is not rotated again and again.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(closed().len(), 1);
+        assert_eq!(
+            std::fs::read(&closed()[0])
+                .unwrap()
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count(),
+            1
+        );
+        log.record(&record());
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_drops_lines_counted_and_a_device_is_never_rotated() {
+        let log =
+            AccessLog::open(&file_config(std::path::Path::new("/dev/full"), None, false)).unwrap();
+        for _ in 0..10 {
+            log.record(&record());
+        }
+        log.flush();
+        assert_eq!((log.written_lines(), log.failed_lines()), (0, 10));
+        let rotate = Some(RotateConfig {
+            max_bytes: Some(1 << 20),
+            max_age: None,
+        });
+        let err = AccessLog::open(&file_config(
+            std::path::Path::new("/dev/full"),
+            rotate,
+            false,
+        ))
+        .err()
+        .expect("a device is never rotated");
+        assert!(err.to_string().contains("regular file"), "{err}");
     }
 }

@@ -134,9 +134,26 @@ impl Cohort {
         args: &[&std::ffi::OsStr],
         cwd: &Path,
     ) -> Result<Cohort, (Option<ExitStatus>, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(args)
-            .current_dir(cwd)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohort"));
+        cmd.args(args).current_dir(cwd);
+        Cohort::spawn(cmd)
+    }
+
+    /// Starts on the config in `dir` from a shell that first runs
+    /// `prelude` (`ulimit -f 32`, say), then execs cohort.
+    pub(crate) fn start_in_shell(dir: &TestDir, prelude: &str) -> Cohort {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("{prelude}; exec \"$0\" --config \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_cohort"))
+            .arg(dir.config_path())
+            .current_dir(dir.path());
+        Cohort::spawn(cmd)
+            .unwrap_or_else(|(code, log)| panic!("cohort did not start ({code:?}):\n{log}"))
+    }
+
+    fn spawn(mut cmd: Command) -> Result<Cohort, (Option<ExitStatus>, String)> {
+        let mut child = cmd
             .env("COHORT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

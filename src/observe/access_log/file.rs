@@ -1,0 +1,446 @@
+//! The log file on disk: appends whole lines, rotates by rename and reopen
+//! (`access_log.rotate`), and hands closed files to a background thread
+//! that gzips them (`access_log.compress: gzip`).
+//!
+//! Only the writer thread calls [`LogFile`], so a line is never split: a
+//! batch handed to [`LogFile::write_lines`] is whole lines, a rotation
+//! happens only between lines, and a write that fails halfway (disk full)
+//! is cut back to its last whole line. A closed file is fsynced before its
+//! rename and the directory after it, so after a crash the closed files are
+//! complete and named.
+//!
+//! Closed files are named `<file>.<UTC close time>` with microseconds,
+//! `access.jsonl.20261204T181500.123456Z`: fixed width, so the names sort by
+//! time, and strictly increasing within a process (a second close in the
+//! same microsecond takes the next one). Gzip appends `.gz`; the compressor
+//! writes `<name>.gz.partial`, fsyncs it, renames it to `<name>.gz` and then
+//! removes `<name>`. A `<name>` next to its `<name>.gz` is a copy about to go
+//! (read the `.gz`), and at start-up the compressor finishes what a stopped
+//! process left: stale `.partial` files go, closed files not yet compressed
+//! are queued.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::RotateConfig;
+use crate::observe::time::rfc3339_millis;
+
+/// Bytes handed to one `write` call: the writer yields the core between
+/// them (see [`LogFile::write_lines`]).
+const CHUNK: usize = 64 * 1024;
+
+/// The open log file and its rotation state.
+pub(super) struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// A regular file: rotation and cutting back a torn write apply
+    /// (`/dev/stderr` or a FIFO take neither).
+    regular: bool,
+    /// Bytes in the current file.
+    size: u64,
+    /// When the current file got its first line: `max_age` counts from here.
+    since: Option<SystemTime>,
+    rotate: Option<RotateConfig>,
+    /// The compressor's queue, with `compress: gzip`.
+    gzip: Option<mpsc::Sender<PathBuf>>,
+    /// The last closed name's time, in µs since the epoch.
+    last_closed: u64,
+    /// A rotation that failed is retried after a second, not on every batch.
+    failed_rotation: Option<Instant>,
+}
+
+impl LogFile {
+    /// Opens `path` for appending (creating its folder). With `gzip`, starts
+    /// the compressor and queues what a previous run left uncompressed.
+    pub(super) fn open(
+        path: &Path,
+        rotate: Option<RotateConfig>,
+        gzip: bool,
+    ) -> io::Result<LogFile> {
+        let file = open_append(path)?;
+        let meta = file.metadata()?;
+        if rotate.is_some() && !meta.is_file() {
+            return Err(io::Error::other(
+                "access_log.rotate needs a regular file (this is a device, FIFO or socket)",
+            ));
+        }
+        let gzip = if gzip {
+            let (tx, rx) = mpsc::channel();
+            for leftover in leftovers(path)? {
+                let _ = tx.send(leftover);
+            }
+            std::thread::Builder::new()
+                .name("cohort-log-gzip".into())
+                .spawn(move || compress_loop(rx))?;
+            Some(tx)
+        } else {
+            None
+        };
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            regular: meta.is_file(),
+            size: meta.len(),
+            since: first_line_time(&meta),
+            file,
+            rotate,
+            gzip,
+            last_closed: 0,
+            failed_rotation: None,
+        })
+    }
+
+    /// Appends `bytes`, which hold `lines` whole lines, rotating between
+    /// lines when `max_bytes` is reached; returns how many lines are in the
+    /// file, and the first error. A failed write stops the batch (the rest
+    /// is lost); a failed rotation does not (the lines go on into the
+    /// current file). Yields the core after each 64 KiB: the writer shares
+    /// it with the proxy's workers, and one long write of a whole
+    /// collection (hundreds of KiB at full load) would hold them off for
+    /// its whole duration and show in their p99.
+    pub(super) fn write_lines(&mut self, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
+        let mut rest = bytes;
+        let mut written = 0;
+        let mut error = None;
+        while !rest.is_empty() {
+            let take = match self.fits(rest) {
+                0 => match self.rotate_now() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                        rest.len()
+                    }
+                },
+                n => n,
+            };
+            let piece = &rest[..take];
+            rest = &rest[take..];
+            if let Err((whole, e)) = self.append(piece) {
+                return (written + count_lines(&piece[..whole]), Some(e));
+            }
+            written = if rest.is_empty() {
+                lines
+            } else {
+                written + count_lines(piece)
+            };
+            if self.full() {
+                if let Err(e) = self.rotate_now() {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        (written, error)
+    }
+
+    /// How much of `rest` (whole lines) goes into the current file: all of
+    /// it, the lines that fit under `max_bytes`, or none (0: rotate first).
+    /// An empty file takes at least one line, so a line longer than
+    /// `max_bytes` gets a file of its own.
+    fn fits(&self, rest: &[u8]) -> usize {
+        let Some(max) = self.rotate.and_then(|r| r.max_bytes) else {
+            return rest.len();
+        };
+        let room = max.saturating_sub(self.size) as usize;
+        if rest.len() <= room || !self.may_rotate() {
+            return rest.len();
+        }
+        let end_of_line = |from: &[u8]| from.iter().position(|b| *b == b'\n').map(|i| i + 1);
+        match rest[..room].iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if self.size == 0 => end_of_line(rest).unwrap_or(rest.len()),
+            None => 0,
+        }
+    }
+
+    fn full(&self) -> bool {
+        let Some(max) = self.rotate.and_then(|r| r.max_bytes) else {
+            return false;
+        };
+        self.size >= max && self.may_rotate()
+    }
+
+    fn may_rotate(&self) -> bool {
+        self.regular
+            && self
+                .failed_rotation
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    /// Writes `piece` (whole lines). On failure, cuts the file back to the
+    /// last whole line written and returns how many bytes of `piece` that
+    /// kept, with the error.
+    fn append(&mut self, piece: &[u8]) -> Result<(), (usize, io::Error)> {
+        let mut done = 0;
+        while done < piece.len() {
+            let end = (done + CHUNK).min(piece.len());
+            match self.file.write(&piece[done..end]) {
+                Ok(0) => {
+                    return Err(self.cut_back(piece, done, io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => {
+                    if self.size == 0 {
+                        self.since = Some(SystemTime::now());
+                    }
+                    done += n;
+                    self.size += n as u64;
+                    if end == done {
+                        std::thread::yield_now();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.cut_back(piece, done, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After `done` bytes of `piece` went in and the rest failed: removes
+    /// the torn last line, so the file holds whole lines only.
+    fn cut_back(&mut self, piece: &[u8], done: usize, e: io::Error) -> (usize, io::Error) {
+        let whole = piece[..done]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let torn = (done - whole) as u64;
+        if torn > 0 && self.regular && self.file.set_len(self.size - torn).is_ok() {
+            self.size -= torn;
+        }
+        (whole, e)
+    }
+
+    /// Rotates when the current file has collected lines for `max_age`.
+    pub(super) fn rotate_if_old(&mut self) -> io::Result<()> {
+        let Some(max_age) = self.rotate.and_then(|r| r.max_age) else {
+            return Ok(());
+        };
+        let old = self
+            .since
+            .is_some_and(|s| s.elapsed().unwrap_or_default() >= max_age);
+        if self.size > 0 && old && self.may_rotate() {
+            self.rotate_now()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current file under its time-stamped name and starts a
+    /// new one at the path: fsync, rename, open, fsync the folder.
+    fn rotate_now(&mut self) -> io::Result<()> {
+        let closed = self.closed_name();
+        let result = (|| {
+            self.file.sync_all()?;
+            std::fs::rename(&self.path, &closed)?;
+            // From here the lines are under the closed name: whatever
+            // happens next, the new file starts empty.
+            self.size = 0;
+            self.since = None;
+            self.file = open_append(&self.path)?;
+            sync_dir(&self.path)
+        })();
+        match result {
+            Ok(()) => {
+                self.failed_rotation = None;
+                if let Some(tx) = &self.gzip {
+                    let _ = tx.send(closed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed_rotation = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// `<path>.<UTC now to the µs>Z`, later than every name closed before
+    /// and not taken.
+    fn closed_name(&mut self) -> PathBuf {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let mut us = now.max(self.last_closed + 1);
+        loop {
+            let name = closed_path(&self.path, us);
+            let taken = name.exists() || gz_of(&name).exists();
+            if !taken {
+                self.last_closed = us;
+                return name;
+            }
+            us += 1;
+        }
+    }
+
+    /// Reopens the path (after an outside tool such as logrotate moved the
+    /// file away).
+    pub(super) fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_append(&self.path)?;
+        let meta = self.file.metadata()?;
+        self.regular = meta.is_file();
+        self.size = meta.len();
+        self.since = first_line_time(&meta);
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// An existing file with lines: its age counts from its creation (or last
+/// change, where the filesystem keeps no creation time).
+fn first_line_time(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    (meta.len() > 0).then(|| meta.created().or_else(|_| meta.modified()).ok())?
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|c| **c == b'\n').count() as u64
+}
+
+/// Makes a rename or new file in `path`'s folder durable.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// `access.jsonl` closed at `us` µs: `access.jsonl.20261204T181500.123456Z`.
+fn closed_path(path: &Path, us: u64) -> PathBuf {
+    let t = UNIX_EPOCH + Duration::from_micros(us);
+    // 2026-12-04T18:15:00.123Z -> 20261204T181500.123
+    let stamp: String = rfc3339_millis(t)
+        .trim_end_matches('Z')
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{stamp}{:03}Z", us % 1000));
+    PathBuf::from(name)
+}
+
+fn gz_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".gz");
+    PathBuf::from(name)
+}
+
+/// Whether `suffix` (what follows `<file>.`) is a close stamp:
+/// `20261204T181500.123456Z`.
+fn is_stamp(suffix: &str) -> bool {
+    let b = suffix.as_bytes();
+    b.len() == 23
+        && b[8] == b'T'
+        && b[15] == b'.'
+        && b[22] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 8 | 15 | 22) || c.is_ascii_digit())
+}
+
+/// What a stopped process left half done next to `path`: removes stale
+/// `.gz.partial` files and closed files whose `.gz` is complete; returns
+/// the closed files still to compress, oldest first.
+fn leftovers(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", base.to_string_lossy());
+    let mut todo = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let full = entry.path();
+        if rest.strip_suffix(".gz.partial").is_some_and(is_stamp) {
+            let _ = std::fs::remove_file(&full);
+        } else if is_stamp(rest) {
+            if gz_of(&full).exists() {
+                let _ = std::fs::remove_file(&full);
+            } else {
+                todo.push(full);
+            }
+        }
+    }
+    todo.sort();
+    Ok(todo)
+}
+
+/// The compressor thread: gzips each closed file it is sent, until the
+/// writer goes away. Errors are logged at most once a second; a file that
+/// failed stays as it is, uncompressed and complete.
+fn compress_loop(rx: mpsc::Receiver<PathBuf>) {
+    let mut last_report: Option<Instant> = None;
+    for path in rx {
+        if let Err(e) = compress(&path) {
+            if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_report = Some(Instant::now());
+                tracing::error!(file = %path.display(), error = %e, "access log: cannot gzip a closed file (it stays uncompressed)");
+            }
+        }
+    }
+}
+
+/// `X` -> `X.gz.partial` (fsynced) -> `X.gz`, then `X` is removed.
+fn compress(path: &Path) -> io::Result<()> {
+    let gz = gz_of(path);
+    let mut partial = gz.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let result = (|| {
+        let mut input = File::open(path)?;
+        let out = io::BufWriter::with_capacity(CHUNK, File::create(&partial)?);
+        // gzip's own default level: about 10x on these JSON lines, and the
+        // thread is off the request path.
+        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        io::copy(&mut input, &mut enc)?;
+        let out = enc.finish()?.into_inner().map_err(|e| e.into_error())?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &gz)?;
+        sync_dir(&gz)?;
+        std::fs::remove_file(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_names_are_fixed_width_stamps_that_sort_by_time() {
+        let p = Path::new("/logs/access.jsonl");
+        // 2026-12-04T18:15:00.123456Z
+        let us = 1_796_408_100_123_456;
+        let name = closed_path(p, us);
+        assert_eq!(
+            name,
+            Path::new("/logs/access.jsonl.20261204T181500.123456Z")
+        );
+        let later = closed_path(p, us + 1_000_000 * 3600 * 24 * 40 + 7);
+        assert!(name < later, "{name:?} {later:?}");
+        let suffix = |n: &Path| {
+            n.to_string_lossy()
+                .strip_prefix("/logs/access.jsonl.")
+                .unwrap()
+                .to_string()
+        };
+        assert!(is_stamp(&suffix(&name)) && is_stamp(&suffix(&later)));
+        assert!(!is_stamp("1") && !is_stamp("20261204T181500.123456Z.gz"));
+    }
+}
