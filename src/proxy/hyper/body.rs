@@ -22,6 +22,8 @@ use crate::proxy::core;
 pub(crate) use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
 use crate::proxy::upstream::Lease;
 
+use super::Conn;
+
 enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
@@ -34,6 +36,8 @@ pub(crate) struct PendingLog {
     pub started: Instant,
     /// The request body, for `bytes_in`.
     pub body: Arc<BodyWatch>,
+    /// Keeps the connection's drain signal held until the line is written.
+    pub _conn: Arc<Conn>,
 }
 
 pub(crate) struct ResponseBody {
@@ -155,6 +159,7 @@ impl PendingLog {
             record,
             started,
             body,
+            _conn,
         } = self;
         core::finish(&log, record, started.elapsed(), body.bytes(), bytes_out);
     }

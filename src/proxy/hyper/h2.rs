@@ -49,6 +49,7 @@ pub(crate) async fn serve_h2<I>(
         peer: Peer::new(peer),
         body_timeout,
         tls,
+        _drain: stop.clone(),
     });
     let streams = Arc::new(Streams::new());
     let open = streams.clone();

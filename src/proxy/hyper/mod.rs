@@ -40,6 +40,12 @@ pub(crate) struct Conn {
     pub body_timeout: Duration,
     /// Whether the client connected over TLS (`x-forwarded-proto: https`).
     pub tls: bool,
+    /// The listener's shutdown signal, held (through [`PendingLog`]) by
+    /// every request whose access-log line is not written yet: the drain
+    /// waits for all of them, so a response that went out before the
+    /// process exits always has its line. An HTTP/2 stream's body can end
+    /// after its connection's task has.
+    pub _drain: watch::Receiver<bool>,
 }
 
 /// Serves a connection with hyper until it closes, or until shutdown
@@ -62,6 +68,7 @@ pub(crate) async fn serve<I>(
         peer: Peer::new(peer),
         body_timeout,
         tls,
+        _drain: stop.clone(),
     });
     let st = state.clone();
     let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
@@ -156,6 +163,7 @@ where
         record: rec,
         started,
         body: watch.clone(),
+        _conn: conn.clone(),
     };
 
     let http11 = req.version() == http::Version::HTTP_11;

@@ -42,6 +42,7 @@ fn conn() -> Arc<Conn> {
         peer: Peer::new("10.0.0.1:5555".parse().unwrap()),
         body_timeout: Duration::from_millis(200),
         tls: false,
+        _drain: tokio::sync::watch::channel(false).1,
     })
 }
 
