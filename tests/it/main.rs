@@ -6,6 +6,7 @@ mod docs;
 mod durability;
 mod edge_util;
 mod golden;
+mod grpc;
 mod h2;
 mod hostile;
 mod http1;
