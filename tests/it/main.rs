@@ -18,6 +18,7 @@ mod reload;
 mod replicas;
 mod report;
 mod tls;
+mod upstream_tls;
 mod upstreams;
 mod util;
 mod vendor;

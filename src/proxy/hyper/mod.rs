@@ -475,6 +475,16 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(t) = err.downcast_ref::<TlsFailed>() {
             return Some(t.to_string());
         }
+        // A TLS 1.3 upstream refuses a client certificate after the
+        // handshake, with an alert the first read reports (when that
+        // read's error reaches the request, as on HTTP/1.1).
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(format!("TLS with the upstream failed: {r}"));
+        }
         cur = err.source();
     }
     None
