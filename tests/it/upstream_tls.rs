@@ -407,3 +407,37 @@ async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_e
         .iter()
         .all(|l| l["status"] == 200 && l["error"].is_null()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstream_retries_a_failed_connect_on_another_endpoint() {
+    let dead = Flaky::dead_address().await;
+    let live = ModelServer::spawn("new", true, None).await;
+    let old = ModelServer::spawn("old", true, None).await;
+    let dir = TestDir::new();
+    let urls = [
+        ("old", format!("http://{}", old.addr)),
+        ("new", format!("http://{}", live.addr)),
+    ];
+    let yaml = config_urls(&urls, &ranker("0", "100"))
+        .replace(
+            "connect_timeout: 1s }",
+            "connect_timeout: 1s, protocol: h2 }",
+        )
+        .replace(
+            &format!("  new: {{ url: http://{}", live.addr),
+            &format!("  new: {{ endpoints: [http://{dead}, http://{}]", live.addr),
+        );
+    let cohort = Cohort::start(&dir, &yaml);
+    let client = TestClient::new();
+    for u in users("retry", 12) {
+        let r = client.post(cohort.addr, "/predict", Some(&u)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["model"], "new", "{r:?}");
+    }
+    assert_eq!(live.seen().len(), 12);
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert!(log
+        .iter()
+        .all(|l| l["upstream"] == live.addr.to_string().as_str()));
+}
