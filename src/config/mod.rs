@@ -190,8 +190,8 @@ pub enum LogUnit {
 pub struct UpstreamConfig {
     /// Its key in `upstreams`.
     pub name: String,
-    /// The `url`'s `host:port` (port 80 when the URL names none); requests
-    /// go there over plain HTTP/1.1.
+    /// The `url`'s `host:port` (port 80, or 443 for `https://`, when the
+    /// URL names none).
     pub authority: String,
     /// How long the TCP connect may take before the client gets 502.
     pub connect_timeout: Duration,

@@ -344,3 +344,34 @@ async fn a_grpc_call_the_proxy_fails_gets_unavailable_or_deadline_exceeded_stamp
     );
     drop(slow);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_whose_upstream_resets_gets_unavailable_and_is_logged_upstream_reset() {
+    need_grpcio!();
+    // An upstream that accepts and closes at once, before any answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let closer = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let dir = TestDir::new();
+    let cohort = Cohort::start(&dir, &h2_config(url.clone(), url));
+    let calls =
+        json!([{ "method": "ModelInfer", "request": "z", "metadata": [["x-user-id", "u-reset"]] }]);
+    let got = grpc_calls(format!("127.0.0.1:{}", cohort.addr.port()), None, calls).await;
+    assert_eq!(got[0]["code"], "UNAVAILABLE", "{}", got[0]);
+    assert_eq!(
+        all_metadata(&got[0])["x-cohort-experiment"],
+        "infer",
+        "{}",
+        got[0]
+    );
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["error"], "upstream_reset", "{}", log[0]);
+    assert_eq!(log[0]["status"], 502, "{}", log[0]);
+    closer.abort();
+}
