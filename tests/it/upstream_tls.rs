@@ -295,7 +295,8 @@ async fn server_name_and_a_client_certificate_reach_an_upstream_that_requires_on
     let ups = [
         ("good", url.clone()),
         ("noname", url.clone()),
-        ("nocert", url),
+        ("nocert", url.clone()),
+        ("system", url),
     ];
     let one = |route: &str, up: &str| {
         format!("  - name: {up}\n    routes: [{route}]\n    variants:\n      - {{ name: only, upstream: {up}, weight: 100 }}\n")
@@ -303,14 +304,18 @@ async fn server_name_and_a_client_certificate_reach_an_upstream_that_requires_on
     let yaml = config_urls(
         &ups,
         &format!(
-            "{}{}{}",
+            "{}{}{}{}",
             one("/good", "good"),
             one("/noname", "noname"),
-            one("/nocert", "nocert")
+            one("/nocert", "nocert"),
+            one("/system", "system")
         ),
     );
     let yaml = upstream_extra(&yaml, "good", ", protocol: h2, tls: { ca_file: certs/ca.pem, server_name: model.internal, cert_file: certs/cohort.crt, key_file: certs/cohort.key }");
     let yaml = upstream_extra(&yaml, "noname", ", protocol: h2, tls: { ca_file: certs/ca.pem, cert_file: certs/cohort.crt, key_file: certs/cohort.key }");
+    // `system` names no CA: the system trust store, which does not hold
+    // the test CA.
+    let yaml = upstream_extra(&yaml, "system", ", protocol: h2");
     let yaml = upstream_extra(
         &yaml,
         "nocert",
@@ -340,6 +345,10 @@ async fn server_name_and_a_client_certificate_reach_an_upstream_that_requires_on
     let r = client.post(cohort.addr, "/nocert", Some("u1")).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.json()["error"], "upstream_reset", "{r:?}");
+    let r = client.post(cohort.addr, "/system", Some("u1")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.json()["error"], "upstream_tls", "{r:?}");
+    assert!(r.body.contains("UnknownIssuer"), "{r:?}");
     assert_eq!(model.seen().len(), 1, "no request reached the upstream");
     assert!(cohort.terminate().success());
 }
