@@ -219,7 +219,7 @@ async fn https_upstreams_are_verified_against_the_ca_file_on_http1_and_h2_and_an
         "new",
         ", protocol: h2, tls: { ca_file: certs/ca.pem }, health: { path: /health, interval: 100ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1 }",
     );
-    let cohort = Cohort::start(&dir, &yaml);
+    let cohort = Cohort::start(&dir, &with_admin(&dir, &yaml));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = TestClient::new();
     let (a, b) = ranker_units();
@@ -244,6 +244,29 @@ async fn https_upstreams_are_verified_against_the_ca_file_on_http1_and_h2_and_an
         "{}",
         cohort.stderr()
     );
+    let view = admin_call(
+        &client,
+        cohort.admin_addr(),
+        "GET",
+        "/admin/upstreams",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .json();
+    let ups = view["upstreams"].as_array().unwrap();
+    let of = |n: &str| ups.iter().find(|u| u["name"] == n).unwrap().clone();
+    let (o, n) = (of("old"), of("new"));
+    assert_eq!(
+        (&o["protocol"], &o["tls"]),
+        (&"http/1.1".into(), &true.into()),
+        "{o}"
+    );
+    assert_eq!(
+        (&n["protocol"], &n["tls"]),
+        (&"h2".into(), &true.into()),
+        "{n}"
+    );
+    assert_eq!(n["endpoints"][0]["state"], "up", "{n}");
 
     // The same upstreams trusted to a CA that did not sign them.
     let yaml = yaml.replace("certs/ca.pem", "certs/other.pem");

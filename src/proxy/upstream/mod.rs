@@ -242,6 +242,8 @@ impl Upstream {
         serde_json::json!({
             "name": self.config.name,
             "health_check": self.config.health.as_ref().map(|h| h.path.clone()),
+            "protocol": self.config.protocol.as_str(),
+            "tls": self.config.tls.is_some(),
             "available": self.endpoints.iter().filter(|ep| ep.available(now)).count(),
             "endpoints": endpoints,
         })
