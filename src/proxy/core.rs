@@ -685,6 +685,64 @@ mod tests {
     }
 
     #[test]
+    fn grpc_calls_are_told_by_content_type_and_failures_get_grpc_codes() {
+        let ct = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            m
+        };
+        for v in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=1",
+        ] {
+            assert!(is_grpc(&ct(v)), "{v}");
+        }
+        for v in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&ct(v)), "{v}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+
+        let answer = |e: ProxyError| {
+            let mut rec = AccessRecord::new(
+                std::time::SystemTime::now(),
+                HeaderValue::from_static("rid"),
+                Method::POST,
+                http::Uri::from_static("/x"),
+                Arc::from("v"),
+            );
+            let a = GrpcAnswer::new(&e, &mut rec);
+            (
+                a.status.to_str().unwrap().to_string(),
+                a.message.to_str().unwrap().to_string(),
+                rec.status,
+                rec.error.map(|c| c.as_str()),
+            )
+        };
+        let (code, _, status, cause) = answer(ProxyError::UpstreamTimeout("m".into(), 5));
+        assert_eq!(
+            (code.as_str(), status, cause),
+            ("4", 504, Some("upstream_timeout"))
+        );
+        let (code, _, status, cause) = answer(ProxyError::UpstreamConnect("m".into()));
+        assert_eq!(
+            (code.as_str(), status, cause),
+            ("14", 502, Some("upstream_connect"))
+        );
+        let (code, ..) = answer(ProxyError::UpstreamUnavailable("m".into()));
+        assert_eq!(code, "14");
+        let (code, ..) = answer(ProxyError::NoRoute("/x".into()));
+        assert_eq!(code, "12");
+        // grpc-message is percent-encoded: '%' and non-ASCII bytes.
+        let (_, message, ..) = answer(ProxyError::UpstreamTls("m".into(), "50% é".into()));
+        assert_eq!(message, "upstream m: 50%25 %C3%A9");
+    }
+
+    #[test]
     fn both_rewrites_apply_the_same_header_policy() {
         let mut m = HeaderMap::new();
         for (n, v) in [
