@@ -473,3 +473,38 @@ async fn an_h2_upstream_retries_a_failed_connect_on_another_endpoint() {
         .iter()
         .all(|l| l["upstream"] == live.addr.to_string().as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
+    // Accepts connections and holds them, never saying a TLS word.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let old = ModelServer::spawn("old", false, None).await;
+    let dir = TestDir::new();
+    put(dir.path(), "ca.pem", &Ca::new("models").pem);
+    let urls = [
+        ("old", format!("http://{}", old.addr)),
+        ("new", format!("https://{mute}")),
+    ];
+    let yaml = upstream_extra(
+        &config_urls(&urls, &ranker("0", "100")),
+        "new",
+        ", tls: { ca_file: ca.pem }",
+    );
+    let cohort = Cohort::start(&dir, &yaml);
+    let r = TestClient::new()
+        .post(cohort.addr, "/predict", Some("u"))
+        .await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.json()["error"], "upstream_timeout", "{r:?}");
+    assert!(r.body.contains("1000 ms"), "the connect timeout: {r:?}");
+    assert_eq!(r.variant(), "treatment");
+    assert!(cohort.terminate().success());
+    holder.abort();
+}
