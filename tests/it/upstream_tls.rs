@@ -211,9 +211,13 @@ async fn https_upstreams_are_verified_against_the_ca_file_on_http1_and_h2_and_an
         ("new", format!("https://{}", new.addr)),
     ];
     let yaml = config_urls(&urls, &ranker("50", "50"));
-    let yaml = upstream_extra(&yaml, "old", ", tls: { ca_file: certs/ca.pem }");
-    // The h2 upstream is health-checked in HTTP/2 over TLS: were the check
-    // to fail, its lone endpoint would leave rotation (503).
+    // Both are health-checked in their protocol over TLS: were a check to
+    // fail, the lone endpoint would leave rotation (503).
+    let yaml = upstream_extra(
+        &yaml,
+        "old",
+        ", tls: { ca_file: certs/ca.pem }, health: { path: /health, interval: 100ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1 }",
+    );
     let yaml = upstream_extra(
         &yaml,
         "new",
@@ -234,10 +238,12 @@ async fn https_upstreams_are_verified_against_the_ca_file_on_http1_and_h2_and_an
         assert_eq!(r.json()["model"], model, "{r:?}");
         assert_eq!(r.json()["version"], version, "{r:?}");
     }
-    assert!(
-        new.seen().iter().any(|s| s.variant.is_none()),
-        "health checks reached the h2 upstream"
-    );
+    for m in [&old, &new] {
+        assert!(
+            m.seen().iter().any(|s| s.variant.is_none()),
+            "health checks reached the upstream"
+        );
+    }
     assert!(new.seen().iter().all(|s| s.version == Version::HTTP_2));
     assert!(
         !cohort.stderr().contains("out of rotation"),
