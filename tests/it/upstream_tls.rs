@@ -145,8 +145,10 @@ async fn serve<I>(
                     .map(|v| v.to_str().unwrap().to_string()),
             });
             let version = format!("{:?}", req.version());
-            let _ = req.into_body().collect().await;
-            let body = serde_json::json!({ "model": name, "version": version }).to_string();
+            let got = req.into_body().collect().await.map(|b| b.to_bytes());
+            let bytes = got.map_or(0, |b| b.len());
+            let body = serde_json::json!({ "model": name, "version": version, "bytes": bytes })
+                .to_string();
             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
         }
     });
@@ -429,6 +431,21 @@ async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_e
         (200, "1"),
         "{h2:?}"
     );
+    // A chunked HTTP/1.1 body (hyper's path) goes out in DATA frames.
+    let chunked = curl(&a(&[
+        "--http1.1",
+        "-H",
+        "transfer-encoding: chunked",
+        "-H",
+        &format!("x-user-id: {}", users[1]),
+        "--data-binary",
+        "0123456789",
+        &format!("http://{}/predict", cohort.addr),
+    ]))
+    .await;
+    assert_eq!(chunked.status, 200, "{chunked:?}");
+    assert!(chunked.body.contains("HTTP/2.0"), "{chunked:?}");
+    assert!(chunked.body.contains(r#""bytes":10"#), "{chunked:?}");
     for m in [&old, &new] {
         assert!(!m.seen().is_empty());
         assert!(m.seen().iter().all(|s| s.version == Version::HTTP_2));
@@ -440,7 +457,7 @@ async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_e
     }
     assert!(cohort.terminate().success());
     let log = dir.access_log();
-    assert_eq!(log.len(), users.len() + 1);
+    assert_eq!(log.len(), users.len() + 2);
     assert!(log
         .iter()
         .all(|l| l["status"] == 200 && l["error"].is_null()));

@@ -376,9 +376,8 @@ where
     let ends = http_body::Body::is_end_stream(&body);
     core::rewrite_upstream_headers(h, &conn.peer, stamps, request_id);
     if up.h2() {
-        // HTTP/2 names the host in :authority, from the URI; a chunked
-        // HTTP/1 body is framed by DATA frames there.
-        h.remove(header::TRANSFER_ENCODING);
+        // HTTP/2 names the host in :authority (from the URI), and frames
+        // a body in DATA frames: no Host, no Transfer-Encoding.
         if te_trailers {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
         }
