@@ -36,6 +36,8 @@ pub(crate) enum ProxyError {
     // The upstream's fault.
     #[error("upstream {0} refused the connection or could not be reached")]
     UpstreamConnect(String),
+    #[error("upstream {0}: {1}")]
+    UpstreamTls(String, String),
     #[error("upstream {0} closed or reset the connection")]
     UpstreamReset(String),
     #[error("upstream {0} sent a response the proxy cannot relay: {1}")]
@@ -70,6 +72,7 @@ pub enum Cause {
     RequestTimeout,
     ClientGone,
     UpstreamConnect,
+    UpstreamTls,
     UpstreamReset,
     UpstreamInvalid,
     UpstreamTimeout,
@@ -95,6 +98,7 @@ impl Cause {
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientGone => "client_gone",
             Cause::UpstreamConnect => "upstream_connect",
+            Cause::UpstreamTls => "upstream_tls",
             Cause::UpstreamReset => "upstream_reset",
             Cause::UpstreamInvalid => "upstream_invalid",
             Cause::UpstreamTimeout => "upstream_timeout",
@@ -145,6 +149,7 @@ impl ProxyError {
                 StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code")
             }
             ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTls(..)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamInvalid(..)
             | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
@@ -171,6 +176,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => Cause::RequestTimeout,
             ProxyError::ClientGone => Cause::ClientGone,
             ProxyError::UpstreamConnect(_) => Cause::UpstreamConnect,
+            ProxyError::UpstreamTls(..) => Cause::UpstreamTls,
             ProxyError::UpstreamReset(_) => Cause::UpstreamReset,
             ProxyError::UpstreamInvalid(..) => Cause::UpstreamInvalid,
             ProxyError::UpstreamTimeout(..) => Cause::UpstreamTimeout,

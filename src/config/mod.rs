@@ -18,6 +18,7 @@ pub(crate) mod raw;
 pub mod record;
 mod schema;
 mod syntax;
+mod upstream_tls;
 mod validate;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use crate::terms::Bucketing;
 use crate::terms::Weight;
 pub use positions::Position;
 pub(crate) use positions::PositionIndex;
+pub(crate) use upstream_tls::upstream_tls_client;
 
 /// The config cohort runs when none is given (`cohort demo`).
 pub(crate) const EMBEDDED_DEMO: &str = include_str!("../../config/example.yaml");
@@ -203,8 +205,8 @@ pub enum LogUnit {
 pub struct UpstreamConfig {
     /// Its key in `upstreams`.
     pub name: String,
-    /// The `url`'s `host:port` (port 80 when the URL names none); requests
-    /// go there over plain HTTP/1.1.
+    /// The `url`'s `host:port` (port 80, or 443 for `https://`, when the
+    /// URL names none).
     pub authority: String,
     /// How long the TCP connect may take before the client gets 502.
     pub connect_timeout: Duration,
@@ -227,6 +229,61 @@ pub struct UpstreamConfig {
     pub eject_after: u32,
     /// How long a passively ejected endpoint gets no requests.
     pub eject_for: Duration,
+    /// What the upstream speaks (`protocol`): HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the upstream: set when its endpoints are `https://` URLs.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// An upstream's `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// `http/1.1` (the default).
+    #[default]
+    Http1,
+    /// `h2`: HTTP/2, with prior knowledge over `http://` (h2c) and by ALPN
+    /// over `https://`; requests share few multiplexed connections.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// The name the config and the record use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http/1.1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// TLS to an `https://` upstream: the PEM files' contents (read and checked
+/// when the config is validated) and the name the certificate must carry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA certificates to verify the upstream against (`ca_file`); none:
+    /// the system's trust store.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate chain and its key (`cert_file`, `key_file`),
+    /// for upstreams that require one.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name sent as SNI and verified in the certificate
+    /// (`server_name`); none: each endpoint URL's host.
+    pub server_name: Option<String>,
+    /// `ca_file`, `cert_file` and `key_file` as written (what the record
+    /// keeps).
+    pub files: [Option<String>; 3],
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key's bytes stay out of debug output.
+        f.debug_struct("UpstreamTls")
+            .field("ca_file", &self.files[0])
+            .field("cert_file", &self.files[1])
+            .field("key_file", &self.files[2])
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 /// An upstream's `health:` block.

@@ -87,6 +87,18 @@ pub(crate) struct RawUpstream {
     pub(crate) health: Option<RawHealth>,
     pub(crate) eject_after: Option<u32>,
     pub(crate) eject_for: Option<String>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) tls: Option<RawUpstreamTls>,
+}
+
+/// `tls:` of an upstream (with `https://` endpoints).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) ca_file: Option<String>,
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 /// `health:` of an upstream: the active check of each endpoint.

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::{
     AccessLogConfig, AdminConfig, Config, ExperimentConfig, HealthCheck, LogTarget, LogUnit,
     MissingUnitPolicy, OnStoreError, Route, RuntimeConfig, TlsConfig, UpstreamConfig,
-    VariantConfig,
+    UpstreamProtocol, VariantConfig,
 };
 use crate::terms::{Bucketing, Weight};
 
@@ -142,6 +142,27 @@ pub(crate) struct UpstreamRecord {
         skip_serializing_if = "is_default_eject_for"
     )]
     pub(crate) eject_for: u64,
+    /// `h2`; left out for `http/1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<UpstreamTlsRecord>,
+}
+
+/// TLS to an `https://` upstream: the files as written and a digest of
+/// their contents (a rotated CA or client certificate is a change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UpstreamTlsRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server_name: Option<String>,
+    /// SHA-256 of the files' contents, in that order.
+    pub(crate) digest: String,
 }
 
 /// An upstream's active health check; durations in whole milliseconds.
@@ -451,6 +472,8 @@ fn upstream_record(u: &UpstreamConfig) -> UpstreamRecord {
         health,
         eject_after,
         eject_for,
+        protocol,
+        tls,
     } = u;
     UpstreamRecord {
         name: name.clone(),
@@ -478,6 +501,26 @@ fn upstream_record(u: &UpstreamConfig) -> UpstreamRecord {
         }),
         eject_after: *eject_after,
         eject_for: millis(*eject_for),
+        protocol: (*protocol != UpstreamProtocol::Http1).then(|| protocol.as_str().to_string()),
+        tls: tls.as_ref().map(|t| {
+            let mut h = Sha256::new();
+            let (cert, key) = t
+                .client_cert
+                .as_ref()
+                .map_or((&[][..], &[][..]), |(c, k)| (c.as_slice(), k.as_slice()));
+            for part in [t.ca.as_deref().unwrap_or_default(), cert, key] {
+                h.update(part);
+                h.update([0xff]);
+            }
+            let [ca_file, cert_file, key_file] = t.files.clone();
+            UpstreamTlsRecord {
+                ca_file,
+                cert_file,
+                key_file,
+                server_name: t.server_name.clone(),
+                digest: hex(&h.finalize()),
+            }
+        }),
     }
 }
 

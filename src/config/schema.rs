@@ -80,6 +80,16 @@ const UPSTREAM: Shape = Fields(&[
     ("health", HEALTH),
     ("eject_after", Leaf),
     ("eject_for", Leaf),
+    ("protocol", Leaf),
+    ("tls", UPSTREAM_TLS),
+]);
+
+/// `RawUpstreamTls`, TLS to an `https://` upstream.
+const UPSTREAM_TLS: Shape = Fields(&[
+    ("ca_file", Leaf),
+    ("cert_file", Leaf),
+    ("key_file", Leaf),
+    ("server_name", Leaf),
 ]);
 
 /// `RawHealth`, an upstream's active health check.
@@ -319,7 +329,7 @@ listen: 127.0.0.1:8080
 store: { kind: redis, path: ./data, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
 access_log: { path: '-', log_unit: hashed, log_unit_key_file: key, rotate: { max_bytes: 64MiB, max_age: 1h }, compress: gzip }
 upstreams:
-  old: { url: 'http://a:1', endpoints: ['http://b:1'], connect_timeout: 1s, timeout: 2s, total_timeout: 3s, max_idle_per_host: 3, health: { path: /h, interval: 1s, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }, eject_after: 3, eject_for: 5s }
+  old: { url: 'http://a:1', endpoints: ['http://b:1'], connect_timeout: 1s, timeout: 2s, total_timeout: 3s, max_idle_per_host: 3, health: { path: /h, interval: 1s, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }, eject_after: 3, eject_for: 5s, protocol: h2, tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: s } }
 default_upstream: old
 experiments:
   - name: e
@@ -380,8 +390,8 @@ tls: { cert_file: c, key_file: k, client_ca_file: ca }
             }
         });
         assert_eq!(
-            places, 12,
-            "top, store, access_log, rotate, upstream, health, experiment, variant, bucketing, runtime, admin, tls"
+            places, 13,
+            "top, store, access_log, rotate, upstream, health, upstream tls, experiment, variant, bucketing, runtime, admin, tls"
         );
         serde_yaml::from_str::<RawConfig>(FULL).expect("raw.rs takes every key of the table");
         let index = PositionIndex::build(FULL);

@@ -216,7 +216,7 @@ fn validate(
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in &raw.upstreams {
-        if let Some(up) = upstream(name, u, e) {
+        if let Some(up) = upstream(name, u, sources, e) {
             upstreams.insert(name.clone(), up);
         }
     }
@@ -295,10 +295,18 @@ fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
         .experiments
         .iter()
         .filter_map(|x| x.overrides_file.as_deref());
+    // An upstream's CA or client certificate rotated on disk reloads it.
+    let upstream_tls = raw
+        .upstreams
+        .values()
+        .filter_map(|u| u.tls.as_ref())
+        .flat_map(|t| [&t.ca_file, &t.cert_file, &t.key_file])
+        .filter_map(|f| f.as_deref());
     token
         .into_iter()
         .chain(key)
         .chain(overrides)
+        .chain(upstream_tls)
         .map(|f| resolve(base, f))
         .collect()
 }
@@ -748,7 +756,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamConfig> {
+fn upstream(
+    name: &str,
+    u: &RawUpstream,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+) -> Option<UpstreamConfig> {
     let p = format!("upstreams.{name}");
     let mut ok = true;
     if !valid_name(name) {
@@ -800,15 +813,37 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         }
     };
     let mut endpoints = Vec::new();
+    let mut https = None;
     for (at, url) in urls {
-        let a = endpoint_authority(&at, url, e)?;
+        let (a, tls) = endpoint_authority(&at, url, e)?;
         if endpoints.contains(&a) {
             e.push(at, format!("endpoint {a} is listed twice"), None);
+            return None;
+        }
+        if *https.get_or_insert(tls) != tls {
+            e.push(
+                at,
+                "the endpoints mix http:// and https://",
+                Some("the endpoints of one upstream serve the same model the same way".into()),
+            );
             return None;
         }
         endpoints.push(a);
     }
     let authority = endpoints.remove(0);
+    let protocol = match u.protocol.as_deref() {
+        None | Some("http/1.1") => Some(UpstreamProtocol::Http1),
+        Some("h2") => Some(UpstreamProtocol::H2),
+        Some(other) => {
+            e.push(
+                format!("{p}.protocol"),
+                format!("unknown protocol {other:?}"),
+                Some("write http/1.1 (the default) or h2".into()),
+            );
+            None
+        }
+    };
+    let tls = upstream_tls(&p, u, https == Some(true), &authority, sources, e);
     let connect_timeout = duration(
         &format!("{p}.connect_timeout"),
         u.connect_timeout.as_deref(),
@@ -846,39 +881,160 @@ fn upstream(name: &str, u: &RawUpstream, e: &mut Errors<'_>) -> Option<UpstreamC
         health: health?,
         eject_after: u.eject_after.unwrap_or(super::DEFAULT_EJECT_AFTER),
         eject_for: eject_for?,
+        protocol: protocol?,
+        tls: tls?,
     })
     .filter(|_| ok)
 }
 
-/// The `host:port` of one endpoint URL (port 80 when it names none).
-fn endpoint_authority(at: &str, url: &str, e: &mut Errors<'_>) -> Option<String> {
+/// `tls:` of an upstream: only with `https://` endpoints, which get the
+/// defaults (system roots, SNI from the URL) without it. Each named file
+/// is read and parsed here, and the whole set tried as a rustls client
+/// config, so a bad file is reported with its field, not at the first
+/// request. `None` on error; `Some(None)` for plain `http://`.
+fn upstream_tls(
+    p: &str,
+    u: &RawUpstream,
+    https: bool,
+    authority: &str,
+    sources: &Sources<'_>,
+    e: &mut Errors<'_>,
+) -> Option<Option<UpstreamTls>> {
+    let raw = match (&u.tls, https) {
+        (None, false) => return Some(None),
+        (Some(_), false) => {
+            e.push(
+                format!("{p}.tls"),
+                "tls is set but the endpoints are http:// URLs",
+                Some("write https://host:port endpoints, or drop tls".into()),
+            );
+            return None;
+        }
+        (raw, true) => raw.as_ref(),
+    };
+    let field = |f: &str| format!("{p}.tls.{f}");
+    let mut ok = true;
+    let mut read = |f: &str, v: Option<&String>, check: fn(&[u8]) -> Result<(), String>| {
+        let v = v?;
+        match sources
+            .read(v)
+            .map_err(|err| format!("cannot read {v:?}: {err}"))
+        {
+            Ok(pem) => match check(&pem) {
+                Ok(()) => Some(pem),
+                Err(why) => {
+                    e.push(field(f), format!("{v:?}: {why}"), None);
+                    ok = false;
+                    None
+                }
+            },
+            Err(why) => {
+                e.push(field(f), why, None);
+                ok = false;
+                None
+            }
+        }
+    };
+    let ca = read("ca_file", raw.and_then(|t| t.ca_file.as_ref()), pem_certs);
+    let cert = read(
+        "cert_file",
+        raw.and_then(|t| t.cert_file.as_ref()),
+        pem_certs,
+    );
+    let key = read("key_file", raw.and_then(|t| t.key_file.as_ref()), pem_key);
+    let server_name = raw.and_then(|t| t.server_name.clone());
+    if !ok {
+        return None;
+    }
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            e.push(
+                field("cert_file"),
+                "cert_file and key_file go together",
+                Some("name both PEM files of the client certificate, or neither".into()),
+            );
+            return None;
+        }
+    };
+    let name = server_name.as_deref().unwrap_or_else(|| {
+        // The host of `host:port` (an IPv6 host keeps its brackets off).
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    });
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        e.push(
+            field("server_name"),
+            format!("{name:?} is not a DNS name or an IP address"),
+            None,
+        );
+        return None;
+    }
+    let raw_files =
+        |f: fn(&super::raw::RawUpstreamTls) -> &Option<String>| raw.and_then(|t| f(t).clone());
+    let tls = UpstreamTls {
+        ca,
+        client_cert,
+        server_name,
+        files: [
+            raw_files(|t| &t.ca_file),
+            raw_files(|t| &t.cert_file),
+            raw_files(|t| &t.key_file),
+        ],
+    };
+    if let Err(why) = super::upstream_tls_client(&tls, &[]) {
+        e.push(field("cert_file"), why, None);
+        return None;
+    }
+    Some(Some(tls))
+}
+
+/// PEM text holding at least one certificate.
+fn pem_certs(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let n = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?
+        .len();
+    if n == 0 {
+        return Err("no certificate in the file".into());
+    }
+    Ok(())
+}
+
+/// PEM text holding a private key.
+fn pem_key(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem)
+        .map(|_| ())
+        .map_err(|e| format!("no private key: {e}"))
+}
+
+/// The `host:port` of one endpoint URL (port 80, or 443 for `https`, when
+/// it names none), and whether it is `https`.
+fn endpoint_authority(at: &str, url: &str, e: &mut Errors<'_>) -> Option<(String, bool)> {
     match url.parse::<http::Uri>() {
         Ok(uri)
-            if uri.scheme_str() == Some("http")
+            if matches!(uri.scheme_str(), Some("http" | "https"))
                 && uri.authority().is_some()
                 && matches!(uri.path(), "" | "/")
                 && uri.query().is_none() =>
         {
+            let https = uri.scheme_str() == Some("https");
             let a = uri.authority().expect("checked");
-            Some(if a.port_u16().is_some() {
+            let authority = if a.port_u16().is_some() {
                 a.to_string()
             } else {
-                format!("{}:80", a.host())
-            })
-        }
-        Ok(uri) if uri.scheme_str() == Some("https") => {
-            e.push(
-                at,
-                "https upstreams are not supported yet",
-                Some("use http://host:port; TLS to upstreams is a planned feature".into()),
-            );
-            None
+                format!("{}:{}", a.host(), if https { 443 } else { 80 })
+            };
+            Some((authority, https))
         }
         _ => {
             e.push(
                 at,
                 format!("{url:?} is not an upstream URL"),
-                Some("write http://host:port, without a path".into()),
+                Some("write http://host:port or https://host:port, without a path".into()),
             );
             None
         }
@@ -2421,6 +2577,72 @@ experiments:
         assert_eq!(a, b);
         let c = check(&GOOD.replace("9002", "9003")).unwrap().version();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn upstream_protocol_and_tls_are_checked_with_their_files() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let files = InMemory::default()
+            .with("/base/ca.pem", ca.cert.pem())
+            .with("/base/c.pem", ca.cert.pem())
+            .with("/base/k.pem", ca.key_pair.serialize_pem())
+            .with("/base/bad.pem", "not PEM");
+        let slot = "new: { url: http://127.0.0.1:9002 }";
+        let good = GOOD.replace(slot, "new: { url: 'https://models.internal', protocol: h2, tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: m.internal } }");
+        let c = check_files(&good, &Env::default(), &files).unwrap();
+        let u = &c.upstreams["new"];
+        assert_eq!(u.authority, "models.internal:443");
+        assert_eq!(u.protocol, UpstreamProtocol::H2);
+        let t = u.tls.as_ref().unwrap();
+        assert_eq!(t.ca.as_deref(), Some(ca.cert.pem().as_bytes()));
+        assert!(t.client_cert.is_some());
+        assert_eq!(t.server_name.as_deref(), Some("m.internal"));
+        assert!(!format!("{t:?}").contains("PRIVATE"), "no key in Debug");
+        assert_eq!(c.upstreams["old"].protocol, UpstreamProtocol::Http1);
+        assert!(c.upstreams["old"].tls.is_none());
+        for (changed, path, phrase) in [
+            (
+                "new: { url: http://127.0.0.1:9002, protocol: h3 }",
+                "upstreams.new.protocol",
+                "unknown protocol",
+            ),
+            (
+                "new: { url: http://127.0.0.1:9002, tls: { ca_file: ca.pem } }",
+                "upstreams.new.tls",
+                "http:// URLs",
+            ),
+            (
+                "new: { endpoints: ['https://a:1', 'http://b:1'] }",
+                "upstreams.new.endpoints[1]",
+                "mix http:// and https://",
+            ),
+            (
+                "new: { url: 'https://a:1', tls: { ca_file: bad.pem } }",
+                "upstreams.new.tls.ca_file",
+                "no certificate",
+            ),
+            (
+                "new: { url: 'https://a:1', tls: { ca_file: missing.pem } }",
+                "upstreams.new.tls.ca_file",
+                "cannot read",
+            ),
+            (
+                "new: { url: 'https://a:1', tls: { ca_file: ca.pem, cert_file: c.pem } }",
+                "upstreams.new.tls.cert_file",
+                "go together",
+            ),
+            (
+                "new: { url: 'https://a:1', tls: { ca_file: ca.pem, server_name: 'a b' } }",
+                "upstreams.new.tls.server_name",
+                "not a DNS name",
+            ),
+        ] {
+            let errs =
+                check_files(&GOOD.replace(slot, changed), &Env::default(), &files).unwrap_err();
+            assert_eq!(errs.len(), 1, "{changed}: {errs:?}");
+            assert_eq!(errs[0].path, path, "{changed}: {errs:?}");
+            assert!(errs[0].message.contains(phrase), "{changed}: {errs:?}");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //!   [`super::h1::write_upstream_head`]);
 //! - how an upstream failure becomes an error and a status
 //!   ([`upstream_error`]);
-//! - the proxy's own error answers ([`ErrorAnswer`]) and finishing the
-//!   access record ([`finish`]).
+//! - the proxy's own error answers ([`ErrorAnswer`]; for a gRPC call,
+//!   [`GrpcAnswer`]) and finishing the access record ([`finish`]).
 //!
 //! A request is never retried on another variant's upstream: serving a
 //! unit from the wrong model would contaminate its cohort, so an upstream
@@ -380,6 +380,8 @@ pub(crate) enum UpstreamFailure {
     ConnectTimeout,
     /// Refused or unreachable.
     Connect,
+    /// The TLS handshake with an `https://` upstream failed, and why.
+    Tls(String),
     /// No (whole) response head within `timeout` (or `total_timeout`).
     Timeout,
     /// The response body was not over within `total_timeout`.
@@ -401,6 +403,7 @@ pub(crate) fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyEr
             ProxyError::UpstreamTimeout(name, upstream.config.connect_timeout.as_millis())
         }
         UpstreamFailure::Connect => ProxyError::UpstreamConnect(name),
+        UpstreamFailure::Tls(why) => ProxyError::UpstreamTls(name, why),
         UpstreamFailure::Timeout => {
             ProxyError::UpstreamTimeout(name, upstream.head_timeout().as_millis())
         }
@@ -477,6 +480,17 @@ pub(crate) fn rewrite_response_headers(
     h.insert(REQUEST_ID, request_id.clone());
 }
 
+/// Filters an upstream's trailers (an HTTP/2 upstream's, a gRPC call's
+/// `grpc-status`) by the response-head policy: hop-by-hop names and the
+/// upstream's own stamps or request id are dropped, so an upstream cannot
+/// slip an `x-cohort-*` field in after the body.
+pub(crate) fn rewrite_trailers(h: &mut HeaderMap) {
+    retain(h, |n| {
+        let kind = names::classify(n);
+        !kind.hop_by_hop() && kind != names::Name::Stamp && kind != names::Name::XRequestId
+    });
+}
+
 /// Drops the headers a Connection header names (they concern one hop).
 fn strip_listed(h: &mut HeaderMap) {
     if !h.contains_key(header::CONNECTION) {
@@ -529,6 +543,73 @@ impl ErrorAnswer {
             body: e.body(&String::from_utf8_lossy(rec.request_id.as_bytes())),
             close: e.closes(),
         }
+    }
+}
+
+/// Whether a request is a gRPC call: its content-type is
+/// `application/grpc`, alone or with a `+format` or `;` parameters.
+pub(crate) fn is_grpc(headers: &impl HeaderLookup) -> bool {
+    headers.header(&header::CONTENT_TYPE).is_some_and(|v| {
+        v.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
+}
+
+/// The proxy's own answer to a gRPC call it failed: gRPC clients read a
+/// call's outcome from `grpc-status`, not from the HTTP status, so the
+/// answer is HTTP 200 with `grpc-status` and `grpc-message` in the head
+/// and no body (a "Trailers-Only" response), stamped like any answer.
+/// The access record keeps the failure's HTTP status and cause (502
+/// `upstream_connect`, 504 `upstream_timeout`...), as the same failure of
+/// an HTTP request is logged, so error rates compare across protocols.
+pub(crate) struct GrpcAnswer {
+    /// `grpc-status`.
+    pub status: HeaderValue,
+    /// `grpc-message`: the error's text, percent-encoded as gRPC asks.
+    pub message: HeaderValue,
+}
+
+impl GrpcAnswer {
+    /// Fills `rec` with `e`'s status and cause, and makes the answer.
+    pub(crate) fn new(e: &ProxyError, rec: &mut AccessRecord) -> GrpcAnswer {
+        rec.status = e.status().as_u16();
+        rec.error = Some(e.cause());
+        let mut message = String::new();
+        for b in e.to_string().bytes() {
+            if (b' '..=b'~').contains(&b) && b != b'%' {
+                message.push(char::from(b));
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        GrpcAnswer {
+            status: HeaderValue::from(u16::from(grpc_code(e))),
+            message: HeaderValue::from_str(&message).expect("printable ASCII"),
+        }
+    }
+}
+
+/// The gRPC status code of a call the proxy failed (the codes of
+/// grpc/doc/statuscodes.md): a deadline the proxy ran out of is
+/// DEADLINE_EXCEEDED (4); an upstream that could not be reached, reset
+/// the call or has no endpoint up, and a store that cannot take the new
+/// unit, UNAVAILABLE (14), which gRPC clients may retry; the client's own
+/// faults INVALID_ARGUMENT (3), no route UNIMPLEMENTED (12), an answer
+/// the proxy cannot relay INTERNAL (13).
+fn grpc_code(e: &ProxyError) -> u8 {
+    use crate::error::Cause;
+    match e.cause() {
+        Cause::UpstreamTimeout | Cause::RequestTimeout => 4,
+        Cause::UpstreamConnect
+        | Cause::UpstreamTls
+        | Cause::UpstreamReset
+        | Cause::UpstreamBody
+        | Cause::UpstreamUnavailable
+        | Cause::StoreUnavailable
+        | Cause::ReloadInProgress => 14,
+        Cause::NoRoute => 12,
+        Cause::MissingUnit | Cause::DuplicateUnit => 3,
+        _ => 13,
     }
 }
 
@@ -601,6 +682,64 @@ mod tests {
             cause(&Method::POST, true, &te),
             Some("unsupported_transfer_coding")
         );
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_content_type_and_failures_get_grpc_codes() {
+        let ct = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            m
+        };
+        for v in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=1",
+        ] {
+            assert!(is_grpc(&ct(v)), "{v}");
+        }
+        for v in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&ct(v)), "{v}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+
+        let answer = |e: ProxyError| {
+            let mut rec = AccessRecord::new(
+                std::time::SystemTime::now(),
+                HeaderValue::from_static("rid"),
+                Method::POST,
+                http::Uri::from_static("/x"),
+                Arc::from("v"),
+            );
+            let a = GrpcAnswer::new(&e, &mut rec);
+            (
+                a.status.to_str().unwrap().to_string(),
+                a.message.to_str().unwrap().to_string(),
+                rec.status,
+                rec.error.map(|c| c.as_str()),
+            )
+        };
+        let (code, _, status, cause) = answer(ProxyError::UpstreamTimeout("m".into(), 5));
+        assert_eq!(
+            (code.as_str(), status, cause),
+            ("4", 504, Some("upstream_timeout"))
+        );
+        let (code, _, status, cause) = answer(ProxyError::UpstreamConnect("m".into()));
+        assert_eq!(
+            (code.as_str(), status, cause),
+            ("14", 502, Some("upstream_connect"))
+        );
+        let (code, ..) = answer(ProxyError::UpstreamUnavailable("m".into()));
+        assert_eq!(code, "14");
+        let (code, ..) = answer(ProxyError::NoRoute("/x".into()));
+        assert_eq!(code, "12");
+        // grpc-message is percent-encoded: '%' and non-ASCII bytes.
+        let (_, message, ..) = answer(ProxyError::UpstreamTls("m".into(), "50% é".into()));
+        assert_eq!(message, "upstream m: 50%25 %C3%A9");
     }
 
     #[test]

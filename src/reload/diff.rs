@@ -216,15 +216,18 @@ fn upstream_changed(a: &UpstreamRecord, b: &UpstreamRecord) -> bool {
         health,
         eject_after,
         eject_for,
+        protocol,
+        tls,
     } = a;
-    (name, authority, connect_timeout, timeout, max_idle_per_host)
-        != (
-            &b.name,
-            &b.authority,
-            &b.connect_timeout,
-            &b.timeout,
-            &b.max_idle_per_host,
-        )
+    (protocol, tls) != (&b.protocol, &b.tls)
+        || (name, authority, connect_timeout, timeout, max_idle_per_host)
+            != (
+                &b.name,
+                &b.authority,
+                &b.connect_timeout,
+                &b.timeout,
+                &b.max_idle_per_host,
+            )
         || (
             extra_endpoints,
             total_timeout,

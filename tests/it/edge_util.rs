@@ -39,7 +39,12 @@ impl Ca {
 
     /// A leaf for 127.0.0.1 (server) or a client, as (cert PEM, key PEM).
     pub(crate) fn leaf(&self, client: bool) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        self.leaf_for("127.0.0.1", client)
+    }
+
+    /// A leaf for `name` (a DNS name or an IP address).
+    pub(crate) fn leaf_for(&self, name: &str, client: bool) -> (String, String) {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params.extended_key_usages = vec![if client {
             ExtendedKeyUsagePurpose::ClientAuth
         } else {

@@ -3,7 +3,9 @@
 //! `bytes_out`, and writes the request's access-log line (through
 //! [`core::finish`]) when hyper drops it — after the last byte went out,
 //! or when the client went away — so each response gets exactly one line
-//! with its final size and duration. The request side (the client's body
+//! with its final size and duration. An upstream's trailers (an HTTP/2
+//! upstream's `grpc-status`) pass through filtered by the response-head
+//! policy ([`core::rewrite_trailers`]). The request side (the client's body
 //! on its way upstream) is [`crate::proxy::upstream::body`].
 
 use std::future::Future;
@@ -83,6 +85,14 @@ impl ResponseBody {
         }
     }
 
+    /// No body at all: HTTP/2 ends the stream with the HEADERS frame (a
+    /// gRPC "Trailers-Only" answer needs that).
+    pub(crate) fn empty() -> ResponseBody {
+        let mut b = ResponseBody::full(Bytes::new());
+        b.inner = Inner::Full(None);
+        b
+    }
+
     pub(crate) fn with_log(mut self, pending: PendingLog) -> ResponseBody {
         self.pending = Some(pending);
         self
@@ -124,16 +134,25 @@ impl Body for ResponseBody {
                 }
             }
         }
-        match &r {
+        match r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes_out += d.len() as u64;
                 }
+                Poll::Ready(Some(Ok(match f.into_trailers() {
+                    Ok(mut t) => {
+                        core::rewrite_trailers(&mut t);
+                        Frame::trailers(t)
+                    }
+                    Err(f) => f,
+                })))
             }
-            Poll::Ready(Some(Err(_))) => this.upstream_failed = true,
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                this.upstream_failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            r => r,
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {

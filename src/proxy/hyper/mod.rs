@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -28,6 +28,7 @@ use self::body::UpstreamBody;
 use self::body::{BodyFault, BodyWatch, BoxError, CancelLog, PendingLog, ResponseBody};
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1;
+use super::upstream::tls::TlsFailed;
 use super::upstream::Lease;
 use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
@@ -157,6 +158,7 @@ where
         snap.version.clone(),
     );
     rec.protocol = protocol(req.version());
+    let grpc = core::is_grpc(req.headers());
     let watch = Arc::new(BodyWatch::default());
     let pending = |rec: AccessRecord| PendingLog {
         log: state.log.clone(),
@@ -168,13 +170,13 @@ where
 
     let http11 = req.version() == http::Version::HTTP_11;
     if let Err(e) = core::check_request(req.method(), http11, req.headers()) {
-        return Ok(error_response(e, None, rec, pending));
+        return Ok(error_response(e, None, rec, pending, grpc));
     }
     let routed = core::route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await;
     let Routed { mut lease, stamps } = match routed {
         Ok(r) => r,
         Err(Refused { error, stamps }) => {
-            return Ok(error_response(error, stamps.as_ref(), rec, pending))
+            return Ok(error_response(error, stamps.as_ref(), rec, pending, grpc))
         }
     };
     let upstream_req = match upstream_request(
@@ -186,7 +188,7 @@ where
         watch.clone(),
     ) {
         Ok(r) => r,
-        Err(e) => return Ok(error_response(e, stamps.as_ref(), rec, pending)),
+        Err(e) => return Ok(error_response(e, stamps.as_ref(), rec, pending, grpc)),
     };
     let sent = Instant::now();
     let cancelled = CancelLog::new(pending(rec.clone()));
@@ -266,7 +268,10 @@ where
         },
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");
-            if is_timeout(&e) {
+            if let Some(why) = tls_failure(&e) {
+                tracing::warn!(upstream = %upstream.config.name, endpoint = %lease.endpoint().address, error = %why, "upstream TLS handshake failed");
+                UpstreamFailure::Tls(why)
+            } else if is_timeout(&e) {
                 UpstreamFailure::ConnectTimeout
             } else if e.is_connect() {
                 UpstreamFailure::Connect
@@ -298,7 +303,7 @@ where
         }
         None => core::upstream_error(&upstream, failure),
     };
-    Ok(error_response(err, stamps.as_ref(), rec, pending))
+    Ok(error_response(err, stamps.as_ref(), rec, pending, grpc))
 }
 
 /// What hyper's client accepted but the lean path's parser refuses, so
@@ -351,29 +356,48 @@ where
             }
         }
     }
-    uri.scheme = Some(Scheme::HTTP);
+    let up = lease.upstream();
+    uri.scheme = Some(up.scheme.clone());
     uri.authority = Some(lease.endpoint().authority.clone());
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unparseable target"))?;
-    parts.version = http::Version::HTTP_11;
+    parts.version = if up.h2() {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
 
     let h = &mut parts.headers;
+    // `te: trailers` is hop-by-hop, but an HTTP/2 upstream (a gRPC server)
+    // is owed it when the client sent it: it says the client reads trailers.
+    let te_trailers = up.h2()
+        && h.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     // hyper sends a GET or HEAD body only with an explicit length or
     // encoding; a chunked one must stay chunked rather than vanish.
     let chunked = h.contains_key(header::TRANSFER_ENCODING);
     let ends = http_body::Body::is_end_stream(&body);
     core::rewrite_upstream_headers(h, &conn.peer, stamps, request_id);
-    if lease.upstream().endpoints().len() > 1 {
+    if up.h2() {
+        // HTTP/2 names the host in :authority (from the URI), and frames
+        // a body in DATA frames: no Host, no Transfer-Encoding.
+        if te_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else if up.endpoints().len() > 1 {
         // Every endpoint gets the upstream's one Host (hyper would write
         // the endpoint's own from the URI), as on the lean path.
-        h.insert(header::HOST, lease.upstream().host.clone());
+        h.insert(header::HOST, up.host.clone());
     }
     if conn.tls {
         h.insert(core::X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
-    if chunked && !ends {
+    if chunked && !ends && !up.h2() {
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
@@ -399,7 +423,11 @@ fn error_response(
     stamps: Option<&Stamps>,
     mut rec: AccessRecord,
     pending: impl FnOnce(AccessRecord) -> PendingLog,
+    grpc: bool,
 ) -> Response<ResponseBody> {
+    if grpc {
+        return grpc_error_response(e, stamps, rec, pending);
+    }
     let answer = core::ErrorAnswer::new(&e, &mut rec);
     let mut resp = Response::new(ResponseBody::full(answer.body));
     *resp.status_mut() = answer.status;
@@ -417,6 +445,56 @@ fn error_response(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp.map(|b| b.with_log(pending(rec)))
+}
+
+/// A gRPC call's error answer ([`core::GrpcAnswer`]): 200, `grpc-status`
+/// and `grpc-message` in the head, stamped, no body.
+fn grpc_error_response(
+    e: ProxyError,
+    stamps: Option<&Stamps>,
+    mut rec: AccessRecord,
+    pending: impl FnOnce(AccessRecord) -> PendingLog,
+) -> Response<ResponseBody> {
+    let answer = core::GrpcAnswer::new(&e, &mut rec);
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, answer.status);
+    h.insert(GRPC_MESSAGE, answer.message);
+    if let Some(s) = stamps {
+        s.apply(h);
+    }
+    h.insert(core::REQUEST_ID, rec.request_id.clone());
+    resp.map(|b| b.with_log(pending(rec)))
+}
+
+const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+
+/// Why the TLS handshake with the upstream failed, if that is why the
+/// request failed.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<TlsFailed>() {
+            return Some(t.to_string());
+        }
+        // A TLS 1.3 upstream refuses a client certificate after the
+        // handshake, with an alert the first read reports (when that
+        // read's error reaches the request, as on HTTP/1.1).
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(format!("TLS with the upstream failed: {r}"));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Whether an upstream error was a timeout (a connect timeout surfaces as

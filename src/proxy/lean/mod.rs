@@ -38,7 +38,7 @@ use self::io::Deadline;
 pub(crate) use self::io::Rewind;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, ResponseHead};
-use super::upstream::{Checkout, ConnectError, Lease};
+use super::upstream::{self, Checkout, ConnectError, Lease};
 use crate::error::{ProxyError, CLIENT_CLOSED};
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
@@ -221,6 +221,13 @@ impl Connection {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head, t.max_head) {
                     Parsed::Lean => {
+                        let req = h1::Request {
+                            bytes: &self.buf,
+                            head: &self.head,
+                        };
+                        if upstream::needs_hyper(&self.state, req.path()) {
+                            return Next::Hand("routed to an HTTP/2 or TLS upstream");
+                        }
                         need = Some(self.head.head_len + self.head.body_len);
                         (phase, deadline) = (t.body, None);
                     }

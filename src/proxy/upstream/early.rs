@@ -10,23 +10,33 @@
 //! read the answer; and a read that finds the connection gone still ends
 //! the exchange at once, so nothing waits on a dead socket. A connection
 //! whose write failed is never reused: its next read reports the reset.
+//!
+//! The connector also shakes hands with `https://` upstreams
+//! ([`super::tls`]) on the socket it connected, so one client type serves
+//! plain and TLS upstreams, HTTP/1.1 and HTTP/2 alike.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+use super::tls::{Stream, TlsTo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// [`HttpConnector`], handing out [`EarlyIo`] sockets.
+/// [`HttpConnector`], handing out [`EarlyIo`] sockets, TLS ones when the
+/// upstream is `https://`.
 #[derive(Clone)]
-pub(crate) struct EarlyAnswerConnector(pub HttpConnector);
+pub(crate) struct EarlyAnswerConnector {
+    pub http: HttpConnector,
+    pub tls: Option<Arc<TlsTo>>,
+}
 
 impl tower_service::Service<Uri> for EarlyAnswerConnector {
     type Response = EarlyIo;
@@ -34,15 +44,23 @@ impl tower_service::Service<Uri> for EarlyAnswerConnector {
     type Future = Pin<Box<dyn Future<Output = Result<EarlyIo, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
+        self.http.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
+        let connecting = self.http.call(uri.clone());
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let tcp = connecting.await?.into_inner();
+            let stream = match tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => {
+                    let host = uri.host().unwrap_or_default();
+                    Stream::Tls(Box::new(tls.handshake(host, tcp).await?))
+                }
+            };
             Ok(EarlyIo {
-                io,
+                io: TokioIo::new(stream),
                 peer_closed: false,
             })
         })
@@ -51,7 +69,7 @@ impl tower_service::Service<Uri> for EarlyAnswerConnector {
 
 /// An upstream socket whose writes after the peer closed are dropped.
 pub(crate) struct EarlyIo {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<Stream>,
     /// A write found the peer gone: later writes are dropped.
     peer_closed: bool,
 }
@@ -140,6 +158,12 @@ impl Write for EarlyIo {
 
 impl Connection for EarlyIo {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let stream = self.io.inner();
+        let connected = stream.tcp().connected();
+        if stream.alpn_h2() {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }

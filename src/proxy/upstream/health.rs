@@ -5,6 +5,10 @@
 //! failures take the endpoint out of rotation, `healthy_after` consecutive
 //! passes bring it back; each change is logged. An endpoint starts in
 //! rotation, so a restart does not refuse traffic until the first checks.
+//! An HTTP/2 or `https://` upstream is checked the same way in its own
+//! protocol (TLS handshake included, so a certificate the proxy would
+//! refuse fails the check), on hyper's client connection over the
+//! upstream's own connector.
 //!
 //! A task holds its upstream weakly and ends when the upstream is dropped
 //! (a reload that changed it built a new one, with its own tasks).
@@ -39,11 +43,28 @@ async fn run(up: Weak<Upstream>, index: usize, check: HealthCheck) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (address, host) = match up.upgrade() {
-            Some(u) => (u.endpoints[index].address.clone(), u.host.clone()),
+        let (address, host, via) = match up.upgrade() {
+            Some(u) => {
+                let via = (!u.lean()).then(|| Via {
+                    connector: u.connector.clone(),
+                    uri: http::Uri::builder()
+                        .scheme(u.scheme.clone())
+                        .authority(u.endpoints[index].authority.clone())
+                        .path_and_query(check.path.as_str())
+                        .build(),
+                    h2: u.h2(),
+                });
+                (u.endpoints[index].address.clone(), u.host.clone(), via)
+            }
             None => return,
         };
-        let passed = tokio::time::timeout(check.timeout, probe(&address, &host, &check.path))
+        let probing = async {
+            match via {
+                None => probe(&address, &host, &check.path).await,
+                Some(via) => probe_hyper(via, &host).await,
+            }
+        };
+        let passed = tokio::time::timeout(check.timeout, probing)
             .await
             .unwrap_or(Err(ProbeFailure::Timeout));
         let Some(up) = up.upgrade() else { return };
@@ -89,6 +110,65 @@ enum ProbeFailure {
     Io(#[from] std::io::Error),
     #[error("answered {0}")]
     Status(String),
+    #[error("{0}")]
+    Client(String),
+}
+
+/// How an endpoint that only hyper's client serves is checked.
+struct Via {
+    connector: super::EarlyAnswerConnector,
+    uri: Result<http::Uri, http::Error>,
+    h2: bool,
+}
+
+/// One check over hyper's client connection: `GET path` in the
+/// upstream's protocol, on a new connection (TLS when the upstream is).
+async fn probe_hyper(via: Via, host: &http::HeaderValue) -> Result<(), ProbeFailure> {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use tower_service::Service;
+
+    let client = |e: &dyn std::fmt::Display| ProbeFailure::Client(e.to_string());
+    let uri = via.uri.map_err(|e| client(&e))?;
+    let mut connector = via.connector;
+    let io = connector.call(uri.clone()).await.map_err(|e| client(&e))?;
+    let status = if via.h2 {
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| client(&e))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri)
+            .header(http::header::USER_AGENT, "cohort-health-check")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| client(&e))?;
+        send.send_request(req)
+            .await
+            .map_err(|e| client(&e))?
+            .status()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| client(&e))?;
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "cohort-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| client(&e))?;
+        send.send_request(req)
+            .await
+            .map_err(|e| client(&e))?
+            .status()
+    };
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(ProbeFailure::Status(status.as_u16().to_string()))
+    }
 }
 
 /// One check: `GET path` and the status line of the answer.

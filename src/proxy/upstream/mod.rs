@@ -10,6 +10,20 @@
 //! [`Endpoint`], [`Endpoint::checkout`]'s plain sockets for the lean path,
 //! which speaks HTTP/1.1 on them itself.
 //!
+//! An upstream with `protocol: h2` or `https://` endpoints is served by
+//! hyper's client only (the lean path hands such requests to hyper's
+//! front end, [`needs_hyper`]). HTTP/2 upstreams use the same hyper-util
+//! client as HTTP/1 ones, built `http2_only`: its pool keeps one HTTP/2
+//! connection per endpoint (a second connect to an endpoint waits for the
+//! first rather than racing it) and multiplexes every request on it, and
+//! the request path — [`Upstream::pick`], the connect-failure retry with
+//! its reclaimed body, the timeouts, the passive ejection — stays the one
+//! the HTTP/1 client already has. A hand-made set of
+//! `hyper::client::conn::http2` connections would have had to re-do that
+//! pool (connect once, reconnect on GOAWAY, drop on error) for no gain.
+//! TLS to upstreams is [`tls`]: the connector shakes hands on the socket
+//! it connected, for either protocol.
+//!
 //! Both front ends pick endpoints here and nowhere else: [`balance`] holds
 //! the choice (least in flight of two random endpoints) and the passive
 //! ejection, [`health`] the active checks. Picking costs atomics only —
@@ -22,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -30,12 +44,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub(crate) use self::balance::Lease;
 pub(crate) use self::early::EarlyAnswerConnector;
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 
 mod balance;
 pub(crate) mod body;
 mod early;
 mod health;
+pub(crate) mod tls;
 
 use self::body::UpstreamBody;
 
@@ -51,6 +66,10 @@ pub(crate) struct Upstream {
     /// (the endpoints of one upstream serve the same model).
     pub host: HeaderValue,
     pub client: UpstreamClient,
+    /// `https` for a TLS upstream, else `http`.
+    pub scheme: Scheme,
+    /// What `client` connects with (the health checks' own connections).
+    connector: EarlyAnswerConnector,
     endpoints: Box<[Endpoint]>,
     /// State of the endpoint picker's random draws.
     draws: AtomicU64,
@@ -88,6 +107,29 @@ thread_local! {
     static MY_LIST: usize = NEXT_LIST.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Set once an upstream that only hyper's client serves (HTTP/2 or TLS)
+/// was built: until then the lean path skips [`needs_hyper`]'s lookup.
+static ANY_HYPER_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Whether a request on `path` may reach an upstream the lean path cannot
+/// speak to (`protocol: h2`, or `https://`): any variant's upstream or
+/// fallback of the experiment routing it, or the default upstream. The
+/// lean path then hands the connection to hyper's front end before it
+/// reads the request, as for any request it does not take.
+pub(crate) fn needs_hyper(state: &crate::state::State, path: &str) -> bool {
+    if !ANY_HYPER_ONLY.load(Ordering::Relaxed) {
+        return false;
+    }
+    match state.snapshot().route(path) {
+        crate::snapshot::Target::Experiment(x) => x
+            .variants
+            .iter()
+            .any(|v| !v.upstream.lean() || v.fallback.as_ref().is_some_and(|f| !f.lean())),
+        crate::snapshot::Target::Default(up) => !up.lean(),
+        crate::snapshot::Target::NotFound => false,
+    }
+}
+
 /// How long an idle connection is kept (hyper's pool uses the same).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -111,17 +153,33 @@ pub(crate) enum ConnectError {
 impl Upstream {
     /// `workers`: the runtime's worker threads, one idle list each.
     pub(crate) fn new(config: &UpstreamConfig, workers: usize) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = tls::TlsTo::of(config);
+        // The TLS connector takes https:// URIs (hyper's checks http only).
+        http.enforce_http(tls.is_none());
+        let connector = EarlyAnswerConnector { http, tls };
+        let h2 = config.protocol == UpstreamProtocol::H2;
+        if h2 || config.tls.is_some() {
+            ANY_HYPER_ONLY.store(true, Ordering::Relaxed);
+        }
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_idle_per_host)
-            .build(EarlyAnswerConnector(connector));
+            .http2_only(h2)
+            .build(connector.clone());
         let lists = workers.clamp(1, 64);
         Upstream {
+            scheme: if config.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            connector,
             host: HeaderValue::from_str(&config.authority).expect("validated authority"),
             endpoints: config
                 .endpoints()
@@ -154,6 +212,16 @@ impl Upstream {
         &self.endpoints
     }
 
+    /// Whether the lean path can serve it: plain HTTP/1.1.
+    pub(crate) fn lean(&self) -> bool {
+        self.config.protocol == UpstreamProtocol::Http1 && self.config.tls.is_none()
+    }
+
+    /// Whether it speaks HTTP/2.
+    pub(crate) fn h2(&self) -> bool {
+        self.config.protocol == UpstreamProtocol::H2
+    }
+
     /// The upstream's state for `GET /admin/upstreams`.
     pub(crate) fn view(&self) -> serde_json::Value {
         let now = self.now_ms();
@@ -174,6 +242,8 @@ impl Upstream {
         serde_json::json!({
             "name": self.config.name,
             "health_check": self.config.health.as_ref().map(|h| h.path.clone()),
+            "protocol": self.config.protocol.as_str(),
+            "tls": self.config.tls.is_some(),
             "available": self.endpoints.iter().filter(|ep| ep.available(now)).count(),
             "endpoints": endpoints,
         })
@@ -296,6 +366,8 @@ mod tests {
             health: None,
             eject_after: crate::config::DEFAULT_EJECT_AFTER,
             eject_for: crate::config::DEFAULT_EJECT_FOR,
+            protocol: crate::config::UpstreamProtocol::Http1,
+            tls: None,
         }
     }
 
