@@ -19,25 +19,38 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::hyper::h2::{self, Opening};
+use super::hyper::RequestLimits;
 use super::lean::{self, ClientLimits, HandOff, LeanExit};
 use super::tls::Tls;
 use crate::state::State;
+
+/// How often a failing accept is logged as a warning.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// hyper's connection settings, made once for every connection.
 struct Front {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     limits: ClientLimits,
+    request: RequestLimits,
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
-/// requests; `limits` bound how long clients may take; `tls` terminates
-/// TLS on every connection. Returns the number of connections cut at the
+/// requests; `limits` bound how long clients may take, what they may send
+/// and how many connections are served at once; `tls` terminates TLS on
+/// every connection. Returns the number of connections cut at the
 /// deadline.
+///
+/// With `max_connections`, a slot is taken before each accept and held by
+/// the connection's task until it ends: past the limit the loop stops
+/// accepting, so new connections wait in the kernel's backlog (not in
+/// cohort's memory) until one closes. A failing accept (EMFILE, ENFILE:
+/// out of descriptors) is retried every 50 ms, so the loop never spins,
+/// and logged as a warning at most once a minute.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -54,22 +67,51 @@ pub(crate) async fn serve(
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header)
         .max_header_size(limits.max_head)
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX));
-    let front = Arc::new(Front { h1, h2, limits });
+    let request = RequestLimits {
+        body_timeout: limits.body,
+        max_body: limits.max_body,
+        max_headers: limits.max_headers,
+    };
+    let front = Arc::new(Front {
+        h1,
+        h2,
+        limits,
+        request,
+    });
+    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    // When accepting last failed loudly: at most one warning a minute.
+    let mut warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let slot = match &slots {
+            Some(s) => tokio::select! {
+                slot = s.clone().acquire_owned() => Some(slot.expect("the semaphore is never closed")),
+                () = &mut shutdown => break,
+            },
+            None => None,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Typically EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        // Typically EMFILE: back off instead of spinning,
+                        // and say so once, not 20 times a second.
+                        if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                            tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it works (logged once a minute)");
+                            warned = Some(std::time::Instant::now());
+                        } else {
+                            tracing::debug!(error = %e, "accept failed");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                            () = &mut shutdown => break,
+                        }
                     }
                 };
                 let _ = stream.set_nodelay(true);
@@ -78,11 +120,13 @@ pub(crate) async fn serve(
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         tokio::spawn(async move {
+                            let _slot = slot;
                             front.serve_tls(acceptor, stream, peer, state, rx).await
                         });
                     }
                     None if lean => {
                         tokio::spawn(async move {
+                            let _slot = slot;
                             if let LeanExit::HandOff(HandOff { io, stop, state, why }) =
                                 lean::serve(stream, peer, state, rx, limits).await
                             {
@@ -92,7 +136,10 @@ pub(crate) async fn serve(
                         });
                     }
                     None => {
-                        tokio::spawn(async move { front.serve_plain(stream, peer, state, rx).await });
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            front.serve_plain(stream, peer, state, rx).await
+                        });
                     }
                 }
             }
@@ -130,10 +177,10 @@ impl Front {
         let l = self.limits;
         match h2::sniff(io, l.idle, l.header, &mut stop).await {
             Opening::H2(io) => {
-                h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, false).await
+                h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, false).await
             }
             Opening::H1(io) => {
-                super::hyper::serve(io, peer, state, stop, &self.h1, l.body, false).await
+                super::hyper::serve(io, peer, state, stop, &self.h1, self.request, false).await
             }
             Opening::Gone => {}
         }
@@ -162,9 +209,9 @@ impl Front {
             }
         };
         if io.get_ref().1.alpn_protocol() == Some(b"h2") {
-            h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, true).await;
+            h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, true).await;
         } else {
-            super::hyper::serve(io, peer, state, stop, &self.h1, l.body, true).await;
+            super::hyper::serve(io, peer, state, stop, &self.h1, self.request, true).await;
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
-use super::{handle, ClientGone, Conn};
+use super::{handle, ClientGone, Conn, RequestLimits};
 use crate::proxy::core::Peer;
 use crate::proxy::lean::Rewind;
 use crate::state::State;
@@ -39,7 +39,7 @@ pub(crate) async fn serve_h2<I>(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     http: &http2::Builder<TokioExecutor>,
-    body_timeout: Duration,
+    limits: RequestLimits,
     idle: Duration,
     tls: bool,
 ) where
@@ -47,7 +47,8 @@ pub(crate) async fn serve_h2<I>(
 {
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
-        body_timeout,
+        limits,
+        stop: stop.clone(),
         tls,
     });
     let streams = Arc::new(Streams::new());

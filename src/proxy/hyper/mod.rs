@@ -9,8 +9,11 @@
 
 pub(crate) mod body;
 pub(crate) mod h2;
+mod limit;
+mod tunnel;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +29,7 @@ use tokio::sync::watch;
 
 use self::body::UpstreamBody;
 use self::body::{BodyFault, BodyWatch, BoxError, CancelLog, PendingLog, ResponseBody};
+use self::limit::Capped;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1;
 use super::upstream::Lease;
@@ -33,11 +37,26 @@ use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
+/// What a client may send on hyper's front end (from `runtime`, as on
+/// the lean path).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestLimits {
+    /// How long the client may pause while sending a request body.
+    pub body_timeout: Duration,
+    /// The largest request body (413 past it), if any.
+    pub max_body: Option<u64>,
+    /// The most header fields (431 past it; hyper's HTTP/1 server counts
+    /// them itself, this catches HTTP/2 requests).
+    pub max_headers: usize,
+}
+
 /// What the handler knows of its connection, made once per connection.
 pub(crate) struct Conn {
     pub peer: Peer,
-    /// How long the client may pause while sending a request body.
-    pub body_timeout: Duration,
+    pub limits: RequestLimits,
+    /// The connection's shutdown receiver: a WebSocket tunnel, which
+    /// outlives hyper's connection, holds a copy so a drain waits for it.
+    pub stop: watch::Receiver<bool>,
     /// Whether the client connected over TLS (`x-forwarded-proto: https`).
     pub tls: bool,
 }
@@ -53,19 +72,20 @@ pub(crate) async fn serve<I>(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     http: &http1::Builder,
-    body_timeout: Duration,
+    limits: RequestLimits,
     tls: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
-        body_timeout,
+        limits,
+        stop: stop.clone(),
         tls,
     });
     let st = state.clone();
     let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
-    let mut conn = http.serve_connection(TokioIo::new(io), svc);
+    let mut conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
     // Borrowed, not moved: the receiver must live until the connection
     // ends, since the drain waits for every receiver to go.
     let stopping = async {
@@ -85,7 +105,9 @@ pub(crate) async fn serve<I>(
     tracing::debug!(%peer, error = %e, "connection ended with an error");
     let refused = if e.is_timeout() {
         // hyper closes without an answer; one is owed if part of a head came.
-        let parts = conn.into_parts();
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
         if parts.read_buf.is_empty() {
             return;
         }
@@ -162,6 +184,13 @@ where
     if let Err(e) = core::check_request(req.method(), http11, req.headers()) {
         return Ok(error_response(e, None, rec, pending));
     }
+    if let Err(e) = check_limits(&req, &conn.limits) {
+        return Ok(error_response(e, None, rec, pending));
+    }
+    // A body of unknown length is cut off past the limit as it streams.
+    let over = Arc::new(AtomicBool::new(false));
+    let max = conn.limits.max_body.unwrap_or(u64::MAX);
+    let req = req.map(|b| Capped::new(b, max, over.clone()));
     let routed = core::route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await;
     let Routed { mut lease, stamps } = match routed {
         Ok(r) => r,
@@ -169,6 +198,19 @@ where
             return Ok(error_response(error, stamps.as_ref(), rec, pending))
         }
     };
+    if tunnel::wants_websocket(&req) {
+        let opening = tunnel::Opening {
+            state: &state,
+            conn: &conn,
+            lease,
+            stamps,
+            started,
+        };
+        return Ok(match tunnel::open(opening, req, rec, pending).await {
+            Ok(resp) => resp,
+            Err((e, rec, stamps)) => error_response(e, stamps.as_ref(), rec, pending),
+        });
+    }
     let upstream_req = match upstream_request(
         req,
         &lease,
@@ -211,7 +253,8 @@ where
         }
         let r = tokio::time::timeout(upstream.head_timeout(), upstream.client.request(req)).await;
         if let Ok(Err(e)) = &r {
-            if e.is_connect() {
+            // A local EMFILE is not the endpoint's fault: no report, no retry.
+            if e.is_connect() && !core::local_resource(e) {
                 lease.report(true);
                 tried |= lease.bit();
                 if retries > 0 {
@@ -260,6 +303,8 @@ where
             tracing::debug!(error = %e, "upstream request failed");
             if is_timeout(&e) {
                 UpstreamFailure::ConnectTimeout
+            } else if e.is_connect() && core::local_resource(&e) {
+                UpstreamFailure::LocalResource
             } else if e.is_connect() {
                 UpstreamFailure::Connect
             } else if let Some(why) = parse_failure(&e) {
@@ -273,6 +318,8 @@ where
     // The client's own fault is never blamed on the upstream: a body that
     // broke its framing, stalled or was abandoned explains the failure.
     let err = match watch.fault() {
+        // Past `max_body_bytes`: the client's, whatever the upstream did.
+        _ if over.load(Ordering::Relaxed) => ProxyError::BodyTooLarge,
         Some(BodyFault::Framing) => ProxyError::BadFraming,
         Some(BodyFault::Timeout) => ProxyError::RequestTimeout,
         Some(BodyFault::Gone) => {
@@ -291,6 +338,21 @@ where
         None => core::upstream_error(&upstream, failure),
     };
     Ok(error_response(err, stamps.as_ref(), rec, pending))
+}
+
+/// `runtime.max_header_count` (hyper's HTTP/1 server enforces it too;
+/// this catches HTTP/2 requests) and a declared body length over
+/// `runtime.max_body_bytes`, refused before a byte of the body is read.
+fn check_limits<B: http_body::Body>(req: &Request<B>, l: &RequestLimits) -> Result<(), ProxyError> {
+    if req.headers().len() > l.max_headers {
+        return Err(ProxyError::TooManyHeaders);
+    }
+    if l.max_body
+        .is_some_and(|max| http_body::Body::size_hint(req.body()).lower() > max)
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(())
 }
 
 /// What hyper's client accepted but the lean path's parser refuses, so
@@ -373,7 +435,7 @@ where
     }
     Ok(Request::from_parts(
         parts,
-        UpstreamBody::new(body, watch, conn.body_timeout),
+        UpstreamBody::new(body, watch, conn.limits.body_timeout),
     ))
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::{handle, Conn};
+use super::{handle, Conn, RequestLimits};
 use crate::config::{self, Env};
 use crate::proxy::core::Peer;
 use crate::state::State;
@@ -40,7 +40,12 @@ async fn state_on(dir: &std::path::Path, port: u16) -> Arc<State> {
 fn conn() -> Arc<Conn> {
     Arc::new(Conn {
         peer: Peer::new("10.0.0.1:5555".parse().unwrap()),
-        body_timeout: Duration::from_millis(200),
+        limits: RequestLimits {
+            body_timeout: Duration::from_millis(200),
+            max_body: None,
+            max_headers: 100,
+        },
+        stop: tokio::sync::watch::channel(false).1,
         tls: false,
     })
 }

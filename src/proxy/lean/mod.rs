@@ -46,9 +46,10 @@ use crate::state::State;
 /// The old name of [`ClientLimits`].
 pub(crate) type ClientTimeouts = ClientLimits;
 
-/// How long a client may take and how much head it may send, from
-/// `runtime.client_*_timeout` and `runtime.max_request_head`; both front
-/// ends hold clients to these.
+/// How long a client may take and how much it may send, from
+/// `runtime.client_*_timeout`, `runtime.max_request_head`,
+/// `max_header_count` and `max_body_bytes`; both front ends hold clients
+/// to these.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientLimits {
     /// Idle between requests on a keep-alive connection.
@@ -61,6 +62,12 @@ pub(crate) struct ClientLimits {
     pub body: Duration,
     /// The most bytes a request head may take.
     pub max_head: usize,
+    /// The most header fields a request head may carry.
+    pub max_headers: usize,
+    /// The largest request body, if any.
+    pub max_body: Option<u64>,
+    /// The most connections served at once (the listener's), if any.
+    pub max_connections: Option<usize>,
 }
 
 impl ClientLimits {
@@ -70,6 +77,9 @@ impl ClientLimits {
             header: r.client_header_timeout,
             body: r.client_body_timeout,
             max_head: r.max_request_head,
+            max_headers: r.max_header_count,
+            max_body: r.max_body_bytes,
+            max_connections: r.max_connections,
         }
     }
 }
@@ -127,6 +137,10 @@ pub(crate) async fn serve(
                 conn.reject(r, &stop).await;
                 return LeanExit::Closed;
             }
+            Next::Over(e) => {
+                conn.over(e, &stop).await;
+                return LeanExit::Closed;
+            }
             Next::Hand(why) => {
                 let rest = conn.buf.split().freeze();
                 let io = Rewind {
@@ -170,6 +184,9 @@ enum Next {
     Hand(&'static str),
     /// A request refused outright (answered, then the connection closes).
     Reject(Reject),
+    /// A whole head over `max_header_count`, or announcing a body over
+    /// `max_body_bytes` (answered before the body is read, then closed).
+    Over(ProxyError),
 }
 
 /// How a request's exchange with its upstream ended.
@@ -184,6 +201,9 @@ impl Failure {
     fn upstream(self) -> UpstreamFailure {
         match self {
             Failure::Connect(ConnectError::Timeout) => UpstreamFailure::ConnectTimeout,
+            Failure::Connect(ConnectError::Io(e)) if core::local_resource(&e) => {
+                UpstreamFailure::LocalResource
+            }
             Failure::Connect(ConnectError::Io(_)) => UpstreamFailure::Connect,
             Failure::Io { .. } => UpstreamFailure::Reset,
             Failure::Invalid(why) => UpstreamFailure::Invalid(why.to_string()),
@@ -220,6 +240,12 @@ impl Connection {
         loop {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head, t.max_head) {
+                    Parsed::Lean if self.head.fields.len() > t.max_headers => {
+                        return Next::Over(ProxyError::TooManyHeaders)
+                    }
+                    Parsed::Lean if t.max_body.is_some_and(|m| self.head.body_len as u64 > m) => {
+                        return Next::Over(ProxyError::BodyTooLarge)
+                    }
                     Parsed::Lean => {
                         need = Some(self.head.head_len + self.head.body_len);
                         (phase, deadline) = (t.body, None);
@@ -408,6 +434,24 @@ impl Connection {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Answers a head over a limit, then the connection closes: too many
+    /// fields get the empty 431 hyper's path sends for them; a body
+    /// announced over `max_body_bytes` gets the JSON 413 before a byte of
+    /// it is read.
+    async fn over(&mut self, e: ProxyError, stop: &watch::Receiver<bool>) {
+        if matches!(e, ProxyError::TooManyHeaders) {
+            let _ = self.client.write_all(HEAD_TOO_LARGE).await;
+            return core::log_unparsed(&self.state, &e);
+        }
+        let started = std::time::Instant::now();
+        let head = self.buf.split_to(self.head.head_len).freeze();
+        self.head.body_len = 0;
+        let version = self.state.snapshot().version.clone();
+        if let Some(rec) = self.record(&head, &version).await {
+            self.own_response(e, None, rec, started, stop).await;
         }
     }
 
@@ -659,6 +703,10 @@ async fn round_trip(
     let mut conn = loop {
         match lease.endpoint().checkout(connect_timeout).await {
             Ok(conn) => break conn,
+            Err(ConnectError::Io(e)) if core::local_resource(&e) => {
+                // Our own fault: the endpoint is not to blame.
+                return Err(Failure::Connect(ConnectError::Io(e)));
+            }
             Err(e) => {
                 lease.report(true);
                 tried |= lease.bit();
@@ -686,6 +734,9 @@ async fn round_trip(
             }) if conn.reused && (idempotent || !sent) => {
                 conn = match lease.endpoint().connect(connect_timeout).await {
                     Ok(c) => c,
+                    Err(ConnectError::Io(e)) if core::local_resource(&e) => {
+                        return Err(Failure::Connect(ConnectError::Io(e)));
+                    }
                     Err(e) => {
                         lease.report(true);
                         return Err(Failure::Connect(e));

@@ -51,6 +51,22 @@ impl TestDir {
     }
 }
 
+/// The access log once `ready` says it holds what is awaited (the writer
+/// flushes every 500 ms), or as it is after 10 s.
+pub(crate) async fn log_when(
+    dir: &TestDir,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = dir.access_log();
+        if ready(&log) || tokio::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The standard test config: `listen` on port 0, store and log in the dir.
 /// `experiments` is YAML for the `experiments:` list, indented by 2.
 ///
@@ -134,7 +150,18 @@ impl Cohort {
         args: &[&std::ffi::OsStr],
         cwd: &Path,
     ) -> Result<Cohort, (Option<ExitStatus>, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        Cohort::start_via(env!("CARGO_BIN_EXE_cohort").as_ref(), args, cwd)
+    }
+
+    /// [`Cohort::start_args`] through another program that execs cohort
+    /// (`sh -c 'ulimit -n 64 && exec "$0" "$@"' cohort ARGS`, say), so the
+    /// process is still cohort's.
+    pub(crate) fn start_via(
+        program: &std::ffi::OsStr,
+        args: &[&std::ffi::OsStr],
+        cwd: &Path,
+    ) -> Result<Cohort, (Option<ExitStatus>, String)> {
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .env("COHORT_LOG", "info")
