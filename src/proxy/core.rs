@@ -397,6 +397,13 @@ pub(crate) enum UpstreamFailure {
     LocalResource,
 }
 
+/// When a drain starts (SIGTERM, or a binary upgrade's old process), how
+/// long a connection that has not sent a request yet may still send its
+/// first: it was accepted for one, which may be on its way, and closing it
+/// unanswered would fail that request. Idle keep-alive connections close
+/// at once. Both front ends use it.
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Whether a connect failure was the proxy's own lack of a resource
 /// (EMFILE, ENFILE, ENOBUFS, ENOMEM) rather than anything the upstream
 /// did: such a failure is answered 503 `local_resource`, never counted

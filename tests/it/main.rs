@@ -19,6 +19,7 @@ mod replicas;
 mod report;
 mod streaming;
 mod tls;
+mod upgrade;
 mod upstreams;
 mod util;
 mod vendor;

@@ -84,7 +84,14 @@ pub(crate) async fn serve<I>(
         tls,
     });
     let st = state.clone();
-    let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
+    // Told when a request starts: a drain lets an unused connection send
+    // its first request (core::FIRST_REQUEST_GRACE) before closing it.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let first = started.clone();
+    let svc = service_fn(move |req| {
+        first.notify_one();
+        handle(st.clone(), conn.clone(), req)
+    });
     let mut conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
     // Borrowed, not moved: the receiver must live until the connection
     // ends, since the drain waits for every receiver to go.
@@ -97,8 +104,17 @@ pub(crate) async fn serve<I>(
         biased;
         r = &mut conn => r,
         () = stopping => {
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            (&mut conn).await
+            // At once for a connection that served a request (the permit
+            // is stored); up to the grace for one still unused.
+            let first = tokio::time::timeout(core::FIRST_REQUEST_GRACE, started.notified());
+            tokio::select! {
+                biased;
+                r = &mut conn => r,
+                _ = first => {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    (&mut conn).await
+                }
+            }
         }
     };
     let Err(e) = result else { return };

@@ -128,6 +128,7 @@ pub(crate) async fn serve(
         state,
         header_timer: Deadline::default(),
         upstream_timer: Deadline::default(),
+        served: false,
     };
     loop {
         match conn.next_request(&mut stop).await {
@@ -155,6 +156,7 @@ pub(crate) async fn serve(
                 });
             }
         }
+        conn.served = true;
         if !conn.serve_one(&stop).await || *stop.borrow() {
             return LeanExit::Closed;
         }
@@ -175,6 +177,8 @@ struct Connection {
     header_timer: Deadline,
     upstream_timer: Deadline,
     timeouts: ClientLimits,
+    /// Whether a request was served on it yet.
+    served: bool,
 }
 
 enum Next {
@@ -260,7 +264,16 @@ impl Connection {
             }
             let idle = self.buf.is_empty();
             if idle && *stop.borrow() {
-                return Next::Closed;
+                // An idle keep-alive connection closes now; one not yet
+                // used was opened for a request that may be on its way:
+                // it gets a moment to arrive (then served, and closed).
+                if self.served {
+                    return Next::Closed;
+                }
+                let linger = Instant::now() + core::FIRST_REQUEST_GRACE;
+                if deadline.is_none_or(|d| d > linger) {
+                    deadline = Some(linger);
+                }
             }
             let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
             self.buf.reserve(missing.clamp(READ_CHUNK, GROW_BY));

@@ -285,6 +285,11 @@ impl Cohort {
         wait_timeout(&mut self.child, Duration::from_secs(20))
     }
 
+    /// The exit status, once the process has exited.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// SIGKILL: no chance to flush or sync anything.
     pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
