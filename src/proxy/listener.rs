@@ -27,6 +27,9 @@ use super::lean::{self, ClientLimits, HandOff, LeanExit};
 use super::tls::Tls;
 use crate::state::State;
 
+/// hyper's HTTP/1 read buffer, beyond the head limit.
+const MIN_READ_BUF: usize = 16 * 1024;
+
 /// How often a failing accept is logged as a warning.
 const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -68,6 +71,10 @@ pub(crate) async fn serve(
         .header_read_timeout(limits.header)
         .max_header_size(limits.max_head)
         .max_headers(limits.max_headers)
+        // hyper's read buffer grows up to ~400 KiB per connection while a
+        // client streams a body in faster than the upstream takes it;
+        // capped at the head limit (a head must fit) plus a read's worth.
+        .max_buf_size(limits.max_head.max(MIN_READ_BUF) + MIN_READ_BUF)
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())

@@ -16,9 +16,12 @@
 //! integration tests run both.
 //!
 //! Memory: a request body (a Content-Length up to [`h1::MAX_LEAN_BODY`],
-//! 256 KiB) is buffered whole before it is forwarded, but the buffer
-//! grows with what arrives, at most [`GROW_BY`] ahead of it, so a stalled
-//! upload holds what it sent plus 64 KiB, not its announced length.
+//! 256 KiB) is buffered whole before it is forwarded, in one buffer of
+//! exactly the request's size allocated when its head is read: a
+//! connection holds at most its head plus 256 KiB. Pages the client has
+//! not filled are never touched, so a stalled upload costs resident
+//! memory for what it sent (mimalloc is built without transparent huge
+//! pages for that, see Cargo.toml).
 
 mod io;
 
@@ -86,8 +89,6 @@ impl ClientLimits {
 /// Read-buffer growth per read (hyper's default buffer size too).
 const READ_CHUNK: usize = 8 * 1024;
 const COPY_BODY_UP_TO: usize = 4 * 1024;
-/// How far ahead of the bytes received a body buffer may grow.
-pub(crate) const GROW_BY: usize = 64 * 1024;
 
 /// How the lean path let go of a connection.
 pub(crate) enum LeanExit {
@@ -276,7 +277,14 @@ impl Connection {
                 }
             }
             let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
-            self.buf.reserve(missing.clamp(READ_CHUNK, GROW_BY));
+            if missing > READ_CHUNK {
+                // One allocation of exactly the request's size (a lean
+                // body is at most 256 KiB): no doubling, no trail of
+                // outgrown buffers.
+                grow_exact(&mut self.buf, missing);
+            } else {
+                self.buf.reserve(READ_CHUNK);
+            }
             let at = *deadline.get_or_insert_with(|| Instant::now() + phase);
             tokio::select! {
                 biased;
@@ -684,6 +692,20 @@ impl Connection {
         let bytes_in = rec.bytes_in;
         core::finish(&self.state.log, rec, took, bytes_in, bytes_out);
     }
+}
+
+/// Makes room for `more` bytes in a body buffer, to exactly its length
+/// plus `more`. Growing with `BytesMut::reserve` in steps doubled the
+/// capacity each time, so a 256 KiB body ended in a 512 KiB buffer after
+/// leaving 72 KiB and 144 KiB ones behind, which the allocator kept: 300
+/// stalled uploads held over 100 MB after they closed.
+fn grow_exact(buf: &mut BytesMut, more: usize) {
+    if buf.capacity() - buf.len() >= more {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + more);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 /// The answer to an oversized head, as hyper's path sends it.

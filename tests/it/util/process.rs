@@ -285,6 +285,11 @@ impl Cohort {
         wait_timeout(&mut self.child, Duration::from_secs(20))
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, once the process has exited.
     pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
