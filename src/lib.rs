@@ -182,7 +182,7 @@ pub async fn run(
     };
     tracing::info!(addr = %local, "listening on {scheme}://{local}");
     let (handed_tx, handed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let upgrades = tokio::spawn(async move {
         upgrade::on_sigusr2(usr2, listeners).await;
         let _ = handed_tx.send(());
     });
@@ -192,6 +192,9 @@ pub async fn run(
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             Ok(()) = handed => tracing::info!("binary upgrade: handed over, shutting down"),
         }
+        // Its copies of the listening sockets go too: on a plain stop the
+        // port then refuses new connections at once, as before.
+        upgrades.abort();
     };
     proxy::listener::serve(
         listener,

@@ -197,3 +197,41 @@ async fn a_client_gone_mid_body_is_sent_nothing() {
     .unwrap();
     assert!(handle(state, conn(), req).await.is_err());
 }
+
+#[tokio::test]
+async fn limits_refuse_before_routing_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let limited = Arc::new(Conn {
+        limits: RequestLimits {
+            body_timeout: Duration::from_millis(200),
+            max_body: Some(10),
+            max_headers: 3,
+        },
+        ..Arc::into_inner(conn()).unwrap()
+    });
+    let too_long = request(
+        Method::POST,
+        "/predict",
+        &[("host", "a"), ("x-user-id", "u1")],
+    )
+    .body(Full::new(Bytes::from_static(b"eleven bytes")))
+    .unwrap();
+    let resp = handle(state.clone(), limited.clone(), too_long)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["connection"], "close");
+    assert_eq!(body_json(resp).await["error"], "body_too_large");
+
+    let many = request(
+        Method::GET,
+        "/predict",
+        &[("host", "a"), ("x-user-id", "u1"), ("a", "1"), ("b", "2")],
+    )
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let resp = handle(state, limited, many).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(body_json(resp).await["error"], "head_too_large");
+}
