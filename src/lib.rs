@@ -196,7 +196,7 @@ pub async fn run(
         // port then refuses new connections at once, as before.
         upgrades.abort();
     };
-    proxy::listener::serve(
+    let drained = proxy::listener::serve(
         listener,
         state.clone(),
         shutdown,
@@ -206,14 +206,23 @@ pub async fn run(
         tls,
     )
     .await;
-    shutdown_flush(&state).await;
+    // Every connection is done, so nothing here assigns any more (a
+    // WebSocket tunnel never does): the store is synced and let go now,
+    // and a binary upgrade's new process opens it without waiting for the
+    // tunnels still open here.
+    if let Err(e) = state.store.release().await {
+        tracing::error!(error = %e, "store sync at shutdown failed");
+    }
+    drained.tunnels().await;
+    flush_log(&state).await;
     Ok(())
 }
 
 /// [`State::start`]; in a binary upgrade, waiting (up to the drain's
 /// deadline and 10 s more) for the old process to release the embedded
 /// store's lock: only one process may hold the journal, and the old one
-/// holds it until its requests in flight are done.
+/// holds it until its requests in flight are done (not its WebSocket
+/// tunnels, which never assign).
 async fn start_state(
     config: Config,
     config_path: Option<PathBuf>,
@@ -234,10 +243,7 @@ async fn start_state(
     }
 }
 
-async fn shutdown_flush(state: &Arc<State>) {
-    if let Err(e) = state.store.sync().await {
-        tracing::error!(error = %e, "store sync at shutdown failed");
-    }
+async fn flush_log(state: &Arc<State>) {
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     tracing::info!(

@@ -12,7 +12,8 @@
 //! twice: the new process says it is ready (its config loaded, the
 //! sockets adopted) *before* it opens the store; the old one then stops
 //! accepting, drains its requests in flight (as on SIGTERM), syncs the
-//! store and exits, which releases the embedded journal's lock; the new
+//! store and releases the embedded journal's lock (its WebSocket tunnels,
+//! which never assign, may still run until they close); the new
 //! one waits for that lock ([`crate::run`]) and only then accepts. So at
 //! no moment do two processes assign, and new connections wait in the
 //! backlog for the length of the old one's drain. A new process that

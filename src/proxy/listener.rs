@@ -39,14 +39,16 @@ struct Front {
     h2: http2::Builder<TokioExecutor>,
     limits: ClientLimits,
     request: RequestLimits,
+    /// Copied into each hyper HTTP/1 connection for its tunnels.
+    tunnels: watch::Receiver<bool>,
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
-/// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
+/// in-flight requests; the WebSocket tunnels still open are left to
+/// [`Drained::tunnels`], after the caller released the store. `lean` picks the lean HTTP/1.1 path for plain
 /// requests; `limits` bound how long clients may take, what they may send
 /// and how many connections are served at once; `tls` terminates TLS on
-/// every connection. Returns the number of connections cut at the
-/// deadline.
+/// every connection.
 ///
 /// With `max_connections`, a slot is taken before each accept and held by
 /// the connection's task until it ends: past the limit the loop stops
@@ -62,10 +64,13 @@ pub(crate) async fn serve(
     lean: bool,
     limits: ClientLimits,
     tls: Option<Arc<Tls>>,
-) -> usize {
+) -> Drained {
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
+    // Likewise every WebSocket tunnel (and hyper's HTTP/1 connections,
+    // which may open one).
+    let (tunnels, _) = watch::channel(false);
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header)
@@ -89,6 +94,7 @@ pub(crate) async fn serve(
         h2,
         limits,
         request,
+        tunnels: tunnels.subscribe(),
     });
     let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     // When accepting last failed loudly: at most one warning a minute.
@@ -157,14 +163,52 @@ pub(crate) async fn serve(
     let open = stop.receiver_count();
     tracing::info!(open_connections = open, "draining connections");
     let _ = stop.send(true);
-    match tokio::time::timeout(grace, stop.closed()).await {
-        Ok(()) => 0,
-        Err(_) => {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, stop.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "shutdown deadline reached with requests still in flight"
+        );
+    }
+    // The listener's own copy: only tunnels (and connections still open
+    // past the deadline) hold one now.
+    drop(front);
+    Drained { tunnels, deadline }
+}
+
+/// A listener whose connections are drained: what is left is its
+/// WebSocket tunnels.
+pub(crate) struct Drained {
+    tunnels: watch::Sender<bool>,
+    deadline: tokio::time::Instant,
+}
+
+impl Drained {
+    /// Waits for the tunnels still open up to the drain's deadline, then
+    /// cuts the rest (each writes its access-log line as it ends).
+    pub(crate) async fn tunnels(self) {
+        let open = self.tunnels.receiver_count();
+        if open == 0 {
+            return;
+        }
+        tracing::info!(
+            open_tunnels = open,
+            "waiting for WebSocket tunnels to close"
+        );
+        if tokio::time::timeout_at(self.deadline, self.tunnels.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                ?grace,
-                "shutdown deadline reached with requests still in flight"
+                cut = self.tunnels.receiver_count(),
+                "shutdown deadline reached with WebSocket tunnels open"
             );
-            stop.receiver_count()
+            drop(self.tunnels);
+            // Let the cut tunnels write their lines before the log flush.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -187,7 +231,17 @@ impl Front {
                 h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, false).await
             }
             Opening::H1(io) => {
-                super::hyper::serve(io, peer, state, stop, &self.h1, self.request, false).await
+                super::hyper::serve(
+                    io,
+                    peer,
+                    state,
+                    stop,
+                    self.tunnels.clone(),
+                    &self.h1,
+                    self.request,
+                    false,
+                )
+                .await
             }
             Opening::Gone => {}
         }
@@ -218,7 +272,17 @@ impl Front {
         if io.get_ref().1.alpn_protocol() == Some(b"h2") {
             h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, true).await;
         } else {
-            super::hyper::serve(io, peer, state, stop, &self.h1, self.request, true).await;
+            super::hyper::serve(
+                io,
+                peer,
+                state,
+                stop,
+                self.tunnels.clone(),
+                &self.h1,
+                self.request,
+                true,
+            )
+            .await;
         }
     }
 }

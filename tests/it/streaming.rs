@@ -113,7 +113,7 @@ const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// `x-served-by` naming it), then echoes every data frame unmasked and
 /// answers a close with a close. Keeps every request head it got. A
 /// request for `/ws/refuse` is declined with a 403.
-async fn ws_echo(name: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn ws_echo(name: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -170,7 +170,7 @@ async fn ws_echo(name: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 
 /// One frame (FIN set), masked with `mask` if given (a client's frames
 /// must be, RFC 6455 §5.3). Payloads here are under 126 bytes.
-fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     assert!(payload.len() < 126);
     let mut f = vec![0x80 | opcode, payload.len() as u8];
     match mask {
@@ -185,7 +185,7 @@ fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 }
 
 /// Reads one frame (payload under 126 bytes), unmasking it.
-async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+pub(crate) async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
     loop {
         if buf.len() >= 2 {
             let masked = buf[1] & 0x80 != 0;
@@ -213,7 +213,7 @@ async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>
     }
 }
 
-fn ws_handshake(path: &str, user: &str) -> String {
+pub(crate) fn ws_handshake(path: &str, user: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\nx-user-id: {user}\r\nx-request-id: ws-{user}\r\n\r\n")
 }
 

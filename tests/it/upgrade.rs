@@ -247,3 +247,102 @@ async fn a_binary_upgrade_under_load_fails_no_request_and_moves_no_unit() {
         );
     }
 }
+
+/// A WebSocket open in the old process does not hold the hand-over: the
+/// old process lets the store go once its requests are done (a tunnel
+/// never assigns), so the new one serves while the tunnel still echoes in
+/// the old one; the old exits when the tunnel closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_open_in_the_old_process_does_not_hold_the_new_one_back() {
+    use crate::streaming::{frame, read_frame, ws_echo, ws_handshake};
+    let (ws, _) = ws_echo("old").await;
+    let plain = Backend::spawn("plain").await;
+    let dir = TestDir::new();
+    let exp = "  - name: chat\n    routes: [/ws]\n    salt: s\n    variants:\n      - { name: control, upstream: ws, weight: 100 }\n  - name: ranker\n    routes: [/predict]\n    salt: s\n    variants:\n      - { name: control, upstream: plain, weight: 100 }\n";
+    // A long drain deadline: only the tunnel's close may end the old one.
+    let yaml = config_urls(
+        &[("ws", format!("http://{ws}")), ("plain", plain.url())],
+        exp,
+    )
+    .replace("shutdown_timeout: 5s", "shutdown_timeout: 60s");
+    let mut cohort = Cohort::start(&dir, &yaml);
+
+    let mut tunnel = TcpStream::connect(cohort.addr).await.unwrap();
+    tunnel
+        .write_all(ws_handshake("/ws", "walt").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tunnel.read(&mut b).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf.clear();
+
+    cohort.signal("USR2");
+    // The new process serves (its own "listening on" line) while the
+    // tunnel is open in the old one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cohort.count_log("listening on http://") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new process waited for the old one's tunnel:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = cohort.wait_for_log("new_pid=", Duration::from_secs(1));
+    let pid: u32 = line
+        .split("new_pid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reap = Reap(pid);
+    let r = TestClient::new()
+        .post(cohort.addr, "/predict", Some("walt"))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(cohort.exited().is_none(), "the old process cut the tunnel");
+
+    // The tunnel still works, then closes; the old process exits.
+    tunnel
+        .write_all(&frame(1, b"still here", Some([7, 7, 7, 7])))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut tunnel, &mut buf))
+        .await
+        .expect("an echo");
+    assert_eq!(echo.map(|e| e.1), Some(b"still here".to_vec()));
+    tunnel
+        .write_all(&frame(8, b"", Some([1, 1, 1, 1])))
+        .await
+        .unwrap();
+    drop(tunnel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = cohort.exited() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", cohort.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    drop(reap);
+    let log = log_when(&dir, |l| l.iter().any(|l| l["status"] == 101)).await;
+    assert!(
+        log.iter()
+            .any(|l| l["status"] == 101 && l["unit"] == "walt"),
+        "{log:?}"
+    );
+}

@@ -48,7 +48,8 @@ pub(crate) async fn serve_h2<I>(
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
         limits,
-        stop: stop.clone(),
+        // HTTP/2 requests never open a tunnel (WebSocket is HTTP/1.1 only).
+        tunnels: stop.clone(),
         tls,
     });
     let streams = Arc::new(Streams::new());

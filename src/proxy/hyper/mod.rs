@@ -54,9 +54,10 @@ pub(crate) struct RequestLimits {
 pub(crate) struct Conn {
     pub peer: Peer,
     pub limits: RequestLimits,
-    /// The connection's shutdown receiver: a WebSocket tunnel, which
-    /// outlives hyper's connection, holds a copy so a drain waits for it.
-    pub stop: watch::Receiver<bool>,
+    /// The listener's tunnel receiver: a WebSocket tunnel, which outlives
+    /// hyper's connection, holds a copy, so a drain waits for it (after
+    /// the connections) and can cut it at its deadline.
+    pub tunnels: watch::Receiver<bool>,
     /// Whether the client connected over TLS (`x-forwarded-proto: https`).
     pub tls: bool,
 }
@@ -65,12 +66,15 @@ pub(crate) struct Conn {
 /// starts and its request in flight is answered. Answers hyper refused
 /// itself (a malformed or oversized head, a head that took too long) get
 /// an access-log line here, and a head that timed out part-way gets the
-/// 408 the lean path sends too.
+/// 408 the lean path sends too. `tunnels` is the listener's receiver for
+/// WebSocket tunnels ([`Conn::tunnels`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
+    tunnels: watch::Receiver<bool>,
     http: &http1::Builder,
     limits: RequestLimits,
     tls: bool,
@@ -80,7 +84,7 @@ pub(crate) async fn serve<I>(
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
         limits,
-        stop: stop.clone(),
+        tunnels,
         tls,
     });
     let st = state.clone();

@@ -45,7 +45,7 @@ fn conn() -> Arc<Conn> {
             max_body: None,
             max_headers: 100,
         },
-        stop: tokio::sync::watch::channel(false).1,
+        tunnels: tokio::sync::watch::channel(false).1,
         tls: false,
     })
 }

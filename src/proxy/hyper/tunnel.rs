@@ -14,9 +14,10 @@
 //! as a plain one ([`super::super::core`]). The upstream connection is a
 //! fresh one, never pooled: after a 101 it belongs to the tunnel.
 //!
-//! A tunnel holds the connection's shutdown receiver, so a drain
-//! (SIGTERM, or the old process of a binary upgrade) waits for it up to
-//! `runtime.shutdown_timeout`, as for any request in flight.
+//! A tunnel holds the listener's tunnel receiver: a drain (SIGTERM, or
+//! the old process of a binary upgrade) waits for the connections first,
+//! then releases the store (a tunnel never assigns), then waits for the
+//! tunnels up to `runtime.shutdown_timeout` and cuts the rest.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -153,7 +154,7 @@ pub(crate) async fn open<B>(
     core::rewrite_response_headers(&mut parts.headers, stamps.as_ref(), &rec.request_id);
     keep_upgrade(&mut parts.headers, agreed);
 
-    let (log, mut stop) = (state.log.clone(), conn.stop.clone());
+    let (log, mut stop) = (state.log.clone(), conn.tunnels.clone());
     tokio::spawn(async move {
         // Held for the tunnel's life: its endpoint counts it in flight,
         // and a drain waits for it.
@@ -167,8 +168,8 @@ pub(crate) async fn open<B>(
                         (bytes_in, bytes_out) = (a, b);
                     }
                 }
-                // Cut at the drain's deadline: the receiver closes when
-                // the listener gives up on its connections.
+                // Cut at the drain's deadline: the listener then drops
+                // the tunnels' sender.
                 _ = stop.wait_for(|_| false) => {}
             }
         }
