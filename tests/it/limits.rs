@@ -192,9 +192,9 @@ async fn running_out_of_descriptors_is_a_local_fault_not_the_variants() {
     let old = Backend::spawn("old").await;
     let new = Backend::spawn("new").await;
     let dir = TestDir::new();
-    dir.write_config(&config(
-        &[("old", &old), ("new", &new)],
-        &ranker("50", "50"),
+    dir.write_config(&with_admin(
+        &dir,
+        &config(&[("old", &old), ("new", &new)], &ranker("50", "50")),
     ));
     let config_path = dir.config_path();
     let cohort = Cohort::start_via(
@@ -249,6 +249,38 @@ async fn running_out_of_descriptors_is_a_local_fault_not_the_variants() {
         1,
         "accept failures are logged once:\n{}",
         cohort.stderr()
+    );
+    // Nor does it raise the variant's 5xx count in the metrics.
+    let admin = cohort.admin_addr();
+    let m = admin_call(
+        &TestClient::new(),
+        admin,
+        "GET",
+        "/metrics",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(m.status, 200, "{m:?}");
+    let variant_5xx: Vec<&str> = m
+        .body
+        .lines()
+        .filter(|l| {
+            l.starts_with("cohort_requests_total{")
+                && l.contains("experiment=\"ranker\"")
+                && l.contains("code_class=\"5xx\"")
+                && !l.ends_with(" 0")
+        })
+        .collect();
+    assert!(variant_5xx.is_empty(), "{variant_5xx:?}");
+    assert!(
+        m.body
+            .lines()
+            .any(|l| l.starts_with("cohort_requests_total{")
+                && l.contains("experiment=\"\"")
+                && l.contains("code_class=\"5xx\"")
+                && l.ends_with(" 1")),
+        "the local fault is counted outside the experiment:\n{}",
+        m.body
     );
 }
 
