@@ -29,6 +29,10 @@ pub(crate) enum ProxyError {
     UriTooLong,
     #[error("request head over the limit (runtime.max_request_head)")]
     HeadTooLarge,
+    #[error("more header fields than the limit (runtime.max_header_count)")]
+    TooManyHeaders,
+    #[error("request body over the limit (runtime.max_body_bytes)")]
+    BodyTooLarge,
     #[error("the client did not send its request in time")]
     RequestTimeout,
     #[error("the client closed the connection before the response")]
@@ -53,6 +57,10 @@ pub(crate) enum ProxyError {
     Store(String),
     #[error("a config reload did not finish in time to assign this unit")]
     StaleSnapshot,
+    #[error(
+        "the proxy ran out of a local resource (file descriptors, memory) reaching upstream {0}"
+    )]
+    LocalResource(String),
 }
 
 /// The stable machine-readable name of an error: the JSON body's `error`
@@ -69,6 +77,7 @@ pub enum Cause {
     UnsupportedCoding,
     UriTooLong,
     HeadTooLarge,
+    BodyTooLarge,
     RequestTimeout,
     ClientGone,
     UpstreamConnect,
@@ -80,6 +89,7 @@ pub enum Cause {
     UpstreamUnavailable,
     StoreUnavailable,
     ReloadInProgress,
+    LocalResource,
 }
 
 impl Cause {
@@ -95,6 +105,7 @@ impl Cause {
             Cause::UnsupportedCoding => "unsupported_transfer_coding",
             Cause::UriTooLong => "uri_too_long",
             Cause::HeadTooLarge => "head_too_large",
+            Cause::BodyTooLarge => "body_too_large",
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientGone => "client_gone",
             Cause::UpstreamConnect => "upstream_connect",
@@ -106,6 +117,7 @@ impl Cause {
             Cause::UpstreamUnavailable => "upstream_unavailable",
             Cause::StoreUnavailable => "store_unavailable",
             Cause::ReloadInProgress => "reload_in_progress",
+            Cause::LocalResource => "local_resource",
         }
     }
 
@@ -121,6 +133,7 @@ impl Cause {
                 | Cause::UnsupportedCoding
                 | Cause::UriTooLong
                 | Cause::HeadTooLarge
+                | Cause::BodyTooLarge
                 | Cause::RequestTimeout
                 | Cause::ClientGone
         )
@@ -143,7 +156,10 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadTooLarge | ProxyError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientGone => {
                 StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code")
@@ -156,7 +172,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::Store(_)
-            | ProxyError::StaleSnapshot => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::StaleSnapshot
+            | ProxyError::LocalResource(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -172,7 +189,8 @@ impl ProxyError {
             ProxyError::Connect => Cause::MethodNotAllowed,
             ProxyError::UnsupportedCoding => Cause::UnsupportedCoding,
             ProxyError::UriTooLong => Cause::UriTooLong,
-            ProxyError::HeadTooLarge => Cause::HeadTooLarge,
+            ProxyError::HeadTooLarge | ProxyError::TooManyHeaders => Cause::HeadTooLarge,
+            ProxyError::BodyTooLarge => Cause::BodyTooLarge,
             ProxyError::RequestTimeout => Cause::RequestTimeout,
             ProxyError::ClientGone => Cause::ClientGone,
             ProxyError::UpstreamConnect(_) => Cause::UpstreamConnect,
@@ -184,6 +202,7 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => Cause::UpstreamUnavailable,
             ProxyError::Store(_) => Cause::StoreUnavailable,
             ProxyError::StaleSnapshot => Cause::ReloadInProgress,
+            ProxyError::LocalResource(_) => Cause::LocalResource,
         }
     }
 

@@ -29,13 +29,17 @@ pub mod reload;
 pub mod snapshot;
 pub mod state;
 pub mod terms;
+pub mod upgrade;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use assign::store::StoreError;
 use config::Config;
 use reload::StartError;
 use state::State;
@@ -59,9 +63,13 @@ pub enum RunError {
     /// The `tls` block's certificate, key or client CA did not load.
     #[error("cannot load the TLS files: {0}")]
     Tls(#[from] proxy::tls::TlsError),
-    /// SIGTERM, SIGINT, SIGHUP or SIGUSR1 could not be hooked.
+    /// SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 could not be hooked.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// Started by a binary upgrade, the listeners could not be taken
+    /// over from the old process.
+    #[error("binary upgrade: {0}")]
+    Upgrade(#[from] upgrade::UpgradeError),
 }
 
 /// Runs the proxy on `config` until SIGTERM or SIGINT, then drains in-flight
@@ -84,29 +92,69 @@ pub async fn run(
     // that arrived before its handler would kill the process.
     let sig = |kind| signal(kind).map_err(RunError::Signals);
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
-    let (mut usr1, hup) = (
+    let (mut usr1, hup, usr2) = (
         sig(SignalKind::user_defined1())?,
         sig(SignalKind::hangup())?,
+        sig(SignalKind::user_defined2())?,
     );
-    // Bind before the store records anything: a start-up that cannot listen
-    // must not have journaled the config's new epochs.
+    // Bind (or take the old process's sockets, in a binary upgrade) before
+    // the store records anything: a start-up that cannot listen must not
+    // have journaled the config's new epochs.
     let bind_err = |addr| move |source| RunError::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(bind_err(listen))?;
-    let local = listener.local_addr().map_err(bind_err(listen))?;
-    let admin_listener = match &config.admin {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a.listen)
+    let inherited = upgrade::Inherited::take()?;
+    let adopt = |l: std::net::TcpListener, addr| {
+        l.set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(bind_err(addr))
+    };
+    let (listener, admin_listener, ready) = match inherited {
+        Some(i) => {
+            let admin = match (&config.admin, i.admin) {
+                (Some(a), Some(l)) => Some(adopt(l, a.listen)?),
+                (Some(a), None) => Some(
+                    tokio::net::TcpListener::bind(a.listen)
+                        .await
+                        .map_err(bind_err(a.listen))?,
+                ),
+                (None, _) => None,
+            };
+            (adopt(i.proxy, listen)?, admin, Some(i.ready))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .map_err(bind_err(a.listen))?,
-        ),
-        None => None,
+                .map_err(bind_err(listen))?;
+            let admin = match &config.admin {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a.listen)
+                        .await
+                        .map_err(bind_err(a.listen))?,
+                ),
+                None => None,
+            };
+            (listener, admin, None)
+        }
+    };
+    let local = listener.local_addr().map_err(bind_err(listen))?;
+    let keep = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(bind_err(listen));
+    let listeners = upgrade::Listeners {
+        proxy: keep(listener.as_fd())?,
+        admin: admin_listener
+            .as_ref()
+            .map(|l| keep(l.as_fd()))
+            .transpose()?,
     };
     let loaded = config_path
         .as_deref()
         .and_then(|p| reload::watch::fingerprint(p, &config.watched));
-    let state = State::start(config, config_path.clone(), listen_override).await?;
+    let upgrading = ready.is_some();
+    if let Some(ready) = ready {
+        // The old process now stops accepting, drains, syncs the store and
+        // exits; new connections wait in the backlog meanwhile.
+        ready.send()?;
+        tracing::info!(old_pid = std::os::unix::process::parent_id(), "binary upgrade: took over the listeners; waiting for the old process to release the store");
+    }
+    let state = start_state(config, config_path.clone(), listen_override, upgrading).await?;
 
     if let Some(l) = admin_listener {
         let addr = l.local_addr().map_err(bind_err(listen))?;
@@ -133,13 +181,22 @@ pub async fn run(
         "http"
     };
     tracing::info!(addr = %local, "listening on {scheme}://{local}");
+    let (handed_tx, handed) = tokio::sync::oneshot::channel();
+    let upgrades = tokio::spawn(async move {
+        upgrade::on_sigusr2(usr2, listeners).await;
+        let _ = handed_tx.send(());
+    });
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            Ok(()) = handed => tracing::info!("binary upgrade: handed over, shutting down"),
         }
+        // Its copies of the listening sockets go too: on a plain stop the
+        // port then refuses new connections at once, as before.
+        upgrades.abort();
     };
-    proxy::listener::serve(
+    let drained = proxy::listener::serve(
         listener,
         state.clone(),
         shutdown,
@@ -149,14 +206,44 @@ pub async fn run(
         tls,
     )
     .await;
-    shutdown_flush(&state).await;
+    // Every connection is done, so nothing here assigns any more (a
+    // WebSocket tunnel never does): the store is synced and let go now,
+    // and a binary upgrade's new process opens it without waiting for the
+    // tunnels still open here.
+    if let Err(e) = state.store.release().await {
+        tracing::error!(error = %e, "store sync at shutdown failed");
+    }
+    drained.tunnels().await;
+    flush_log(&state).await;
     Ok(())
 }
 
-async fn shutdown_flush(state: &Arc<State>) {
-    if let Err(e) = state.store.sync().await {
-        tracing::error!(error = %e, "store sync at shutdown failed");
+/// [`State::start`]; in a binary upgrade, waiting (up to the drain's
+/// deadline and 10 s more) for the old process to release the embedded
+/// store's lock: only one process may hold the journal, and the old one
+/// holds it until its requests in flight are done (not its WebSocket
+/// tunnels, which never assign).
+async fn start_state(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listen_override: Option<SocketAddr>,
+    upgrading: bool,
+) -> Result<Arc<State>, StartError> {
+    let deadline =
+        std::time::Instant::now() + config.runtime.shutdown_timeout + Duration::from_secs(10);
+    loop {
+        match State::start(config.clone(), config_path.clone(), listen_override).await {
+            Err(StartError::Store(StoreError::Locked(_)))
+                if upgrading && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            r => return r,
+        }
     }
+}
+
+async fn flush_log(state: &Arc<State>) {
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     tracing::info!(

@@ -448,10 +448,22 @@ pub struct RuntimeConfig {
     pub client_body_timeout: Duration,
     /// Both paths: the most bytes a request head may take (431 past it).
     pub max_request_head: usize,
+    /// Both paths: the most header fields a request head may carry (431
+    /// past it).
+    pub max_header_count: usize,
+    /// Both paths: the largest request body accepted (413 past it); none
+    /// means no limit.
+    pub max_body_bytes: Option<u64>,
+    /// The most client connections served at once; past it new ones wait
+    /// in the kernel's backlog. None means no limit of cohort's own.
+    pub max_connections: Option<usize>,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish
     /// before their connections are cut.
     pub shutdown_timeout: Duration,
 }
+
+/// `runtime.max_header_count` when not set: 100 (hyper's default too).
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
 
 /// `runtime.max_request_head` when not set: 64 KiB.
 pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;

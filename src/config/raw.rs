@@ -168,5 +168,8 @@ pub(crate) struct RawRuntime {
     pub(crate) client_header_timeout: Option<String>,
     pub(crate) client_body_timeout: Option<String>,
     pub(crate) max_request_head: Option<usize>,
+    pub(crate) max_header_count: Option<usize>,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) shutdown_timeout: Option<String>,
 }

@@ -283,6 +283,25 @@ pub(crate) struct RuntimeRecord {
     )]
     pub(crate) max_request_head: usize,
     pub(crate) shutdown_timeout: u64,
+    /// The limits below are left out when unset or at their default, for
+    /// the same reason.
+    #[serde(
+        default = "default_max_header_count",
+        skip_serializing_if = "is_default_max_header_count"
+    )]
+    pub(crate) max_header_count: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections: Option<usize>,
+}
+
+fn default_max_header_count() -> usize {
+    super::DEFAULT_MAX_HEADER_COUNT
+}
+
+fn is_default_max_header_count(n: &usize) -> bool {
+    *n == super::DEFAULT_MAX_HEADER_COUNT
 }
 
 fn default_max_request_head() -> usize {
@@ -589,6 +608,9 @@ fn runtime_record(r: &RuntimeConfig) -> RuntimeRecord {
         client_body_timeout,
         max_request_head,
         shutdown_timeout,
+        max_header_count,
+        max_body_bytes,
+        max_connections,
     } = r;
     RuntimeRecord {
         worker_threads: *worker_threads,
@@ -598,5 +620,8 @@ fn runtime_record(r: &RuntimeConfig) -> RuntimeRecord {
         client_body_timeout: millis(*client_body_timeout),
         max_request_head: *max_request_head,
         shutdown_timeout: millis(*shutdown_timeout),
+        max_header_count: *max_header_count,
+        max_body_bytes: *max_body_bytes,
+        max_connections: *max_connections,
     }
 }

@@ -148,6 +148,9 @@ const RUNTIME: Shape = Fields(&[
     ("client_header_timeout", Leaf),
     ("client_body_timeout", Leaf),
     ("max_request_head", Leaf),
+    ("max_header_count", Leaf),
+    ("max_body_bytes", Leaf),
+    ("max_connections", Leaf),
     ("shutdown_timeout", Leaf),
 ]);
 
@@ -345,7 +348,7 @@ experiments:
     overrides: { control: [alice] }
     overrides_file: o.yaml
     bucketing: { scheme: growthbook, seed: a, hash_version: 2, flag_key: f, salt: s, rule_salt: r, experiment_id: '1', group_id: g, key: k, vendor_weights: [1] }
-runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, shutdown_timeout: 1s }
+runtime: { worker_threads: 2, http1_fast_path: true, client_idle_timeout: 75s, client_header_timeout: 30s, client_body_timeout: 60s, max_request_head: 65536, max_header_count: 100, max_body_bytes: 1000000, max_connections: 100, shutdown_timeout: 1s }
 admin: { listen: 127.0.0.1:9901, token_file: t, metrics_auth: true }
 tls: { cert_file: c, key_file: k, client_ca_file: ca }
 ";

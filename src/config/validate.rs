@@ -1804,6 +1804,40 @@ fn max_request_head(v: Option<usize>, e: &mut Errors<'_>) -> usize {
     }
 }
 
+/// `runtime.max_header_count`: 100 unless set, within 1..=1000.
+fn max_header_count(v: Option<usize>, e: &mut Errors<'_>) -> usize {
+    const DEFAULT: usize = super::DEFAULT_MAX_HEADER_COUNT;
+    match v {
+        Some(n) if !(1..=1000).contains(&n) => {
+            e.push(
+                "runtime.max_header_count",
+                "must be between 1 and 1000",
+                Some("the default, 100, fits any browser or model client".into()),
+            );
+            DEFAULT
+        }
+        Some(n) => n,
+        None => DEFAULT,
+    }
+}
+
+/// A limit that must be at least 1 when set.
+fn at_least_one<T: PartialEq + From<u8>>(
+    path: &str,
+    v: Option<T>,
+    e: &mut Errors<'_>,
+) -> Option<T> {
+    if v == Some(T::from(0)) {
+        e.push(
+            path,
+            "must be at least 1",
+            Some("omit it for no limit".into()),
+        );
+        return None;
+    }
+    v
+}
+
 fn runtime(raw: &RawConfig, e: &mut Errors<'_>) -> Option<RuntimeConfig> {
     let r = raw.runtime.as_ref();
     let worker_threads = r.and_then(|r| r.worker_threads);
@@ -1845,6 +1879,17 @@ fn runtime(raw: &RawConfig, e: &mut Errors<'_>) -> Option<RuntimeConfig> {
         client_body_timeout: client_body_timeout?,
         http1_fast_path: r.and_then(|r| r.http1_fast_path).unwrap_or(true),
         max_request_head: max_request_head(r.and_then(|r| r.max_request_head), e),
+        max_header_count: max_header_count(r.and_then(|r| r.max_header_count), e),
+        max_body_bytes: at_least_one(
+            "runtime.max_body_bytes",
+            r.and_then(|r| r.max_body_bytes),
+            e,
+        ),
+        max_connections: at_least_one(
+            "runtime.max_connections",
+            r.and_then(|r| r.max_connections),
+            e,
+        ),
         shutdown_timeout,
     })
 }

@@ -322,8 +322,13 @@ impl Metrics {
                 .find(|m| Arc::ptr_eq(&m.name, name) || m.name == *name)
         });
         let v = match x {
-            Some(x) => x.variant(rec.variant.as_deref()),
-            None => &self.outside,
+            // The proxy's own lack of descriptors (503 `local_resource`) is
+            // not the variant's failure: counted outside any experiment, so
+            // no variant's 5xx rate (and alert) rises with it.
+            Some(x) if rec.error != Some(crate::error::Cause::LocalResource) => {
+                x.variant(rec.variant.as_deref())
+            }
+            _ => &self.outside,
         };
         let reason = rec
             .reason

@@ -28,12 +28,14 @@
 //! client's own fault (bad framing, a slow or abandoned body) is answered
 //! 4xx and logged as the client's, never as an `upstream_*` error.
 //!
-//! Upgrades are not tunnelled: `Upgrade` is hop-by-hop, so a client's
-//! `Upgrade: websocket` (or `h2c`) is dropped and the request served as a
-//! plain one (RFC 9110 §7.8 lets a server ignore it) — the client gets the
-//! upstream's ordinary answer, never a 101 and a dead connection — and an
-//! upstream's 101 to a request that cannot have asked for one is refused
-//! (502 `upstream_invalid`) on both paths.
+//! Only WebSocket upgrades are tunnelled (hyper's front end,
+//! `proxy::hyper::tunnel`: routed, assigned and stamped like any request,
+//! then the bytes relayed both ways). Any other `Upgrade` (`h2c`, say) is
+//! hop-by-hop and dropped, the request served as a plain one (RFC 9110
+//! §7.8 lets a server ignore it) — the client gets the upstream's ordinary
+//! answer, never a 101 and a dead connection — and an upstream's 101 to a
+//! request that cannot have asked for one is refused (502
+//! `upstream_invalid`) on both paths.
 //!
 //! Paths are routed as they arrive, byte for byte: no percent-decoding,
 //! no dot-segment or slash folding (`/%70redict`, `/predict/` and
@@ -392,6 +394,38 @@ pub(crate) enum UpstreamFailure {
     Invalid(String),
     /// Failed after the response head was relayed.
     Body,
+    /// The proxy itself ran out of file descriptors or memory while
+    /// connecting ([`local_resource`]): not the upstream's fault.
+    LocalResource,
+}
+
+/// When a drain starts (SIGTERM, or a binary upgrade's old process), how
+/// long a connection that has not sent a request yet may still send its
+/// first: it was accepted for one, which may be on its way, and closing it
+/// unanswered would fail that request. Idle keep-alive connections close
+/// at once. Both front ends use it.
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a connect failure was the proxy's own lack of a resource
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) rather than anything the upstream
+/// did: such a failure is answered 503 `local_resource`, never counted
+/// against the endpoint (no passive ejection, no retry on another one)
+/// nor logged as the variant's `upstream_connect`.
+pub(crate) fn local_resource(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustix::io::Errno;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+                .iter()
+                .any(|e| e.raw_os_error() == code);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The one mapping from an upstream failure to the error answered and
@@ -418,6 +452,7 @@ pub(crate) fn upstream_error(upstream: &Upstream, f: UpstreamFailure) -> ProxyEr
         UpstreamFailure::Reset => ProxyError::UpstreamReset(name),
         UpstreamFailure::Invalid(why) => ProxyError::UpstreamInvalid(name, why),
         UpstreamFailure::Body => ProxyError::UpstreamBody(name),
+        UpstreamFailure::LocalResource => ProxyError::LocalResource(name),
     }
 }
 

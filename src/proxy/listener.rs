@@ -19,25 +19,43 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::hyper::h2::{self, Opening};
+use super::hyper::RequestLimits;
 use super::lean::{self, ClientLimits, HandOff, LeanExit};
 use super::tls::Tls;
 use crate::state::State;
+
+/// hyper's HTTP/1 read buffer, beyond the head limit.
+const MIN_READ_BUF: usize = 16 * 1024;
+
+/// How often a failing accept is logged as a warning.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// hyper's connection settings, made once for every connection.
 struct Front {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     limits: ClientLimits,
+    request: RequestLimits,
+    /// Copied into each hyper HTTP/1 connection for its tunnels.
+    tunnels: watch::Receiver<bool>,
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
-/// in-flight requests. `lean` picks the lean HTTP/1.1 path for plain
-/// requests; `limits` bound how long clients may take; `tls` terminates
-/// TLS on every connection. Returns the number of connections cut at the
-/// deadline.
+/// in-flight requests; the WebSocket tunnels still open are left to
+/// [`Drained::tunnels`], after the caller released the store. `lean` picks the lean HTTP/1.1 path for plain
+/// requests; `limits` bound how long clients may take, what they may send
+/// and how many connections are served at once; `tls` terminates TLS on
+/// every connection.
+///
+/// With `max_connections`, a slot is taken before each accept and held by
+/// the connection's task until it ends: past the limit the loop stops
+/// accepting, so new connections wait in the kernel's backlog (not in
+/// cohort's memory) until one closes. A failing accept (EMFILE, ENFILE:
+/// out of descriptors) is retried every 50 ms, so the loop never spins,
+/// and logged as a warning at most once a minute.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -46,30 +64,67 @@ pub(crate) async fn serve(
     lean: bool,
     limits: ClientLimits,
     tls: Option<Arc<Tls>>,
-) -> usize {
+) -> Drained {
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
+    // Likewise every WebSocket tunnel (and hyper's HTTP/1 connections,
+    // which may open one).
+    let (tunnels, _) = watch::channel(false);
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header)
         .max_header_size(limits.max_head)
+        .max_headers(limits.max_headers)
+        // hyper's read buffer grows up to ~400 KiB per connection while a
+        // client streams a body in faster than the upstream takes it;
+        // capped at the head limit (a head must fit) plus a read's worth.
+        .max_buf_size(limits.max_head.max(MIN_READ_BUF) + MIN_READ_BUF)
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX));
-    let front = Arc::new(Front { h1, h2, limits });
+    let request = RequestLimits {
+        body_timeout: limits.body,
+        max_body: limits.max_body,
+        max_headers: limits.max_headers,
+    };
+    let front = Arc::new(Front {
+        h1,
+        h2,
+        limits,
+        request,
+        tunnels: tunnels.subscribe(),
+    });
+    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    // When accepting last failed loudly: at most one warning a minute.
+    let mut warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let slot = match &slots {
+            Some(s) => tokio::select! {
+                slot = s.clone().acquire_owned() => Some(slot.expect("the semaphore is never closed")),
+                () = &mut shutdown => break,
+            },
+            None => None,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Typically EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        // Typically EMFILE: back off instead of spinning,
+                        // and say so once, not 20 times a second.
+                        if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                            tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it works (logged once a minute)");
+                            warned = Some(std::time::Instant::now());
+                        } else {
+                            tracing::debug!(error = %e, "accept failed");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                            () = &mut shutdown => break,
+                        }
                     }
                 };
                 let _ = stream.set_nodelay(true);
@@ -78,11 +133,13 @@ pub(crate) async fn serve(
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         tokio::spawn(async move {
+                            let _slot = slot;
                             front.serve_tls(acceptor, stream, peer, state, rx).await
                         });
                     }
                     None if lean => {
                         tokio::spawn(async move {
+                            let _slot = slot;
                             if let LeanExit::HandOff(HandOff { io, stop, state, why }) =
                                 lean::serve(stream, peer, state, rx, limits).await
                             {
@@ -92,7 +149,10 @@ pub(crate) async fn serve(
                         });
                     }
                     None => {
-                        tokio::spawn(async move { front.serve_plain(stream, peer, state, rx).await });
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            front.serve_plain(stream, peer, state, rx).await
+                        });
                     }
                 }
             }
@@ -103,14 +163,52 @@ pub(crate) async fn serve(
     let open = stop.receiver_count();
     tracing::info!(open_connections = open, "draining connections");
     let _ = stop.send(true);
-    match tokio::time::timeout(grace, stop.closed()).await {
-        Ok(()) => 0,
-        Err(_) => {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, stop.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "shutdown deadline reached with requests still in flight"
+        );
+    }
+    // The listener's own copy: only tunnels (and connections still open
+    // past the deadline) hold one now.
+    drop(front);
+    Drained { tunnels, deadline }
+}
+
+/// A listener whose connections are drained: what is left is its
+/// WebSocket tunnels.
+pub(crate) struct Drained {
+    tunnels: watch::Sender<bool>,
+    deadline: tokio::time::Instant,
+}
+
+impl Drained {
+    /// Waits for the tunnels still open up to the drain's deadline, then
+    /// cuts the rest (each writes its access-log line as it ends).
+    pub(crate) async fn tunnels(self) {
+        let open = self.tunnels.receiver_count();
+        if open == 0 {
+            return;
+        }
+        tracing::info!(
+            open_tunnels = open,
+            "waiting for WebSocket tunnels to close"
+        );
+        if tokio::time::timeout_at(self.deadline, self.tunnels.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                ?grace,
-                "shutdown deadline reached with requests still in flight"
+                cut = self.tunnels.receiver_count(),
+                "shutdown deadline reached with WebSocket tunnels open"
             );
-            stop.receiver_count()
+            drop(self.tunnels);
+            // Let the cut tunnels write their lines before the log flush.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -130,10 +228,20 @@ impl Front {
         let l = self.limits;
         match h2::sniff(io, l.idle, l.header, &mut stop).await {
             Opening::H2(io) => {
-                h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, false).await
+                h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, false).await
             }
             Opening::H1(io) => {
-                super::hyper::serve(io, peer, state, stop, &self.h1, l.body, false).await
+                super::hyper::serve(
+                    io,
+                    peer,
+                    state,
+                    stop,
+                    self.tunnels.clone(),
+                    &self.h1,
+                    self.request,
+                    false,
+                )
+                .await
             }
             Opening::Gone => {}
         }
@@ -162,9 +270,19 @@ impl Front {
             }
         };
         if io.get_ref().1.alpn_protocol() == Some(b"h2") {
-            h2::serve_h2(io, peer, state, stop, &self.h2, l.body, l.idle, true).await;
+            h2::serve_h2(io, peer, state, stop, &self.h2, self.request, l.idle, true).await;
         } else {
-            super::hyper::serve(io, peer, state, stop, &self.h1, l.body, true).await;
+            super::hyper::serve(
+                io,
+                peer,
+                state,
+                stop,
+                self.tunnels.clone(),
+                &self.h1,
+                self.request,
+                true,
+            )
+            .await;
         }
     }
 }

@@ -146,6 +146,9 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
         client_body_timeout: body_a,
         max_request_head: head_a,
         shutdown_timeout: shutdown_a,
+        max_header_count: count_a,
+        max_body_bytes: body_max_a,
+        max_connections: conns_a,
     } = a;
     let RuntimeRecord {
         worker_threads: workers_b,
@@ -155,6 +158,9 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
         client_body_timeout: body_b,
         max_request_head: head_b,
         shutdown_timeout: shutdown_b,
+        max_header_count: count_b,
+        max_body_bytes: body_max_b,
+        max_connections: conns_b,
     } = b;
     if workers_a != workers_b {
         d.restart_needed.push("runtime.worker_threads");
@@ -170,6 +176,15 @@ fn runtime(a: &RuntimeRecord, b: &RuntimeRecord, d: &mut ConfigDiff) {
     }
     if shutdown_a != shutdown_b {
         d.restart_needed.push("runtime.shutdown_timeout");
+    }
+    if count_a != count_b {
+        d.restart_needed.push("runtime.max_header_count");
+    }
+    if body_max_a != body_max_b {
+        d.restart_needed.push("runtime.max_body_bytes");
+    }
+    if conns_a != conns_b {
+        d.restart_needed.push("runtime.max_connections");
     }
 }
 

@@ -217,12 +217,13 @@ fn rows() -> Vec<Row> {
             400,
             Some("duplicate_unit"),
         ),
-        // Upgrade is ignored, not tunnelled (RFC 9110 §7.8 lets a server
-        // ignore it): the request is served as a plain one, never a 101.
+        // An upgrade other than WebSocket is ignored, not tunnelled (RFC
+        // 9110 §7.8 lets a server ignore it): the request is served as a
+        // plain one, never a 101 (WebSocket: tests/it/streaming.rs).
         row(
-            "client upgrade is served as a plain request",
+            "client h2c upgrade is served as a plain request",
             format!(
-                "{}connection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                "{}connection: upgrade\r\nupgrade: h2c\r\n\r\n",
                 head("GET /predict", "h-upgrade", "")
             ),
             200,

@@ -24,8 +24,9 @@ pub struct Embedded {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Cmd>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Held for the lifetime of the store: one process per store directory.
-    _lock: File,
+    /// Held for the lifetime of the store (or until [`Embedded::release`]):
+    /// one process per store directory.
+    lock: File,
 }
 
 impl Embedded {
@@ -72,7 +73,7 @@ impl Embedded {
             shared,
             tx,
             writer: Mutex::new(Some(writer)),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -140,6 +141,24 @@ impl Embedded {
             .send(Cmd::Sync { reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Embedded {
+    /// Syncs the journal, stops writing it and unlocks the directory, so
+    /// another process (a binary upgrade's new one) may open it while this
+    /// one still serves what needs no new assignment: stored units are
+    /// read from memory, a new unit's assignment fails (`StoreError::Closed`).
+    pub async fn release(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Release { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        self.lock.unlock().map_err(|source| StoreError::Io {
+            path: self.shared.path.clone(),
+            source,
+        })
     }
 }
 

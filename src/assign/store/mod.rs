@@ -247,6 +247,16 @@ impl Store {
             Store::Redis(_) => Ok(()),
         }
     }
+
+    /// Syncs and lets another process open the store: the embedded
+    /// journal's lock is released and this process assigns no new unit
+    /// after it ([`Embedded::release`]); Redis is shared anyway.
+    pub async fn release(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.release().await,
+            Store::Redis(_) => Ok(()),
+        }
+    }
 }
 
 impl UnitCounts for Store {

@@ -97,6 +97,31 @@ async fn a_second_process_cannot_open_the_same_store() {
     ));
 }
 
+/// A binary upgrade's hand-over: once released, the store opens in the
+/// next process with everything assigned before, and the releasing one
+/// can no longer assign (so no unit is ever assigned by both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_store_opens_elsewhere_and_assigns_no_more_here() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 10).await;
+    let old = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Locked(_))
+    ));
+    old.release().await.unwrap();
+    let k = unit_key("e", b"late");
+    assert!(matches!(
+        old.assign(0, k, 1, Epoch(1)).await,
+        Err(StoreError::Closed)
+    ));
+    // Stored units are still read from memory in the old one.
+    assert_eq!(old.table(0).len(), 10);
+    let new = Store::open(dir.path()).expect("released");
+    assert_eq!(new.table(0).len(), 10);
+    assert!(new.assign(0, k, 1, Epoch(1)).await.unwrap().created);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_truncated_but_damage_further_in_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,6 +33,11 @@ pub(super) enum Cmd {
     Sync {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Sync, then stop writing for good (the journal goes to another
+    /// process: a binary upgrade's new one).
+    Release {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The group-commit loop: drain the queue, one write and one fdatasync for
@@ -42,6 +47,7 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
     let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
     let mut broken: Option<String> = None;
+    let mut released = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -97,7 +103,15 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
                 Cmd::Sync { reply } => {
                     let _ = reply.send(ok);
                 }
+                Cmd::Release { reply } => released = Some((reply, ok)),
             }
+        }
+        if let Some((reply, ok)) = released.take() {
+            // Later commands find the channel closed: StoreError::Closed.
+            let _ = file.sync_data();
+            drop(file);
+            let _ = reply.send(ok);
+            return;
         }
     }
     let _ = file.sync_data();
@@ -176,7 +190,7 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
                     Err(e) => Err(StoreError::Ledger(e)),
                 }
             }
-            Cmd::Sync { .. } => Ok(()),
+            Cmd::Sync { .. } | Cmd::Release { .. } => Ok(()),
         };
         verdicts.push(v);
     }

@@ -20,6 +20,8 @@ pub(crate) struct Line<'a> {
     pub(crate) first_exposure: bool,
     pub(crate) share: Option<f64>,
     pub(crate) reason: Option<Cow<'a, str>>,
+    /// The cause code, `None` on success.
+    pub(crate) error: Option<Cow<'a, str>>,
     /// `total_ms` in microseconds.
     pub(crate) total_us: Option<u64>,
 }
@@ -60,6 +62,7 @@ pub(crate) fn scan(line: &[u8]) -> Result<Line<'_>, Malformed> {
             b"first_exposure" => out.first_exposure = s.bool()?,
             b"share" => out.share = s.opt_float()?,
             b"reason" => out.reason = s.opt_string()?,
+            b"error" => out.error = s.opt_string()?,
             b"total_ms" => out.total_us = s.opt_millis()?,
             _ => s.skip_value()?,
         }
@@ -377,6 +380,7 @@ mod tests {
         assert!(line.first_exposure);
         assert_eq!(line.share, Some(0.25));
         assert_eq!(line.reason.as_deref(), Some("new"));
+        assert_eq!(line.error, None);
         assert_eq!(line.total_us, Some(12_500));
     }
 

@@ -262,7 +262,8 @@ impl Tally {
         let v = x.variant(variant);
         let cell = x.cells.entry((epoch, v)).or_insert_with(Cell::new);
         cell.requests += 1;
-        if line.status >= 500 {
+        // The proxy's own lack of descriptors is not the variant's failure.
+        if line.status >= 500 && line.error.as_deref() != Some("local_resource") {
             cell.errors += 1;
         }
         if let Some(us) = line.total_us {

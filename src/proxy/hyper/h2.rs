@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
-use super::{handle, ClientGone, Conn};
-use crate::proxy::core::Peer;
+use super::{handle, ClientGone, Conn, RequestLimits};
+use crate::proxy::core::{Peer, FIRST_REQUEST_GRACE};
 use crate::proxy::lean::Rewind;
 use crate::state::State;
 
@@ -39,7 +39,7 @@ pub(crate) async fn serve_h2<I>(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     http: &http2::Builder<TokioExecutor>,
-    body_timeout: Duration,
+    limits: RequestLimits,
     idle: Duration,
     tls: bool,
 ) where
@@ -47,7 +47,9 @@ pub(crate) async fn serve_h2<I>(
 {
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
-        body_timeout,
+        limits,
+        // HTTP/2 requests never open a tunnel (WebSocket is HTTP/1.1 only).
+        tunnels: stop.clone(),
         tls,
         _drain: stop.clone(),
     });
@@ -175,7 +177,8 @@ pub(crate) enum Opening<I> {
     H2(Rewind<I>),
     /// With anything else: HTTP/1.
     H1(Rewind<I>),
-    /// Closed, silent past `limit`, or shutdown started before a byte came.
+    /// Closed, silent past `limit`, or silent for `FIRST_REQUEST_GRACE`
+    /// after shutdown started.
     Gone,
 }
 
@@ -194,13 +197,21 @@ where
 {
     let mut buf = BytesMut::with_capacity(PREFACE.len());
     let mut deadline = tokio::time::Instant::now() + idle;
+    let mut watching = true;
     while buf.len() < PREFACE.len() && PREFACE.starts_with(&buf) {
         if !buf.is_empty() && deadline > tokio::time::Instant::now() + header {
             deadline = tokio::time::Instant::now() + header;
         }
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
-            _ = stop.wait_for(|s| *s), if buf.is_empty() => return Opening::Gone,
+            r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => Some(r),
+            _ = stop.wait_for(|s| *s), if buf.is_empty() && watching => None,
+        };
+        let Some(read) = read else {
+            // A drain began: this connection, just accepted, may have its
+            // first request on the way; it gets a moment to arrive.
+            watching = false;
+            deadline = deadline.min(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+            continue;
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Opening::Gone,
@@ -270,5 +281,26 @@ mod tests {
         );
         assert_eq!(opening(b"", true).await.0, "gone");
         assert_eq!(opening(b"PRI", true).await.0, "gone");
+    }
+
+    /// A connection accepted just before a drain still gets its first
+    /// request served; a silent one is let go after the grace.
+    #[tokio::test]
+    async fn a_drain_waits_briefly_for_a_fresh_connections_first_bytes() {
+        let (tx, mut stop) = watch::channel(false);
+        tx.send(true).unwrap();
+        let (mut client, server) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let long = Duration::from_secs(30);
+        let got = sniff(server, long, long, &mut stop).await;
+        assert!(matches!(got, Opening::H1(_)));
+
+        let (_silent, server) = tokio::io::duplex(1024);
+        let got = sniff(server, long, long, &mut stop).await;
+        assert!(matches!(got, Opening::Gone));
     }
 }

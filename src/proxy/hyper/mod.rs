@@ -9,8 +9,11 @@
 
 pub(crate) mod body;
 pub(crate) mod h2;
+mod limit;
+mod tunnel;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +29,7 @@ use tokio::sync::watch;
 
 use self::body::UpstreamBody;
 use self::body::{BodyFault, BodyWatch, BoxError, CancelLog, PendingLog, ResponseBody};
+use self::limit::Capped;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1;
 use super::upstream::tls::TlsFailed;
@@ -34,11 +38,27 @@ use crate::error::ProxyError;
 use crate::observe::access_log::AccessRecord;
 use crate::state::State;
 
+/// What a client may send on hyper's front end (from `runtime`, as on
+/// the lean path).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestLimits {
+    /// How long the client may pause while sending a request body.
+    pub body_timeout: Duration,
+    /// The largest request body (413 past it), if any.
+    pub max_body: Option<u64>,
+    /// The most header fields (431 past it; hyper's HTTP/1 server counts
+    /// them itself, this catches HTTP/2 requests).
+    pub max_headers: usize,
+}
+
 /// What the handler knows of its connection, made once per connection.
 pub(crate) struct Conn {
     pub peer: Peer,
-    /// How long the client may pause while sending a request body.
-    pub body_timeout: Duration,
+    pub limits: RequestLimits,
+    /// The listener's tunnel receiver: a WebSocket tunnel, which outlives
+    /// hyper's connection, holds a copy, so a drain waits for it (after
+    /// the connections) and can cut it at its deadline.
+    pub tunnels: watch::Receiver<bool>,
     /// Whether the client connected over TLS (`x-forwarded-proto: https`).
     pub tls: bool,
     /// The listener's shutdown signal, held (through [`PendingLog`]) by
@@ -53,27 +73,38 @@ pub(crate) struct Conn {
 /// starts and its request in flight is answered. Answers hyper refused
 /// itself (a malformed or oversized head, a head that took too long) get
 /// an access-log line here, and a head that timed out part-way gets the
-/// 408 the lean path sends too.
+/// 408 the lean path sends too. `tunnels` is the listener's receiver for
+/// WebSocket tunnels ([`Conn::tunnels`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
+    tunnels: watch::Receiver<bool>,
     http: &http1::Builder,
-    body_timeout: Duration,
+    limits: RequestLimits,
     tls: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(Conn {
         peer: Peer::new(peer),
-        body_timeout,
+        limits,
+        tunnels,
         tls,
         _drain: stop.clone(),
     });
     let st = state.clone();
-    let svc = service_fn(move |req| handle(st.clone(), conn.clone(), req));
-    let mut conn = http.serve_connection(TokioIo::new(io), svc);
+    // Told when a request starts: a drain lets an unused connection send
+    // its first request (core::FIRST_REQUEST_GRACE) before closing it.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let first = started.clone();
+    let svc = service_fn(move |req| {
+        first.notify_one();
+        handle(st.clone(), conn.clone(), req)
+    });
+    let mut conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
     // Borrowed, not moved: the receiver must live until the connection
     // ends, since the drain waits for every receiver to go.
     let stopping = async {
@@ -85,15 +116,26 @@ pub(crate) async fn serve<I>(
         biased;
         r = &mut conn => r,
         () = stopping => {
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            (&mut conn).await
+            // At once for a connection that served a request (the permit
+            // is stored); up to the grace for one still unused.
+            let first = tokio::time::timeout(core::FIRST_REQUEST_GRACE, started.notified());
+            tokio::select! {
+                biased;
+                r = &mut conn => r,
+                _ = first => {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    (&mut conn).await
+                }
+            }
         }
     };
     let Err(e) = result else { return };
     tracing::debug!(%peer, error = %e, "connection ended with an error");
     let refused = if e.is_timeout() {
         // hyper closes without an answer; one is owed if part of a head came.
-        let parts = conn.into_parts();
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
         if parts.read_buf.is_empty() {
             return;
         }
@@ -172,6 +214,13 @@ where
     if let Err(e) = core::check_request(req.method(), http11, req.headers()) {
         return Ok(error_response(e, None, rec, pending, grpc));
     }
+    if let Err(e) = check_limits(&req, &conn.limits) {
+        return Ok(error_response(e, None, rec, pending, grpc));
+    }
+    // A body of unknown length is cut off past the limit as it streams.
+    let over = Arc::new(AtomicBool::new(false));
+    let max = conn.limits.max_body.unwrap_or(u64::MAX);
+    let req = req.map(|b| Capped::new(b, max, over.clone()));
     let routed = core::route_request(&state, snap, req.uri().path(), req.headers(), &mut rec).await;
     let Routed { mut lease, stamps } = match routed {
         Ok(r) => r,
@@ -179,6 +228,19 @@ where
             return Ok(error_response(error, stamps.as_ref(), rec, pending, grpc))
         }
     };
+    if tunnel::wants_websocket(&req) {
+        let opening = tunnel::Opening {
+            state: &state,
+            conn: &conn,
+            lease,
+            stamps,
+            started,
+        };
+        return Ok(match tunnel::open(opening, req, rec, pending).await {
+            Ok(resp) => resp,
+            Err((e, rec, stamps)) => error_response(e, stamps.as_ref(), rec, pending, grpc),
+        });
+    }
     let upstream_req = match upstream_request(
         req,
         &lease,
@@ -221,7 +283,8 @@ where
         }
         let r = tokio::time::timeout(upstream.head_timeout(), upstream.client.request(req)).await;
         if let Ok(Err(e)) = &r {
-            if e.is_connect() {
+            // A local EMFILE is not the endpoint's fault: no report, no retry.
+            if e.is_connect() && !core::local_resource(e) {
                 lease.report(true);
                 tried |= lease.bit();
                 if retries > 0 {
@@ -273,6 +336,8 @@ where
                 UpstreamFailure::Tls(why)
             } else if is_timeout(&e) {
                 UpstreamFailure::ConnectTimeout
+            } else if e.is_connect() && core::local_resource(&e) {
+                UpstreamFailure::LocalResource
             } else if e.is_connect() {
                 UpstreamFailure::Connect
             } else if let Some(why) = parse_failure(&e) {
@@ -286,6 +351,8 @@ where
     // The client's own fault is never blamed on the upstream: a body that
     // broke its framing, stalled or was abandoned explains the failure.
     let err = match watch.fault() {
+        // Past `max_body_bytes`: the client's, whatever the upstream did.
+        _ if over.load(Ordering::Relaxed) => ProxyError::BodyTooLarge,
         Some(BodyFault::Framing) => ProxyError::BadFraming,
         Some(BodyFault::Timeout) => ProxyError::RequestTimeout,
         Some(BodyFault::Gone) => {
@@ -304,6 +371,21 @@ where
         None => core::upstream_error(&upstream, failure),
     };
     Ok(error_response(err, stamps.as_ref(), rec, pending, grpc))
+}
+
+/// `runtime.max_header_count` (hyper's HTTP/1 server enforces it too;
+/// this catches HTTP/2 requests) and a declared body length over
+/// `runtime.max_body_bytes`, refused before a byte of the body is read.
+fn check_limits<B: http_body::Body>(req: &Request<B>, l: &RequestLimits) -> Result<(), ProxyError> {
+    if req.headers().len() > l.max_headers {
+        return Err(ProxyError::TooManyHeaders);
+    }
+    if l.max_body
+        .is_some_and(|max| http_body::Body::size_hint(req.body()).lower() > max)
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(())
 }
 
 /// What hyper's client accepted but the lean path's parser refuses, so
@@ -405,7 +487,7 @@ where
     }
     Ok(Request::from_parts(
         parts,
-        UpstreamBody::new(body, watch, conn.body_timeout),
+        UpstreamBody::new(body, watch, conn.limits.body_timeout),
     ))
 }
 

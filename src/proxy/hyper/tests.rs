@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::{handle, Conn};
+use super::{handle, Conn, RequestLimits};
 use crate::config::{self, Env};
 use crate::proxy::core::Peer;
 use crate::state::State;
@@ -40,7 +40,12 @@ async fn state_on(dir: &std::path::Path, port: u16) -> Arc<State> {
 fn conn() -> Arc<Conn> {
     Arc::new(Conn {
         peer: Peer::new("10.0.0.1:5555".parse().unwrap()),
-        body_timeout: Duration::from_millis(200),
+        limits: RequestLimits {
+            body_timeout: Duration::from_millis(200),
+            max_body: None,
+            max_headers: 100,
+        },
+        tunnels: tokio::sync::watch::channel(false).1,
         tls: false,
         _drain: tokio::sync::watch::channel(false).1,
     })
@@ -192,4 +197,42 @@ async fn a_client_gone_mid_body_is_sent_nothing() {
     .body(Body(Some(Err(gone))))
     .unwrap();
     assert!(handle(state, conn(), req).await.is_err());
+}
+
+#[tokio::test]
+async fn limits_refuse_before_routing_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let limited = Arc::new(Conn {
+        limits: RequestLimits {
+            body_timeout: Duration::from_millis(200),
+            max_body: Some(10),
+            max_headers: 3,
+        },
+        ..Arc::into_inner(conn()).unwrap()
+    });
+    let too_long = request(
+        Method::POST,
+        "/predict",
+        &[("host", "a"), ("x-user-id", "u1")],
+    )
+    .body(Full::new(Bytes::from_static(b"eleven bytes")))
+    .unwrap();
+    let resp = handle(state.clone(), limited.clone(), too_long)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["connection"], "close");
+    assert_eq!(body_json(resp).await["error"], "body_too_large");
+
+    let many = request(
+        Method::GET,
+        "/predict",
+        &[("host", "a"), ("x-user-id", "u1"), ("a", "1"), ("b", "2")],
+    )
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let resp = handle(state, limited, many).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(body_json(resp).await["error"], "head_too_large");
 }

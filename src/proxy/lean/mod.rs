@@ -16,9 +16,12 @@
 //! integration tests run both.
 //!
 //! Memory: a request body (a Content-Length up to [`h1::MAX_LEAN_BODY`],
-//! 256 KiB) is buffered whole before it is forwarded, but the buffer
-//! grows with what arrives, at most [`GROW_BY`] ahead of it, so a stalled
-//! upload holds what it sent plus 64 KiB, not its announced length.
+//! 256 KiB) is buffered whole before it is forwarded, in one buffer of
+//! exactly the request's size allocated when its head is read: a
+//! connection holds at most its head plus 256 KiB. Pages the client has
+//! not filled are never touched, so a stalled upload costs resident
+//! memory for what it sent (mimalloc is built without transparent huge
+//! pages for that, see Cargo.toml).
 
 mod io;
 
@@ -46,9 +49,10 @@ use crate::state::State;
 /// The old name of [`ClientLimits`].
 pub(crate) type ClientTimeouts = ClientLimits;
 
-/// How long a client may take and how much head it may send, from
-/// `runtime.client_*_timeout` and `runtime.max_request_head`; both front
-/// ends hold clients to these.
+/// How long a client may take and how much it may send, from
+/// `runtime.client_*_timeout`, `runtime.max_request_head`,
+/// `max_header_count` and `max_body_bytes`; both front ends hold clients
+/// to these.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientLimits {
     /// Idle between requests on a keep-alive connection.
@@ -61,6 +65,12 @@ pub(crate) struct ClientLimits {
     pub body: Duration,
     /// The most bytes a request head may take.
     pub max_head: usize,
+    /// The most header fields a request head may carry.
+    pub max_headers: usize,
+    /// The largest request body, if any.
+    pub max_body: Option<u64>,
+    /// The most connections served at once (the listener's), if any.
+    pub max_connections: Option<usize>,
 }
 
 impl ClientLimits {
@@ -70,14 +80,15 @@ impl ClientLimits {
             header: r.client_header_timeout,
             body: r.client_body_timeout,
             max_head: r.max_request_head,
+            max_headers: r.max_header_count,
+            max_body: r.max_body_bytes,
+            max_connections: r.max_connections,
         }
     }
 }
 /// Read-buffer growth per read (hyper's default buffer size too).
 const READ_CHUNK: usize = 8 * 1024;
 const COPY_BODY_UP_TO: usize = 4 * 1024;
-/// How far ahead of the bytes received a body buffer may grow.
-pub(crate) const GROW_BY: usize = 64 * 1024;
 
 /// How the lean path let go of a connection.
 pub(crate) enum LeanExit {
@@ -118,6 +129,7 @@ pub(crate) async fn serve(
         state,
         header_timer: Deadline::default(),
         upstream_timer: Deadline::default(),
+        served: false,
     };
     loop {
         match conn.next_request(&mut stop).await {
@@ -125,6 +137,10 @@ pub(crate) async fn serve(
             Next::Closed => return LeanExit::Closed,
             Next::Reject(r) => {
                 conn.reject(r, &stop).await;
+                return LeanExit::Closed;
+            }
+            Next::Over(e) => {
+                conn.over(e, &stop).await;
                 return LeanExit::Closed;
             }
             Next::Hand(why) => {
@@ -141,6 +157,7 @@ pub(crate) async fn serve(
                 });
             }
         }
+        conn.served = true;
         if !conn.serve_one(&stop).await || *stop.borrow() {
             return LeanExit::Closed;
         }
@@ -161,6 +178,8 @@ struct Connection {
     header_timer: Deadline,
     upstream_timer: Deadline,
     timeouts: ClientLimits,
+    /// Whether a request was served on it yet.
+    served: bool,
 }
 
 enum Next {
@@ -170,6 +189,9 @@ enum Next {
     Hand(&'static str),
     /// A request refused outright (answered, then the connection closes).
     Reject(Reject),
+    /// A whole head over `max_header_count`, or announcing a body over
+    /// `max_body_bytes` (answered before the body is read, then closed).
+    Over(ProxyError),
 }
 
 /// How a request's exchange with its upstream ended.
@@ -184,6 +206,9 @@ impl Failure {
     fn upstream(self) -> UpstreamFailure {
         match self {
             Failure::Connect(ConnectError::Timeout) => UpstreamFailure::ConnectTimeout,
+            Failure::Connect(ConnectError::Io(e)) if core::local_resource(&e) => {
+                UpstreamFailure::LocalResource
+            }
             Failure::Connect(ConnectError::Io(_)) => UpstreamFailure::Connect,
             Failure::Io { .. } => UpstreamFailure::Reset,
             Failure::Invalid(why) => UpstreamFailure::Invalid(why.to_string()),
@@ -220,6 +245,12 @@ impl Connection {
         loop {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head, t.max_head) {
+                    Parsed::Lean if self.head.fields.len() > t.max_headers => {
+                        return Next::Over(ProxyError::TooManyHeaders)
+                    }
+                    Parsed::Lean if t.max_body.is_some_and(|m| self.head.body_len as u64 > m) => {
+                        return Next::Over(ProxyError::BodyTooLarge)
+                    }
                     Parsed::Lean => {
                         let req = h1::Request {
                             bytes: &self.buf,
@@ -241,10 +272,26 @@ impl Connection {
             }
             let idle = self.buf.is_empty();
             if idle && *stop.borrow() {
-                return Next::Closed;
+                // An idle keep-alive connection closes now; one not yet
+                // used was opened for a request that may be on its way:
+                // it gets a moment to arrive (then served, and closed).
+                if self.served {
+                    return Next::Closed;
+                }
+                let linger = Instant::now() + core::FIRST_REQUEST_GRACE;
+                if deadline.is_none_or(|d| d > linger) {
+                    deadline = Some(linger);
+                }
             }
             let missing = need.map_or(0, |n| n.saturating_sub(self.buf.len()));
-            self.buf.reserve(missing.clamp(READ_CHUNK, GROW_BY));
+            if missing > READ_CHUNK {
+                // One allocation of exactly the request's size (a lean
+                // body is at most 256 KiB): no doubling, no trail of
+                // outgrown buffers.
+                grow_exact(&mut self.buf, missing);
+            } else {
+                self.buf.reserve(READ_CHUNK);
+            }
             let at = *deadline.get_or_insert_with(|| Instant::now() + phase);
             tokio::select! {
                 biased;
@@ -415,6 +462,24 @@ impl Connection {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Answers a head over a limit, then the connection closes: too many
+    /// fields get the empty 431 hyper's path sends for them; a body
+    /// announced over `max_body_bytes` gets the JSON 413 before a byte of
+    /// it is read.
+    async fn over(&mut self, e: ProxyError, stop: &watch::Receiver<bool>) {
+        if matches!(e, ProxyError::TooManyHeaders) {
+            let _ = self.client.write_all(HEAD_TOO_LARGE).await;
+            return core::log_unparsed(&self.state, &e);
+        }
+        let started = std::time::Instant::now();
+        let head = self.buf.split_to(self.head.head_len).freeze();
+        self.head.body_len = 0;
+        let version = self.state.snapshot().version.clone();
+        if let Some(rec) = self.record(&head, &version).await {
+            self.own_response(e, None, rec, started, stop).await;
         }
     }
 
@@ -636,6 +701,20 @@ impl Connection {
     }
 }
 
+/// Makes room for `more` bytes in a body buffer, to exactly its length
+/// plus `more`. Growing with `BytesMut::reserve` in steps doubled the
+/// capacity each time, so a 256 KiB body ended in a 512 KiB buffer after
+/// leaving 72 KiB and 144 KiB ones behind, which the allocator kept: 300
+/// stalled uploads held over 100 MB after they closed.
+fn grow_exact(buf: &mut BytesMut, more: usize) {
+    if buf.capacity() - buf.len() >= more {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + more);
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
+
 /// The answer to an oversized head, as hyper's path sends it.
 const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
@@ -666,6 +745,10 @@ async fn round_trip(
     let mut conn = loop {
         match lease.endpoint().checkout(connect_timeout).await {
             Ok(conn) => break conn,
+            Err(ConnectError::Io(e)) if core::local_resource(&e) => {
+                // Our own fault: the endpoint is not to blame.
+                return Err(Failure::Connect(ConnectError::Io(e)));
+            }
             Err(e) => {
                 lease.report(true);
                 tried |= lease.bit();
@@ -693,6 +776,9 @@ async fn round_trip(
             }) if conn.reused && (idempotent || !sent) => {
                 conn = match lease.endpoint().connect(connect_timeout).await {
                     Ok(c) => c,
+                    Err(ConnectError::Io(e)) if core::local_resource(&e) => {
+                        return Err(Failure::Connect(ConnectError::Io(e)));
+                    }
                     Err(e) => {
                         lease.report(true);
                         return Err(Failure::Connect(e));

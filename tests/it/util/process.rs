@@ -51,6 +51,22 @@ impl TestDir {
     }
 }
 
+/// The access log once `ready` says it holds what is awaited (the writer
+/// flushes every 500 ms), or as it is after 10 s.
+pub(crate) async fn log_when(
+    dir: &TestDir,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = dir.access_log();
+        if ready(&log) || tokio::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The standard test config: `listen` on port 0, store and log in the dir.
 /// `experiments` is YAML for the `experiments:` list, indented by 2.
 ///
@@ -134,26 +150,35 @@ impl Cohort {
         args: &[&std::ffi::OsStr],
         cwd: &Path,
     ) -> Result<Cohort, (Option<ExitStatus>, String)> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohort"));
-        cmd.args(args).current_dir(cwd);
-        Cohort::spawn(cmd)
+        Cohort::start_via(env!("CARGO_BIN_EXE_cohort").as_ref(), args, cwd)
     }
 
     /// Starts on the config in `dir` from a shell that first runs
     /// `prelude` (`ulimit -f 32`, say), then execs cohort.
     pub(crate) fn start_in_shell(dir: &TestDir, prelude: &str) -> Cohort {
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(format!("{prelude}; exec \"$0\" --config \"$1\""))
-            .arg(env!("CARGO_BIN_EXE_cohort"))
-            .arg(dir.config_path())
-            .current_dir(dir.path());
-        Cohort::spawn(cmd)
+        let script = format!("{prelude}; exec \"$0\" --config \"$1\"");
+        let config = dir.config_path();
+        let args: [&std::ffi::OsStr; 4] = [
+            "-c".as_ref(),
+            script.as_ref(),
+            env!("CARGO_BIN_EXE_cohort").as_ref(),
+            config.as_os_str(),
+        ];
+        Cohort::start_via("bash".as_ref(), &args, dir.path())
             .unwrap_or_else(|(code, log)| panic!("cohort did not start ({code:?}):\n{log}"))
     }
 
-    fn spawn(mut cmd: Command) -> Result<Cohort, (Option<ExitStatus>, String)> {
-        let mut child = cmd
+    /// [`Cohort::start_args`] through another program that execs cohort
+    /// (`sh -c 'ulimit -n 64 && exec "$0" "$@"' cohort ARGS`, say), so the
+    /// process is still cohort's.
+    pub(crate) fn start_via(
+        program: &std::ffi::OsStr,
+        args: &[&std::ffi::OsStr],
+        cwd: &Path,
+    ) -> Result<Cohort, (Option<ExitStatus>, String)> {
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(cwd)
             .env("COHORT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -273,6 +298,16 @@ impl Cohort {
     pub(crate) fn terminate(mut self) -> ExitStatus {
         self.signal("TERM");
         wait_timeout(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, once the process has exited.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// SIGKILL: no chance to flush or sync anything.
