@@ -40,8 +40,11 @@ async fn event_source(go: Arc<Semaphore>) -> SocketAddr {
                     }
                 }
                 let chunked = head.starts_with(b"GET /sse");
+                // Both close the connection after the stream: a chunked one
+                // says so, or the proxy would pool a connection the upstream
+                // is about to close under the next request.
                 let framing = if chunked {
-                    "transfer-encoding: chunked\r\n"
+                    "transfer-encoding: chunked\r\nconnection: close\r\n"
                 } else {
                     "connection: close\r\n"
                 };
