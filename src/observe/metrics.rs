@@ -476,9 +476,9 @@ pub(crate) struct StoreFacts {
     pub up: bool,
     /// Degraded assignments waiting to be written back.
     pub pending: u64,
-    /// Write-backs that stored this replica's assignment.
+    /// Write-backs after which the unit holds what this replica served.
     pub writebacks_stored: u64,
-    /// Write-backs that found the unit already stored by another writer.
+    /// Write-backs that found another variant or epoch stored first.
     pub writebacks_lost: u64,
 }
 
@@ -695,7 +695,7 @@ impl Collector for Scrape {
             counter(
                 &mut enc,
                 STORE_WRITEBACKS,
-                "Degraded assignments written back to the shared store, by result",
+                "Degraded assignments written back to the shared store: stored (the unit holds what was served) or lost_race (another writer stored another variant or epoch first)",
                 &[
                     ([("result", "stored")], st.writebacks_stored),
                     ([("result", "lost_race")], st.writebacks_lost),

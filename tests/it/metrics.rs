@@ -104,7 +104,7 @@ impl Scrape {
     }
 }
 
-pub(crate) async fn scrape(client: &TestClient, admin: SocketAddr, token: Option<&str>) -> Scrape {
+async fn scrape(client: &TestClient, admin: SocketAddr, token: Option<&str>) -> Scrape {
     let r = admin_call(client, admin, "GET", "/metrics", token).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(

@@ -34,9 +34,10 @@
 //! in-memory [`Table`] the embedded store uses: returning units never touch
 //! Redis. Correct because an assignment never changes until a reset, and a
 //! reset changes the key generation and clears the cache on every replica
-//! within one poll. A new unit is written to the generation of the epoch
-//! it was assigned under, and cached only while that generation is
-//! current: a request that began just before a reset cannot put a
+//! within one poll. A unit is cached only while the generation of its key
+//! is current, and for [`RESET_SETTLE`] after a reset a new unit assigned
+//! under a pre-reset epoch (a request that began before the reset) is
+//! written to the dropped generation: such a request cannot put a
 //! pre-reset assignment into the new generation or the cleared cache.
 //!
 //! **Durability** is Redis': an assignment counts as stored when Redis
@@ -176,8 +177,8 @@ pub struct RedisStore {
     /// Whether the last Redis call (a request's or the ledger poll's)
     /// succeeded: `cohort_store_up`.
     up: AtomicBool,
-    /// Write-backs that stored this replica's degraded assignment, and
-    /// those that found the unit already stored by another writer.
+    /// Write-backs after which the unit holds what this replica served it,
+    /// and those that found another variant or epoch stored first.
     writebacks_stored: AtomicU64,
     writebacks_lost: AtomicU64,
     version: watch::Sender<u64>,
@@ -735,16 +736,24 @@ impl RedisStore {
                                 self.cache(id, reset, key, a);
                             }
                         }
+                        // Stored already: by this replica (a write that
+                        // timed out after Redis ran it) or by another one.
+                        // Lost only if the unit now holds another variant
+                        // or epoch than it was served.
+                        Some(theirs) if same_assignment(&theirs, &value) => {
+                            self.writebacks_stored.fetch_add(1, Ordering::Relaxed);
+                            if let Some(a) = self.parse(id, &theirs) {
+                                self.cache(id, reset, key, a);
+                            }
+                        }
                         Some(theirs) => {
                             self.writebacks_lost.fetch_add(1, Ordering::Relaxed);
-                            if !same_assignment(&theirs, &value) {
-                                tracing::warn!(
-                                    key = %rkey,
-                                    served = %value,
-                                    stored = %theirs,
-                                    "a unit served degraded (by hash) was stored by another replica first; it is served the stored assignment from now on"
-                                );
-                            }
+                            tracing::warn!(
+                                key = %rkey,
+                                served = %value,
+                                stored = %theirs,
+                                "a unit served degraded (by hash) was stored by another replica first; it is served the stored assignment from now on"
+                            );
                             if let Some(a) = self.parse(id, &theirs) {
                                 self.cache(id, reset, key, a);
                             }
@@ -825,9 +834,9 @@ pub struct StoreHealth {
     pub up: bool,
     /// Degraded assignments waiting to be written back.
     pub pending: u64,
-    /// Write-backs that stored this replica's assignment.
+    /// Write-backs after which the unit holds what this replica served.
     pub writebacks_stored: u64,
-    /// Write-backs that found the unit stored by another writer first.
+    /// Write-backs that found another variant or epoch stored first.
     pub writebacks_lost: u64,
 }
 
