@@ -9,6 +9,8 @@
 #     haproxy TCP balancer on BENCH_PORT (mode tcp, round robin per
 #     connection: wrk's keep-alive connections split evenly, and a unit
 #     meets both replicas). Its CPU counts as the proxy's too.
+#   BALANCER=1 puts that balancer in front of one replica too (on
+#     BENCH_PORT+1): the control that prices the balancer's hop.
 # SEED_USERS > 0 pre-assigns user-1 ..= user-N in Redis first (through the
 # real assignment path, like harness-cohort.sh does for the embedded store).
 # STORE_TIMEOUT is store.timeout (default 1s, so a saturated machine does
@@ -50,7 +52,9 @@ experiments:
 YAML
 }
 
-if [ "$REPLICAS" = 1 ]; then ports=("$BENCH_PORT"); else ports=($((BENCH_PORT + 1)) $((BENCH_PORT + 2))); fi
+balancer=${BALANCER:-0}
+[ "$REPLICAS" = 1 ] || balancer=1
+if [ "$balancer" = 0 ]; then ports=("$BENCH_PORT"); else ports=($(seq $((BENCH_PORT + 1)) $((BENCH_PORT + REPLICAS)))); fi
 for p in "${ports[@]}"; do conf "$dir/replica-$p.yaml" "$p"; done
 if [ -n "$SEED" ] && [ "${SEED_USERS:-0}" -gt 0 ]; then
   "$SEED" "$dir/replica-${ports[0]}.yaml" "$SEED_USERS" >&2
@@ -61,7 +65,7 @@ for p in "${ports[@]}"; do
   "$BIN" --config "$dir/replica-$p.yaml" &
   pids+=($!)
 done
-if [ "$REPLICAS" != 1 ]; then
+if [ "$balancer" = 1 ]; then
   # The balancer opens the harness's port only once both replicas listen.
   for p in "${ports[@]}"; do
     for _ in $(seq 400); do
@@ -82,9 +86,8 @@ frontend replicas
   default_backend replicas
 backend replicas
   balance roundrobin
-  server a 127.0.0.1:${ports[0]}
-  server b 127.0.0.1:${ports[1]}
 CFG
+  for p in "${ports[@]}"; do echo "  server r$p 127.0.0.1:$p" >> "$dir/balancer.cfg"; done
   haproxy -db -f "$dir/balancer.cfg" &
   pids+=($!)
 fi

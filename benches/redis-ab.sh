@@ -8,7 +8,9 @@
 #     light-load added p99, test/nginx ratio, degraded lines). Cells:
 #       embedded-returning  redis1-returning  redis2-returning
 #       embedded-new        redis1-new        redis2-new
-#     (default: all six). redisN runs N replicas on one redis-server
+#     (default: all six), and redis1lb-returning, redis1lb-new: one
+#     replica behind the balancer the two replicas need, which prices that
+#     hop. redisN runs N replicas on one redis-server
 #     (benches/harness-cohort-redis.sh: two replicas sit behind an haproxy
 #     TCP balancer). "returning": RETURNING_USERS ids (default 10000), all
 #     pre-assigned before the proxy starts, so after the harness's warm-up
@@ -39,6 +41,7 @@ if [ "${1:-}" = harness ]; then
       embedded-*) cmd="$root/benches/harness-cohort.sh $root/target/release/cohort $seed" ;;
       redis1-*) cmd="env REPLICAS=1 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
       redis2-*) cmd="env REPLICAS=2 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
+      redis1lb-*) cmd="env REPLICAS=1 BALANCER=1 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
       *) echo "unknown cell $cell" >&2; exit 64 ;;
     esac
     case "$cell" in
@@ -54,7 +57,7 @@ if [ "${1:-}" = harness ]; then
     lat=$(grep -F '| (c) proxy under test |' "$out/$cell.txt" | sed -n 2p || true)
     ratio=$(grep '^RATIO test/nginx' "$out/$cell.txt" | tail -1 || true)
     res=$(sed -n 's/.*results in //p' "$out/$cell.txt" | tail -1)
-    degraded=$(grep -ho 'store_degraded [0-9]*' "$res/proxy-under-test.log.tail" 2>/dev/null | awk '{s+=$2} END {print s+0}')
+    degraded=$( (grep -ho 'store_degraded [0-9]*' "$res/proxy-under-test.log.tail" 2>/dev/null || true) | awk '{s+=$2} END {print s+0}')
     col() { echo "$1" | awk -F'|' -v c="$2" '{gsub(/ /, "", $c); print $c}'; }
     rows+=("$(printf '%-20s %10s %9s %12s %12s %s degraded=%s rc=%s' "$cell" \
       "$(col "$sat" 3)" "$(col "$sat" 6)" "$(col "$sat" 9)" "$(col "$lat" 10)" \
