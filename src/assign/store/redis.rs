@@ -396,8 +396,9 @@ impl RedisStore {
                 path: self.ledger_key().into(),
                 what: format!("ledger entry {}: {e}", self.ledger_version()),
             })?;
-            self.shared.apply_ledger(&ev)?;
-            // A reset while serving (not in the ledger read at start-up).
+            // A reset while serving (not in the ledger read at start-up):
+            // noted before the ledger changes, so whoever sees the new
+            // generation also sees that it is fresh.
             if let (LedgerEvent::Epoch { experiment, record }, true) = (&ev, have > 0) {
                 let id = self
                     .shared
@@ -413,6 +414,7 @@ impl RedisStore {
                         .insert(id, Instant::now());
                 }
             }
+            self.shared.apply_ledger(&ev)?;
         }
         self.version.send_replace(self.ledger_version());
         Ok(())
