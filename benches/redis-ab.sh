@@ -1,6 +1,76 @@
 #!/usr/bin/env bash
-# Quick A/B: embedded vs redis store, returning vs new units, one replica.
+# The shared store (Redis on loopback) against the embedded store.
+#
+#   benches/redis-ab.sh harness [CELL...]
+#     With the shared harness (../shared/bench/run.sh, REFS=nginx): one run
+#     per cell, each cell a store and a traffic mix, and a table of the
+#     proxy-under-test figures at the end (req/s, p99, proxy CPU µs/req,
+#     light-load added p99, test/nginx ratio, degraded lines). Cells:
+#       embedded-returning  redis1-returning  redis2-returning
+#       embedded-new        redis1-new        redis2-new
+#     (default: all six), and redis1lb-returning, redis1lb-new: one
+#     replica behind the balancer the two replicas need, which prices that
+#     hop. redisN runs N replicas on one redis-server
+#     (benches/harness-cohort-redis.sh: two replicas sit behind an haproxy
+#     TCP balancer). "returning": RETURNING_USERS ids (default 10000), all
+#     pre-assigned before the proxy starts, so after the harness's warm-up
+#     every request is a returning unit served from the replica's cache;
+#     "new": ids drawn from 10^9, nearly every request a first assignment.
+#     Shorter than a full harness run by default (ROUNDS=4 DURATION=4);
+#     every harness knob passes through. Needs nginx, wrk, haproxy, redis.
+#   benches/redis-ab.sh
+#     The quick A/B without the harness: one replica per store, wrk on
+#     fixed ports, two interleaved rounds per cell.
 set -u
+if [ "${1:-}" = harness ]; then
+  shift
+  set -eo pipefail
+  . "$(dirname "$0")/lib.sh"
+  [ -x "$harness/run.sh" ] || { echo "no harness at $harness (set BENCH_HARNESS)" >&2; exit 1; }
+  build_release
+  cells=("$@")
+  [ ${#cells[@]} -gt 0 ] || cells=(embedded-returning redis1-returning redis2-returning embedded-new redis1-new redis2-new)
+  export REFS=${REFS:-nginx} ROUNDS=${ROUNDS:-4} DURATION=${DURATION:-4}
+  # The returning cells keep a smaller id space than the harness's 10^6, so
+  # that the 2 s warm-up puts every id in a Redis replica's cache.
+  ret=${RETURNING_USERS:-10000}
+  out=$(mktemp -d)
+  rows=()
+  for cell in "${cells[@]}"; do
+    case "$cell" in
+      embedded-*) cmd="$root/benches/harness-cohort.sh $root/target/release/cohort $seed" ;;
+      redis1-*) cmd="env REPLICAS=1 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
+      redis2-*) cmd="env REPLICAS=2 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
+      redis1lb-*) cmd="env REPLICAS=1 BALANCER=1 $root/benches/harness-cohort-redis.sh $root/target/release/cohort $seed" ;;
+      *) echo "unknown cell $cell" >&2; exit 64 ;;
+    esac
+    case "$cell" in
+      *-returning) users=$ret seeded=$ret ;;
+      *-new) users=1000000000 seeded=0 ;;
+      *) echo "unknown cell $cell" >&2; exit 64 ;;
+    esac
+    echo "== $cell" >&2
+    rc=0
+    SEED_USERS=$seeded BENCH_USERS=$users PROXY_START_TIMEOUT=${PROXY_START_TIMEOUT:-90} \
+      "$harness/run.sh" "$cmd" 8090 > "$out/$cell.txt" 2>&1 || rc=$?
+    sat=$(grep -F '| (c) proxy under test |' "$out/$cell.txt" | head -1 || true)
+    lat=$(grep -F '| (c) proxy under test |' "$out/$cell.txt" | sed -n 2p || true)
+    ratio=$(grep '^RATIO test/nginx' "$out/$cell.txt" | tail -1 || true)
+    res=$(sed -n 's/.*results in //p' "$out/$cell.txt" | tail -1)
+    degraded=$( (grep -ho 'store_degraded [0-9]*' "$res/proxy-under-test.log.tail" 2>/dev/null || true) | awk '{s+=$2} END {print s+0}')
+    col() { echo "$1" | awk -F'|' -v c="$2" '{gsub(/ /, "", $c); print $c}'; }
+    rows+=("$(printf '%-20s %10s %9s %12s %12s %s degraded=%s rc=%s' "$cell" \
+      "$(col "$sat" 3)" "$(col "$sat" 6)" "$(col "$sat" 9)" "$(col "$lat" 10)" \
+      "${ratio#RATIO }" "${degraded:-?}" "$rc")")
+    echo "${rows[-1]}" >&2
+  done
+  echo
+  printf '%-20s %10s %9s %12s %12s %s\n' cell "req/s" "p99 ms" "CPU us/req" "lat +p99 ms" "ratio (test/nginx)"
+  printf '%s\n' "${rows[@]}"
+  echo "full outputs: $out"
+  exit 0
+fi
+# The quick A/B: embedded vs redis store, returning vs new units, one replica.
 BIN=${BIN:-./target/release/cohort}
 LUA=${LUA:-../shared/bench/lua/predict.lua}
 W=$(mktemp -d); BIN=$(realpath $BIN); LUA=$(realpath $LUA); cd $W

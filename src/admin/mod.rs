@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use crate::assign::hash::unit_key;
 use crate::assign::ledger::{units_by_variant, ExperimentLedger, Ledger};
 use crate::config::ConfigError;
-use crate::observe::metrics::{ProcessFacts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::observe::metrics::{ProcessFacts, StoreFacts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::observe::time::rfc3339_millis;
 use crate::reload::{ReloadError, Reloaded};
 use crate::state::{PauseError, State};
@@ -220,6 +220,15 @@ fn metrics(state: &State) -> Resp {
         stored,
         log_written: state.log.written_lines(),
         log_dropped: state.log.failed_lines(),
+        store: state.store.shared().map(|r| {
+            let h = r.health();
+            StoreFacts {
+                up: h.up,
+                pending: h.pending,
+                writebacks_stored: h.writebacks_stored,
+                writebacks_lost: h.writebacks_lost,
+            }
+        }),
     });
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(

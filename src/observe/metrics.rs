@@ -16,7 +16,10 @@
 //! At scrape time the atomics are read and rendered through
 //! `prometheus-client`'s collector and text encoder (Prometheus text format
 //! 0.0.4); the gauges that are not counted on the request path (stored
-//! assignments, config version, access-log lines) come from the caller.
+//! assignments, config version, access-log lines, the shared store's
+//! health) come from the caller. Degraded requests (`store_degraded`) are
+//! counted from the access record like everything else, so the counter
+//! equals the number of flagged log lines.
 //!
 //! The SRM alarm compares, per experiment and current epoch, the first
 //! exposures per variant with the configured weights ([`super::srm`]); a
@@ -65,6 +68,15 @@ pub(crate) const RELOADS: &str = "cohort_reloads";
 pub(crate) const ACCESS_LOG_LINES: &str = "cohort_access_log_lines";
 /// `cohort_config_info` (the encoder appends `_info`).
 pub(crate) const CONFIG: &str = "cohort_config";
+/// `cohort_store_degraded_total`: requests served by hash because the
+/// shared store could not be reached (`store_degraded: true` lines).
+pub(crate) const STORE_DEGRADED: &str = "cohort_store_degraded";
+/// `cohort_store_up`, a 0/1 gauge (shared store only).
+pub(crate) const STORE_UP: &str = "cohort_store_up";
+/// `cohort_store_writebacks_total` (shared store only).
+pub(crate) const STORE_WRITEBACKS: &str = "cohort_store_writebacks";
+/// `cohort_store_writeback_pending`, a gauge (shared store only).
+pub(crate) const STORE_PENDING: &str = "cohort_store_writeback_pending";
 
 /// The alarm fires below this p-value...
 pub(crate) const SRM_ALARM_P: f64 = 0.001;
@@ -139,6 +151,8 @@ struct VariantMeter {
     requests: [[AtomicU64; CLASSES.len()]; REASONS.len()],
     duration: Histogram,
     upstream: Histogram,
+    /// Requests served by hash while the shared store was unreachable.
+    degraded: AtomicU64,
 }
 
 impl VariantMeter {
@@ -148,6 +162,7 @@ impl VariantMeter {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::new(),
             upstream: Histogram::new(),
+            degraded: AtomicU64::new(0),
         })
     }
 }
@@ -341,6 +356,9 @@ impl Metrics {
             _ => 3,
         };
         v.requests[reason][class].fetch_add(1, Ordering::Relaxed);
+        if rec.store_degraded {
+            v.degraded.fetch_add(1, Ordering::Relaxed);
+        }
         v.duration.observe(rec.total_time);
         if let Some(t) = rec.upstream_time {
             v.upstream.observe(t);
@@ -452,6 +470,21 @@ pub(crate) struct ProcessFacts {
     pub stored: Vec<(String, u64)>,
     pub log_written: u64,
     pub log_dropped: u64,
+    /// The shared store's health; `None` for the embedded store.
+    pub store: Option<StoreFacts>,
+}
+
+/// The shared (Redis) store's health at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StoreFacts {
+    /// Its last call succeeded.
+    pub up: bool,
+    /// Degraded assignments waiting to be written back.
+    pub pending: u64,
+    /// Write-backs after which the unit holds what this replica served.
+    pub writebacks_stored: u64,
+    /// Write-backs that found another variant or epoch stored first.
+    pub writebacks_lost: u64,
 }
 
 /// One scrape: the metrics and the caller's facts, rendered through
@@ -638,6 +671,49 @@ impl Collector for Scrape {
                 ([("result", "dropped")], self.process.log_dropped),
             ],
         )?;
+        // Every experiment, zeros included, so `increase()` sees the first one.
+        let degraded: Vec<_> = all
+            .iter()
+            .map(|x| {
+                let n = x
+                    .variants
+                    .iter()
+                    .map(|v| v.degraded.load(Ordering::Relaxed))
+                    .sum::<u64>();
+                ([("experiment", &*x.name)], n)
+            })
+            .collect();
+        counter(
+            &mut enc,
+            STORE_DEGRADED,
+            "Requests served by the contract hash because the shared store could not be reached (store_degraded in the access log)",
+            &degraded,
+        )?;
+        if let Some(st) = &self.process.store {
+            enc.encode_descriptor(
+                STORE_UP,
+                "1 while the shared store answers (its last call succeeded), else 0",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&u64::from(st.up))?;
+            counter(
+                &mut enc,
+                STORE_WRITEBACKS,
+                "Degraded assignments written back to the shared store: stored (the unit holds what was served) or lost_race (another writer stored another variant or epoch first)",
+                &[
+                    ([("result", "stored")], st.writebacks_stored),
+                    ([("result", "lost_race")], st.writebacks_lost),
+                ],
+            )?;
+            enc.encode_descriptor(
+                STORE_PENDING,
+                "Degraded assignments waiting to be written back to the shared store",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&st.pending)?;
+        }
         let mut info = enc.encode_descriptor(
             CONFIG,
             "The applied config's version",
@@ -675,6 +751,7 @@ mod tests {
             stored: vec![("ranker".into(), 3)],
             log_written: 5,
             log_dropped: 1,
+            store: None,
         });
         for line in [
             "# TYPE cohort_requests_total counter",
@@ -688,6 +765,30 @@ mod tests {
             "cohort_access_log_lines_total{result=\"written\"} 5",
             "cohort_access_log_lines_total{result=\"dropped\"} 1",
             "cohort_config_info{version=\"abc\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("cohort_store_up"), "{text}");
+    }
+
+    #[test]
+    fn the_shared_stores_health_is_exported_with_it() {
+        let m = Metrics::new();
+        let text = m.render(ProcessFacts {
+            store: Some(StoreFacts {
+                up: false,
+                pending: 7,
+                writebacks_stored: 3,
+                writebacks_lost: 2,
+            }),
+            ..ProcessFacts::default()
+        });
+        for line in [
+            "# TYPE cohort_store_degraded_total counter",
+            "cohort_store_up 0",
+            "cohort_store_writebacks_total{result=\"stored\"} 3",
+            "cohort_store_writebacks_total{result=\"lost_race\"} 2",
+            "cohort_store_writeback_pending 7",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -8,10 +8,16 @@ use crate::util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped_unit() {
+    kill9_and_restart(&TestStore::Embedded).await;
+}
+
+/// The body of [`kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped_unit`] on any store: the core suite
+/// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
+pub(crate) async fn kill9_and_restart(store: &TestStore) {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let ups = [("old", &old), ("new", &new)];
     let dir = TestDir::new();
-    let cohort = Cohort::start(&dir, &config(&ups, &ranker("50", "50")));
+    let cohort = Cohort::start(&dir, &store.on(&config(&ups, &ranker("50", "50"))));
     let addr = cohort.addr;
 
     // New units arrive as fast as 16 clients can send them; every stamped
@@ -41,10 +47,10 @@ async fn kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped
 
     // Restart with a different salt and weights: a new epoch for new units,
     // nothing moves for the stamped ones.
-    dir.write_config(&config(
+    dir.write_config(&store.on(&config(
         &ups,
         &ranker("10", "90").replace("salt: ranker-salt", "salt: rotated"),
-    ));
+    )));
     let cohort = Cohort::start_existing(&dir)
         .unwrap_or_else(|(s, log)| panic!("restart failed {s:?}\n{log}"));
     cohort.wait_for_log("NEW EPOCH 1 -> 2", Duration::from_secs(2));

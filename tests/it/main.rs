@@ -16,6 +16,7 @@ mod metrics;
 mod newcomer;
 mod operator;
 mod proxy;
+mod redis_core;
 mod reload;
 mod replicas;
 mod report;

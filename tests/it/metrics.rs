@@ -26,9 +26,10 @@ fn bucket(salt: &str, unit: &str) -> u64 {
     u64::from_be_bytes(d[..8].try_into().unwrap()) % 10_000
 }
 
-/// One scrape, parsed: `name` -> every sample's labels and value.
-struct Scrape {
-    text: String,
+/// One scrape, parsed: `name` -> every sample's labels and value (also
+/// read by the shared-store tests, replicas.rs).
+pub(crate) struct Scrape {
+    pub(crate) text: String,
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
 }
 
@@ -64,7 +65,7 @@ impl Scrape {
     }
 
     /// The sample of `name` with exactly `labels`, if there is one.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let want: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -84,7 +85,7 @@ impl Scrape {
     }
 
     /// Like [`Scrape::get`], 0 when absent (a counter not yet incremented).
-    fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+    pub(crate) fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         self.get(name, labels).unwrap_or(0.0) as u64
     }
 
@@ -116,7 +117,7 @@ async fn scrape(client: &TestClient, admin: SocketAddr, token: Option<&str>) -> 
 
 /// Scrapes until `done` holds (the access log's counters trail the
 /// requests by a writer collection); panics with the last scrape after 20 s.
-async fn scrape_until(
+pub(crate) async fn scrape_until(
     client: &TestClient,
     admin: SocketAddr,
     done: impl Fn(&Scrape) -> bool,
@@ -395,6 +396,10 @@ fn shipped_alert_rules_and_dashboard_are_valid() {
         "cohort_reloads_total",
         "cohort_access_log_lines_total",
         "cohort_config_info",
+        "cohort_store_degraded_total",
+        "cohort_store_up",
+        "cohort_store_writebacks_total",
+        "cohort_store_writeback_pending",
     ];
     let dashboard = std::fs::read_to_string(repo("deploy/grafana-dashboard.json")).unwrap();
     let dash: serde_json::Value = serde_json::from_str(&dashboard).unwrap();

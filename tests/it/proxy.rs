@@ -6,11 +6,20 @@ use crate::util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_follows_the_bucket_contract_and_units_stay_sticky() {
+    split_and_stickiness(&TestStore::Embedded).await;
+}
+
+/// The body of [`split_follows_the_bucket_contract_and_units_stay_sticky`] on any store: the core suite
+/// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
+pub(crate) async fn split_and_stickiness(store: &TestStore) {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let dir = TestDir::new();
     let cohort = Cohort::start(
         &dir,
-        &config(&[("old", &old), ("new", &new)], &ranker("30", "70")),
+        &store.on(&config(
+            &[("old", &old), ("new", &new)],
+            &ranker("30", "70"),
+        )),
     );
     let client = TestClient::new();
 

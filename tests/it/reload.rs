@@ -11,10 +11,16 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
+    ramping_under_load(&TestStore::Embedded).await;
+}
+
+/// The body of [`ramping_under_load_moves_no_unit_and_new_units_follow_new_weights`] on any store: the core suite
+/// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
+pub(crate) async fn ramping_under_load(store: &TestStore) {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let ups = [("old", &old), ("new", &new)];
     let dir = TestDir::new();
-    let cohort = Cohort::start(&dir, &config(&ups, &ranker("50", "50")));
+    let cohort = Cohort::start(&dir, &store.on(&config(&ups, &ranker("50", "50"))));
     let addr = cohort.addr;
     let client = TestClient::new();
 
@@ -42,7 +48,7 @@ async fn ramping_under_load_moves_no_unit_and_new_units_follow_new_weights() {
         },
     );
 
-    let ramp = |c: &str, t: &str| config(&ups, &ranker(c, t));
+    let ramp = |c: &str, t: &str| store.on(&config(&ups, &ranker(c, t)));
     tokio::time::sleep(Duration::from_millis(700)).await;
     dir.write_config(&ramp("20", "80"));
     cohort.wait_reloads(1);
@@ -269,25 +275,31 @@ async fn routing_only_changes_keep_the_epoch_and_comment_edits_are_no_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_reset_starts_a_new_epoch_and_reassigns_everyone() {
+    explicit_reset(&TestStore::Embedded).await;
+}
+
+/// The body of [`explicit_reset_starts_a_new_epoch_and_reassigns_everyone`] on any store: the core suite
+/// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
+pub(crate) async fn explicit_reset(store: &TestStore) {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let ups = [("old", &old), ("new", &new)];
     let dir = TestDir::new();
-    let cohort = Cohort::start(&dir, &config(&ups, &ranker("100", "0")));
+    let cohort = Cohort::start(&dir, &store.on(&config(&ups, &ranker("100", "0"))));
     let client = TestClient::new();
     let r = client.post(cohort.addr, "/predict", Some("gina")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
 
     // A weight change alone keeps gina in control...
-    dir.write_config(&config(&ups, &ranker("0", "100")));
+    dir.write_config(&store.on(&config(&ups, &ranker("0", "100"))));
     cohort.wait_reloads(1);
     let r = client.post(cohort.addr, "/predict", Some("gina")).await;
     assert_eq!((r.variant(), r.epoch()), ("control", 1));
 
     // ...a reset drops her assignment: loud in the log, a new epoch.
-    dir.write_config(&config(
+    dir.write_config(&store.on(&config(
         &ups,
         &ranker("0", "100").replace("    salt:", "    reset: 1\n    salt:"),
-    ));
+    )));
     cohort.wait_reloads(2);
     cohort.wait_for_log("RESET: all", RELOAD_WAIT);
     let loud = cohort.wait_for_log("EXPERIMENT RESET", RELOAD_WAIT);
@@ -299,7 +311,7 @@ async fn explicit_reset_starts_a_new_epoch_and_reassigns_everyone() {
     assert_eq!((r.variant(), r.epoch()), ("treatment", 3));
 
     // Lowering reset again is an error.
-    dir.write_config(&config(&ups, &ranker("0", "100")));
+    dir.write_config(&store.on(&config(&ups, &ranker("0", "100"))));
     cohort.wait_for_log("reset lowered from 1 to 0", RELOAD_WAIT);
 }
 
@@ -320,10 +332,16 @@ async fn sighup_reloads_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
+    reset_under_load(&TestStore::Embedded).await;
+}
+
+/// The body of [`a_reset_under_load_leaves_no_unit_at_the_old_epoch`] on any store: the core suite
+/// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
+pub(crate) async fn reset_under_load(store: &TestStore) {
     let (old, new) = (Backend::spawn("old").await, Backend::spawn("new").await);
     let ups = [("old", &old), ("new", &new)];
     let dir = TestDir::new();
-    let cohort = Cohort::start(&dir, &config(&ups, &ranker("50", "50")));
+    let cohort = Cohort::start(&dir, &store.on(&config(&ups, &ranker("50", "50"))));
     let addr = cohort.addr;
     let client = TestClient::new();
     let pool = users("r", 3000);
@@ -338,10 +356,10 @@ async fn a_reset_under_load_leaves_no_unit_at_the_old_epoch() {
         |_, _| {},
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    dir.write_config(&config(
+    dir.write_config(&store.on(&config(
         &ups,
         &ranker("50", "50").replace("    salt:", "    reset: 1\n    salt:"),
-    ));
+    )));
     cohort.wait_reloads(1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(load.stop().await.failed(), 0);

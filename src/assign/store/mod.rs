@@ -45,7 +45,7 @@ mod writer;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisOptions, RedisStore, StoreHealth};
 pub use embedded::Embedded;
 pub use error::StoreError;
 pub use table::{Assigned, Assignment, Table};

@@ -34,7 +34,11 @@
 //! in-memory [`Table`] the embedded store uses: returning units never touch
 //! Redis. Correct because an assignment never changes until a reset, and a
 //! reset changes the key generation and clears the cache on every replica
-//! within one poll.
+//! within one poll. A unit is cached only while the generation of its key
+//! is current, and for [`RESET_SETTLE`] after a reset a new unit assigned
+//! under a pre-reset epoch (a request that began before the reset) is
+//! written to the dropped generation: such a request cannot put a
+//! pre-reset assignment into the new generation or the cleared cache.
 //!
 //! **Durability** is Redis': an assignment counts as stored when Redis
 //! acknowledged the `SET`; what that survives depends on `appendfsync` and
@@ -48,9 +52,11 @@
 //! queued for a `SET NX` write-back when Redis answers again (first writer
 //! still wins: a write-back that finds another value logs it and the cache
 //! takes the stored one). With `reject` the request fails (503).
+//! [`RedisStore::health`] reports whether Redis answers and how write-backs
+//! went, for `/metrics` (`cohort_store_up`, `cohort_store_writebacks_total`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +78,15 @@ use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, Varia
 /// round trip).
 /// Queued degraded assignments are retried as often.
 pub const LEDGER_POLL: Duration = Duration::from_millis(250);
+
+/// How long after this replica's ledger copy takes in a reset a new unit
+/// assigned under a pre-reset epoch is taken for a request that began
+/// before the reset (written to the dropped generation and not cached)
+/// rather than for a replica whose config has not got the reset yet
+/// (written to the new generation, as documented). It covers the time from
+/// the reset reaching this replica to its snapshot swap, plus a request's
+/// time from reading its snapshot to its store call.
+const RESET_SETTLE: Duration = Duration::from_secs(1);
 
 /// Degraded assignments kept for write-back at most (about 100 bytes
 /// each); beyond it new ones are served but not queued.
@@ -148,8 +163,9 @@ pub struct RedisStore {
     append: Script,
     /// Unit counts per (experiment, variant), read before each plan.
     counts: Mutex<HashMap<(ExperimentId, VariantId), u64>>,
-    /// Degraded assignments waiting to be written: key -> (value, table).
-    pending: Mutex<HashMap<String, (String, ExperimentId, UnitKey)>>,
+    /// Degraded assignments waiting to be written: key -> (value,
+    /// experiment, unit, the key's reset generation).
+    pending: Mutex<HashMap<String, (String, ExperimentId, UnitKey, u64)>>,
     /// Milliseconds since `born` until which Redis is skipped.
     down_until: AtomicU64,
     backoff_ms: AtomicU64,
@@ -158,9 +174,18 @@ pub struct RedisStore {
     pub degraded_total: AtomicU64,
     /// Degraded assignments not queued because the queue was full.
     dropped_write_backs: AtomicU64,
+    /// Whether the last Redis call (a request's or the ledger poll's)
+    /// succeeded: `cohort_store_up`.
+    up: AtomicBool,
+    /// Write-backs after which the unit holds what this replica served it,
+    /// and those that found another variant or epoch stored first.
+    writebacks_stored: AtomicU64,
+    writebacks_lost: AtomicU64,
     version: watch::Sender<u64>,
     /// Serialises this replica's ledger reads and appends.
     ledger_io: tokio::sync::Mutex<()>,
+    /// When this replica's ledger copy last took in a reset, per experiment.
+    resets_seen: Mutex<HashMap<ExperimentId, Instant>>,
 }
 
 fn redis_err(e: impl std::fmt::Display) -> StoreError {
@@ -173,7 +198,12 @@ impl RedisStore {
     pub async fn open(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
         let conn = connect(&opts).await.map_err(|e| {
             let at: Vec<String> = opts.urls.iter().map(|u| without_password(u)).collect();
-            StoreError::Unavailable(format!("cannot connect to {}: {e}", at.join(", ")))
+            let hint = if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                " (check the user in store.url and the password in store.url or store.password_file)"
+            } else {
+                ""
+            };
+            StoreError::Unavailable(format!("cannot connect to {}: {e}{hint}", at.join(", ")))
         })?;
         let store = Arc::new(RedisStore {
             conn,
@@ -192,10 +222,20 @@ impl RedisStore {
             born: Instant::now(),
             degraded_total: AtomicU64::new(0),
             dropped_write_backs: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            writebacks_stored: AtomicU64::new(0),
+            writebacks_lost: AtomicU64::new(0),
             version: watch::channel(0).0,
             ledger_io: tokio::sync::Mutex::new(()),
+            resets_seen: Mutex::new(HashMap::new()),
         });
-        store.refresh_ledger().await?;
+        store.refresh_ledger().await.map_err(|e| match e {
+            StoreError::Unavailable(m) if m.to_lowercase().contains("noperm") => StoreError::Unavailable(format!(
+                "{m} (the Redis ACL user needs the keys {}:* and the commands docs/replicas.md lists)",
+                store.opts.key_prefix
+            )),
+            e => e,
+        })?;
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
             let mut reported = 0;
@@ -203,12 +243,15 @@ impl RedisStore {
                 tokio::time::sleep(LEDGER_POLL).await;
                 let Some(s) = weak.upgrade() else { return };
                 let polled = tokio::time::timeout(LEDGER_POLL * 4, s.refresh_ledger()).await;
-                if let Ok(Err(e)) | Err(e) =
-                    polled.map_err(|_| StoreError::Unavailable("ledger poll timed out".into()))
-                {
-                    tracing::debug!(error = %e, "shared ledger poll failed");
+                match polled.map_err(|_| StoreError::Unavailable("ledger poll timed out".into())) {
+                    Ok(Err(e)) | Err(e) => {
+                        s.up.store(false, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "shared ledger poll failed");
+                    }
+                    Ok(Ok(())) => s.up.store(true, Ordering::Relaxed),
                 }
-                s.write_back().await;
+                // Reported before the write-back, which can take a while
+                // once Redis is back and many units are queued.
                 let degraded = s.degraded_total.load(Ordering::Relaxed);
                 if degraded != reported {
                     tracing::warn!(
@@ -219,6 +262,7 @@ impl RedisStore {
                     );
                     reported = degraded;
                 }
+                s.write_back().await;
             }
         });
         Ok(store)
@@ -232,12 +276,36 @@ impl RedisStore {
         self.key(format_args!("ledger"))
     }
 
-    /// The Redis key of `key` in experiment `id` under its current reset
-    /// generation, and the experiment's name.
-    fn unit_redis_key(&self, id: ExperimentId, key: UnitKey) -> Option<(String, String, u64)> {
+    /// The Redis key of `key` in experiment `id`, the experiment's name
+    /// and the key's reset generation: the current one, except for a new
+    /// unit assigned under a pre-reset `epoch` within [`RESET_SETTLE`] of
+    /// this replica taking in the reset: that request began before the
+    /// reset, and writes to the generation the reset dropped, never into
+    /// the new one.
+    fn unit_redis_key(
+        &self,
+        id: ExperimentId,
+        key: UnitKey,
+        epoch: Option<Epoch>,
+    ) -> Option<(String, String, u64)> {
         let l = self.shared.ledger.lock().expect("ledger lock");
         let x = l.by_id(id)?;
-        let reset = x.current().reset;
+        let mut reset = x.current().reset;
+        let began_before = epoch
+            .and_then(|e| x.epochs.iter().find(|r| r.epoch == e))
+            .map(|r| r.reset)
+            .filter(|&r| r < reset);
+        if let Some(r) = began_before {
+            let seen = self
+                .resets_seen
+                .lock()
+                .expect("resets lock")
+                .get(&id)
+                .copied();
+            if seen.is_some_and(|t| t.elapsed() < RESET_SETTLE) {
+                reset = r;
+            }
+        }
         let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         Some((
             self.key(format_args!("u:{}:{reset}:{hex}", x.name)),
@@ -264,6 +332,36 @@ impl RedisStore {
     /// The cached assignments of experiment `id`.
     pub fn table(&self, id: ExperimentId) -> Arc<Table> {
         self.shared.table(id)
+    }
+
+    /// Caches `a` (read from or written to a key of reset generation
+    /// `reset`) unless a reset has moved the experiment past that
+    /// generation; returns what is cached, or `a` itself. The check and
+    /// the insert hold the ledger lock, and a reset clears the cache only
+    /// after it has changed the ledger, so an assignment of a dropped
+    /// generation is never left in the cache.
+    fn cache(
+        &self,
+        id: ExperimentId,
+        reset: u64,
+        key: UnitKey,
+        a: Assignment,
+    ) -> (Assignment, bool) {
+        let l = self.shared.ledger.lock().expect("ledger lock");
+        if l.by_id(id).map(|x| x.current().reset) != Some(reset) {
+            return (a, true);
+        }
+        self.table(id).insert_first(key, a)
+    }
+
+    /// The shared store's health, for `/metrics`.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            up: self.up.load(Ordering::Relaxed),
+            pending: self.pending() as u64,
+            writebacks_stored: self.writebacks_stored.load(Ordering::Relaxed),
+            writebacks_lost: self.writebacks_lost.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads the ledger entries appended since the last read and applies
@@ -298,6 +396,24 @@ impl RedisStore {
                 path: self.ledger_key().into(),
                 what: format!("ledger entry {}: {e}", self.ledger_version()),
             })?;
+            // A reset while serving (not in the ledger read at start-up):
+            // noted before the ledger changes, so whoever sees the new
+            // generation also sees that it is fresh.
+            if let (LedgerEvent::Epoch { experiment, record }, true) = (&ev, have > 0) {
+                let id = self
+                    .shared
+                    .ledger
+                    .lock()
+                    .expect("ledger lock")
+                    .get(experiment)
+                    .map(|x| x.id);
+                if let (Some(id), true) = (id, record.dropped_assignments) {
+                    self.resets_seen
+                        .lock()
+                        .expect("resets lock")
+                        .insert(id, Instant::now());
+                }
+            }
             self.shared.apply_ledger(&ev)?;
         }
         self.version.send_replace(self.ledger_version());
@@ -383,6 +499,7 @@ impl RedisStore {
     }
 
     fn failed(&self, why: &str) {
+        self.up.store(false, Ordering::Relaxed);
         let b = (self.backoff_ms.load(Ordering::Relaxed) * 2).clamp(50, 2000);
         self.backoff_ms.store(b, Ordering::Relaxed);
         self.down_until.store(
@@ -394,6 +511,9 @@ impl RedisStore {
 
     fn succeeded(&self) {
         self.backoff_ms.store(0, Ordering::Relaxed);
+        if !self.up.load(Ordering::Relaxed) {
+            self.up.store(true, Ordering::Relaxed);
+        }
     }
 
     /// One request-path call, bounded by `store.timeout` and skipped while
@@ -460,7 +580,7 @@ impl RedisStore {
         id: ExperimentId,
         key: UnitKey,
     ) -> Result<Option<Assignment>, StoreError> {
-        let Some((rkey, ..)) = self.unit_redis_key(id, key) else {
+        let Some((rkey, _, reset)) = self.unit_redis_key(id, key, None) else {
             return Ok(None);
         };
         let got: Option<String> = self.bounded(redis::cmd("GET").arg(&rkey)).await?;
@@ -468,7 +588,7 @@ impl RedisStore {
             None => Ok(None),
             Some(v) => {
                 let a = self.adopt(id, &v).await?;
-                Ok(Some(self.table(id).insert_first(key, a).0))
+                Ok(Some(self.cache(id, reset, key, a).0))
             }
         }
     }
@@ -482,11 +602,13 @@ impl RedisStore {
         variant: VariantId,
         epoch: Epoch,
     ) -> Result<Assigned, StoreError> {
-        let (rkey, name, reset) = self.unit_redis_key(id, key).ok_or(StoreError::Stale {
-            experiment: id,
-            got: epoch.0,
-            current: 0,
-        })?;
+        let (rkey, name, reset) =
+            self.unit_redis_key(id, key, Some(epoch))
+                .ok_or(StoreError::Stale {
+                    experiment: id,
+                    got: epoch.0,
+                    current: 0,
+                })?;
         let mine = Assignment {
             variant,
             epoch,
@@ -545,7 +667,7 @@ impl RedisStore {
                         }
                     }
                 }
-                let (a, created) = self.table(id).insert_first(key, mine);
+                let (a, created) = self.cache(id, reset, key, mine);
                 Ok(Assigned {
                     assignment: a,
                     created,
@@ -554,7 +676,7 @@ impl RedisStore {
             }
             Ok(Some(theirs)) => {
                 let a = self.adopt(id, &theirs).await?;
-                let (a, _) = self.table(id).insert_first(key, a);
+                let (a, _) = self.cache(id, reset, key, a);
                 Ok(Assigned {
                     assignment: a,
                     created: false,
@@ -565,7 +687,7 @@ impl RedisStore {
                 self.degraded_total.fetch_add(1, Ordering::Relaxed);
                 let mut pending = self.pending.lock().expect("pending lock");
                 if pending.len() < MAX_PENDING {
-                    pending.entry(rkey).or_insert((value, id, key));
+                    pending.entry(rkey).or_insert((value, id, key, reset));
                 } else {
                     // A very long outage: the unit is still served by hash
                     // (the same answer each time under this epoch), and
@@ -594,7 +716,7 @@ impl RedisStore {
             }
             p.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        for (rkey, (value, id, key)) in batch {
+        for (rkey, (value, id, key, reset)) in batch {
             let r: RedisResult<Option<String>> = self
                 .conn
                 .query(
@@ -611,21 +733,31 @@ impl RedisStore {
                     self.pending.lock().expect("pending lock").remove(&rkey);
                     match theirs {
                         None => {
+                            self.writebacks_stored.fetch_add(1, Ordering::Relaxed);
                             if let Some(a) = self.parse(id, &value) {
-                                self.table(id).insert_first(key, a);
+                                self.cache(id, reset, key, a);
+                            }
+                        }
+                        // Stored already: by this replica (a write that
+                        // timed out after Redis ran it) or by another one.
+                        // Lost only if the unit now holds another variant
+                        // or epoch than it was served.
+                        Some(theirs) if same_assignment(&theirs, &value) => {
+                            self.writebacks_stored.fetch_add(1, Ordering::Relaxed);
+                            if let Some(a) = self.parse(id, &theirs) {
+                                self.cache(id, reset, key, a);
                             }
                         }
                         Some(theirs) => {
-                            if theirs != value {
-                                tracing::warn!(
-                                    key = %rkey,
-                                    served = %value,
-                                    stored = %theirs,
-                                    "a unit served degraded (by hash) was stored by another replica first; it is served the stored assignment from now on"
-                                );
-                            }
+                            self.writebacks_lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                key = %rkey,
+                                served = %value,
+                                stored = %theirs,
+                                "a unit served degraded (by hash) was stored by another replica first; it is served the stored assignment from now on"
+                            );
                             if let Some(a) = self.parse(id, &theirs) {
-                                self.table(id).insert_first(key, a);
+                                self.cache(id, reset, key, a);
                             }
                         }
                     }
@@ -673,9 +805,7 @@ impl RedisStore {
         if let Some(had) = had {
             // Idempotent: the same record is already there (an earlier
             // run). first_seen may differ only if another writer won.
-            let same = had.split(' ').next() == value.split(' ').next()
-                && had.splitn(3, ' ').nth(2) == value.splitn(3, ' ').nth(2);
-            return Ok(if same {
+            return Ok(if same_assignment(&had, &value) {
                 Imported::AlreadyThere
             } else {
                 Imported::Differs(had)
@@ -691,6 +821,25 @@ impl RedisStore {
         }
         Ok(Imported::Written)
     }
+}
+
+/// Whether two stored values give the same variant under the same epoch
+/// (their first-seen times may differ).
+fn same_assignment(a: &str, b: &str) -> bool {
+    a.split(' ').next() == b.split(' ').next() && a.splitn(3, ' ').nth(2) == b.splitn(3, ' ').nth(2)
+}
+
+/// The shared store's health at one moment (`cohort_store_*` metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The last Redis call succeeded.
+    pub up: bool,
+    /// Degraded assignments waiting to be written back.
+    pub pending: u64,
+    /// Write-backs after which the unit holds what this replica served.
+    pub writebacks_stored: u64,
+    /// Write-backs that found another variant or epoch stored first.
+    pub writebacks_lost: u64,
 }
 
 /// What importing one assignment did.

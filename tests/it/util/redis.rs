@@ -1,8 +1,10 @@
 //! Real Redis for the shared-store tests: [`RedisServer`] (one
 //! `redis-server` on a free loopback port, data in its own temp dir, killed
 //! on drop), [`RedisCluster`] (three masters joined by
-//! `redis-cli --cluster create`), and [`with_redis`] to turn a standard
-//! test config into one on that store.
+//! `redis-cli --cluster create`), [`with_redis`] to turn a standard
+//! test config into one on that store, and [`TestStore`]: the store a
+//! test body runs on, picked by the test that calls it (the core suite
+//! runs the same bodies on the embedded store, Redis and a cluster).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,22 @@ pub(crate) fn redis_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// True (after saying so) when redis-server is missing and the test
+/// should return: skipped locally, but under CI (`CI` set, as .ci/run runs
+/// there) a missing server fails the test instead, so a lost install step
+/// cannot turn these tests into silent passes.
+pub(crate) fn redis_missing() -> bool {
+    if redis_available() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not installed: .ci/run must install it"
+    );
+    eprintln!("redis-server not installed: skipped (.ci/run installs it)");
+    true
 }
 
 /// A free loopback port whose cluster-bus twin (port + 10000) is free too.
@@ -38,7 +56,13 @@ pub(crate) struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The ACL user `redis-cli` logs in as, when the default user is off.
+    admin: Option<(String, String)>,
 }
+
+/// The ACL user [`RedisServer::start_with_acl`] adds for the test's own
+/// `redis-cli` calls.
+const ACL_ADMIN: (&str, &str) = ("test-admin", "test-admin-pw");
 
 impl RedisServer {
     /// A standalone server with AOF on (`appendfsync always`).
@@ -53,6 +77,30 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            admin: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A standalone server whose users are `users` (ACL file lines), with
+    /// the `default` user off. The test's own `redis-cli` calls log in as
+    /// an extra all-powerful user.
+    pub(crate) fn start_with_acl(users: &str) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("users.acl");
+        let (who, pw) = ACL_ADMIN;
+        std::fs::write(
+            &acl,
+            format!("user default off\nuser {who} on >{pw} ~* &* +@all\n{users}"),
+        )
+        .unwrap();
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            extra: vec!["--aclfile".into(), acl.to_str().unwrap().into()],
+            admin: Some((who.into(), pw.into())),
         };
         s.spawn();
         s
@@ -90,7 +138,14 @@ impl RedisServer {
             .iter()
             .position(|a| a == "--requirepass")
             .map(|i| self.extra[i + 1].as_str());
-        cli(self.port, pass, args)
+        match &self.admin {
+            Some((user, pw)) => {
+                let mut with_user = vec!["--user", user.as_str()];
+                with_user.extend_from_slice(args);
+                cli(self.port, Some(pw), &with_user)
+            }
+            None => cli(self.port, pass, args),
+        }
     }
 
     /// SIGKILL (no save on shutdown: only what AOF had is kept).
@@ -205,4 +260,58 @@ pub(crate) fn with_redis(yaml: &str, url: &str, prefix: &str) -> String {
         yaml,
         &format!("kind: redis, url: '{url}', key_prefix: {prefix}, timeout: 2s"),
     )
+}
+
+/// Where a test's proxies keep their assignments. A test body takes one
+/// and builds its configs with [`TestStore::on`]; the test that calls it
+/// picks the store, so the same body runs on each.
+#[derive(Clone, Debug)]
+pub(crate) enum TestStore {
+    /// The standard test config's `store: { path: ./data }`.
+    Embedded,
+    /// A Redis store block (the inside of `store: { ... }`) and the
+    /// prefix of its keys.
+    Redis { block: String, prefix: String },
+}
+
+impl TestStore {
+    /// One standalone Redis server.
+    pub(crate) fn redis(server: &RedisServer) -> TestStore {
+        TestStore::Redis {
+            block: format!("kind: redis, url: '{}', timeout: 2s", server.url()),
+            prefix: "core".into(),
+        }
+    }
+
+    /// A Redis Cluster (its seed nodes).
+    pub(crate) fn cluster(cluster: &RedisCluster) -> TestStore {
+        let urls: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+        TestStore::Redis {
+            block: format!("kind: redis, urls: [{}], timeout: 2s", urls.join(", ")),
+            prefix: "core".into(),
+        }
+    }
+
+    /// The standard test config `yaml` on this store.
+    pub(crate) fn on(&self, yaml: &str) -> String {
+        match self {
+            TestStore::Embedded => yaml.to_string(),
+            TestStore::Redis { block, prefix } => {
+                with_store(yaml, &format!("{block}, key_prefix: {prefix}"))
+            }
+        }
+    }
+
+    /// This store with its keys under `prefix` (the embedded store's data
+    /// is in each test's own directory already), so bodies run one after
+    /// another on one server never meet.
+    pub(crate) fn prefixed(&self, prefix: &str) -> TestStore {
+        match self {
+            TestStore::Embedded => TestStore::Embedded,
+            TestStore::Redis { block, .. } => TestStore::Redis {
+                block: block.clone(),
+                prefix: prefix.into(),
+            },
+        }
+    }
 }
