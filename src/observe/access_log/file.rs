@@ -219,8 +219,14 @@ impl LogFile {
         let torn = (done - whole) as u64;
         if torn > 0 && self.regular {
             if let Some(file) = &self.file {
-                if file.set_len(self.size - torn).is_ok() {
-                    self.size -= torn;
+                // The file's own length, not `size`: an outside truncation
+                // (copytruncate) since the last rotation leaves `size` too
+                // big, and cutting to it would pad the file with NULs.
+                if let Ok(len) = file.metadata().map(|m| m.len()) {
+                    let kept = len.saturating_sub(torn);
+                    if file.set_len(kept).is_ok() {
+                        self.size = kept;
+                    }
                 }
             }
         }
@@ -622,5 +628,34 @@ mod tests {
             seen, expected,
             "every written line once, in a file of its own"
         );
+    }
+
+    #[test]
+    fn a_torn_write_after_an_outside_truncation_is_cut_back_without_nul_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let mut log = LogFile::open(&path, None, false).unwrap();
+        assert_eq!(clean(log.write_lines(&lines(0, 1000), 1000)), 1000);
+        // copytruncate: the file is copied away and emptied under the writer.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // The batch goes out in 64 KiB writes: the first ends inside a line,
+        // the second fails (a full disk), so the torn line is cut off.
+        arm("write", 1);
+        let (written, e) = log.write_lines(&lines(1000, 7000), 6000);
+        assert!(e.is_some());
+        let whole = CHUNK as u64 / 12;
+        assert_eq!(written, whole);
+        let files = files(&path);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1, (1000..1000 + whole).collect::<Vec<_>>());
+        // And the file goes on from there.
+        assert_eq!(clean(log.write_lines(&lines(7000, 7001), 1)), 1);
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.len() as u64, (whole + 1) * 12);
     }
 }
