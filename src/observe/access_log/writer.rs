@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,10 @@ const NAP: Duration = Duration::from_millis(20);
 const BUFFER: usize = 64 * 1024;
 /// At most one error line per this much time, however many lines fail.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Per thread, what may wait for the writer: about 30 s of this thread's
-/// lines at 50k requests/s, far more than a healthy disk ever lags by.
-/// (The buffer grows by doubling, so its memory can reach twice this.)
+/// What may wait for the writer, all threads' buffers together (counted in
+/// [`Buffers::pending`]): far more than a healthy disk ever lags by. The
+/// buffers grow by doubling, so their memory can reach about twice this,
+/// however many threads record.
 pub(crate) const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 enum Msg {
@@ -39,9 +40,12 @@ struct Pending {
 }
 
 /// Every thread's buffer of one log, for the writer to collect.
-#[derive(Default)]
 struct Buffers {
     all: Mutex<Vec<Arc<Mutex<Pending>>>>,
+    /// Bytes in all the buffers: a line is recorded only while this is
+    /// under `cap`.
+    pending: AtomicUsize,
+    cap: usize,
 }
 
 /// Gives each log a key for the thread-local buffer table.
@@ -74,13 +78,22 @@ impl AccessLog {
     /// Opens the log's file (creating parent directories) or stdout, and
     /// starts the writer (and, with `compress: gzip`, the compressor).
     pub fn open(config: &AccessLogConfig) -> io::Result<AccessLog> {
+        Self::open_capped(config, MAX_PENDING)
+    }
+
+    /// [`AccessLog::open`] with `cap` bytes instead of [`MAX_PENDING`].
+    fn open_capped(config: &AccessLogConfig, cap: usize) -> io::Result<AccessLog> {
         let sink = Sink::open(config)?;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters {
             written: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
-        let buffers = Arc::new(Buffers::default());
+        let buffers = Arc::new(Buffers {
+            all: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            cap,
+        });
         let (c, b) = (counters.clone(), buffers.clone());
         std::thread::Builder::new()
             .name("cohort-log".into())
@@ -115,13 +128,16 @@ impl AccessLog {
                     mine.len() - 1
                 }
             };
-            let mut p = lock(&mine[i].1);
-            if p.bytes.len() >= MAX_PENDING {
+            if self.buffers.pending.load(Ordering::Relaxed) >= self.buffers.cap {
                 return false;
             }
+            let mut p = lock(&mine[i].1);
+            let before = p.bytes.len();
             rec.write_json(&mut p.bytes);
             p.bytes.push(b'\n');
             p.lines += 1;
+            let added = p.bytes.len() - before;
+            self.buffers.pending.fetch_add(added, Ordering::Relaxed);
             true
         });
         // Not appended: the backlog is full, or the thread is being torn
@@ -270,6 +286,9 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
         let threads: Vec<_> = lock(&buffers.all).clone();
         for b in &threads {
             std::mem::swap(&mut *lock(b), &mut taken);
+            buffers
+                .pending
+                .fetch_sub(taken.bytes.len(), Ordering::Relaxed);
             if taken.lines > 0 {
                 let (written, e) = sink.write(&taken.bytes, taken.lines);
                 c.written.fetch_add(written, Ordering::Relaxed);
@@ -547,5 +566,66 @@ mod tests {
         .err()
         .expect("a device is never rotated");
         assert!(err.to_string().contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn the_backlog_of_all_threads_together_stays_under_one_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("access.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A reader that never reads: once the pipe's 64 KiB are full, the
+        // writer is stuck in its write, as on a stalled disk.
+        let _stalled = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let cap = 1 << 20;
+        let log = AccessLog::open_capped(&file_config(&fifo, None, false), cap).unwrap();
+        let mut one = Vec::new();
+        record().write_json(&mut one);
+        let line = one.len() + 1;
+        let (threads, per_thread) = (4, 2 * cap / line);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        log.record(&record());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let held = || -> usize {
+            lock(&log.buffers.all)
+                .iter()
+                .map(|b| lock(b).bytes.len())
+                .sum()
+        };
+        // The count matches the buffers once the writer is stuck (it may
+        // still be between taking a buffer and counting it out).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held() != log.buffers.pending.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "the count of pending bytes is off"
+            );
+            std::thread::sleep(NAP);
+        }
+        let held = held();
+        assert!(
+            held <= cap + threads * line,
+            "{held} bytes wait for the writer, over the cap of {cap}"
+        );
+        // What did not fit was counted as dropped, not lost silently.
+        let recorded = (threads * per_thread) as u64;
+        assert!(log.failed_lines() >= recorded - (3 * cap / line) as u64);
     }
 }
