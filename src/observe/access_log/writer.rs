@@ -189,20 +189,12 @@ impl Sink {
     fn write(&mut self, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
         match self {
             Sink::File(f) => f.write_lines(bytes, lines),
-            Sink::Stdout(s) => {
-                let mut s = s.lock();
-                for chunk in bytes.chunks(BUFFER) {
-                    if let Err(e) = s.write_all(chunk).and_then(|()| s.flush()) {
-                        return (0, Some(e));
-                    }
-                    std::thread::yield_now();
-                }
-                (lines, None)
-            }
+            Sink::Stdout(s) => write_stream(&mut s.lock(), bytes, lines),
         }
     }
 
-    /// The work due on each collection even without lines: `max_age`.
+    /// The work due on each collection even without lines: `max_age`, and
+    /// opening a new file a rotation could not open.
     fn tick(&mut self) -> io::Result<()> {
         match self {
             Sink::File(f) => f.rotate_if_old(),
@@ -216,6 +208,47 @@ impl Sink {
             Sink::Stdout(_) => Ok(()),
         }
     }
+}
+
+/// Writes `bytes` (`lines` whole lines) to a stream (stdout) in pieces of
+/// at most [`BUFFER`] cut at line ends (a longer line goes whole), flushing
+/// each and yielding the core between them, so a reader of the stream gets
+/// whole lines per write; returns how many lines went out whole, and the
+/// error that stopped the rest. A stream cannot take back a line torn by a
+/// failing write: that line counts as not written.
+fn write_stream(out: &mut impl Write, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
+    let whole = |n: usize| bytes[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        let cut = if rest.len() <= BUFFER {
+            rest.len()
+        } else {
+            match rest[..BUFFER].iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => rest
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len(), |i| i + 1),
+            }
+        };
+        let mut done = 0;
+        while done < cut {
+            match out.write(&rest[done..cut]) {
+                Ok(0) => return (whole(sent + done), Some(io::ErrorKind::WriteZero.into())),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (whole(sent + done), Some(e)),
+            }
+        }
+        if let Err(e) = out.flush() {
+            // What the flush left buffered may not have gone out.
+            return (whole(sent), Some(e));
+        }
+        sent += cut;
+        std::thread::yield_now();
+    }
+    (lines, None)
 }
 
 /// The writer's error reporting: at most one error line a second, each
@@ -627,5 +660,66 @@ mod tests {
         // What did not fit was counted as dropped, not lost silently.
         let recorded = (threads * per_thread) as u64;
         assert!(log.failed_lines() >= recorded - (3 * cap / line) as u64);
+    }
+
+    /// A stream that takes at most `budget` bytes, then fails; keeps each
+    /// write it was given.
+    struct Stream {
+        budget: usize,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl Write for Stream {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.writes.push(buf[..n].to_vec());
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stdout_gets_whole_lines_per_write_and_counts_only_the_lines_it_lost() {
+        let mut bytes = Vec::new();
+        let mut lines = 0;
+        while bytes.len() < 3 * BUFFER {
+            record().write_json(&mut bytes);
+            bytes.push(b'\n');
+            lines += 1;
+        }
+        let line = bytes.len() / lines as usize;
+        let mut out = Stream {
+            budget: usize::MAX,
+            writes: Vec::new(),
+        };
+        let (written, e) = write_stream(&mut out, &bytes, lines);
+        assert!(e.is_none());
+        assert_eq!(written, lines);
+        assert!(out.writes.len() > 3);
+        for w in &out.writes {
+            assert!(
+                w.len() <= BUFFER && w.ends_with(b"\n"),
+                "a line split across writes"
+            );
+        }
+        assert_eq!(out.writes.concat(), bytes);
+        // The stream breaks in the middle of the second piece: the lines
+        // before the break were written, only the rest failed.
+        let budget = BUFFER + BUFFER / 2;
+        let mut out = Stream {
+            budget,
+            writes: Vec::new(),
+        };
+        let (written, e) = write_stream(&mut out, &bytes, lines);
+        assert!(e.is_some());
+        let whole = bytes[..budget].iter().filter(|b| **b == b'\n').count() as u64;
+        assert_eq!(written, whole);
+        assert!(written > (BUFFER / line) as u64 && written < lines);
     }
 }
