@@ -174,12 +174,17 @@ impl LogFile {
     /// line written and returns how many bytes of `piece` that kept, with
     /// the error.
     fn append(&mut self, piece: &[u8]) -> Result<(), (usize, io::Error)> {
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => match open_append(&self.path) {
-                Ok(f) => self.file.insert(f),
-                Err(e) => return Err((0, e)),
-            },
+        if self.file.is_none() {
+            // A folder that cannot be synced costs no line (the file is
+            // open): the rename gets to disk with the next sync.
+            if let Err(e) = self.open_new() {
+                if self.file.is_none() {
+                    return Err((0, e));
+                }
+            }
+        }
+        let Some(file) = &mut self.file else {
+            return Err((0, io::ErrorKind::NotFound.into()));
         };
         let mut done = 0;
         while done < piece.len() {
@@ -238,7 +243,7 @@ impl LogFile {
     pub(super) fn rotate_if_old(&mut self) -> io::Result<()> {
         let mut error = None;
         if self.file.is_none() {
-            self.file = Some(open_append(&self.path)?);
+            self.open_new()?;
         }
         let Some(max_age) = self.rotate.and_then(|r| r.max_age) else {
             return Ok(());
@@ -282,17 +287,18 @@ impl LogFile {
         if let Some(tx) = &self.gzip {
             let _ = tx.send(closed);
         }
-        match open_append(&self.path) {
-            Ok(f) => self.file = Some(f),
-            Err(e) => {
-                error.get_or_insert(e);
-                return true;
-            }
-        }
-        if let Err(e) = sync_dir(&self.path) {
+        if let Err(e) = self.open_new() {
             error.get_or_insert(e);
         }
         true
+    }
+
+    /// Opens the new file after a rotation and fsyncs the folder, so the
+    /// rename and the new file are durable. The file stays open when only
+    /// the folder's fsync fails.
+    fn open_new(&mut self) -> io::Result<()> {
+        self.file = Some(open_append(&self.path)?);
+        sync_dir(&self.path)
     }
 
     /// `<path>.<UTC now to the µs>Z`, later than every name closed before
