@@ -305,6 +305,37 @@ fn the_vector_config_ships_the_rotated_log_into_the_warehouse_table() {
         "the sink writes the DDL's table"
     );
     assert_eq!(sink["acknowledgements"]["enabled"], true);
+
+    // The log Vector ships in the sidecar: rotated but not gzipped (cohort
+    // would gzip and remove a closed file at once, and a lagging or
+    // restarted Vector, which skips the .gz copies, would lose its unread
+    // rest), with the closed files expired by age beside it.
+    let cohort: serde_yaml::Value = serde_yaml::from_str(
+        kind(&docs, "ConfigMap")
+            .into_iter()
+            .find_map(|m| m["data"]["cohort.yaml"].as_str())
+            .unwrap(),
+    )
+    .unwrap();
+    let log = &cohort["access_log"];
+    assert!(log["rotate"].is_mapping(), "the sidecar rotates its log");
+    assert!(
+        log.get("compress").is_none(),
+        "with Vector, closed files stay uncompressed until Vector has read them"
+    );
+    let spec = &kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    let expiry = spec["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["command"].as_sequence())
+        .map(|cmd| format!("{cmd:?}"))
+        .find(|cmd| cmd.contains("find /var/log/cohort -name 'access.jsonl.*Z'"))
+        .expect("a container expires the closed files");
+    assert!(
+        expiry.contains("-mmin +") && expiry.contains("-delete"),
+        "{expiry}"
+    );
     if have("vector") {
         let out = Command::new("vector")
             .args(["validate", "--no-environment"])

@@ -7,7 +7,10 @@
 //! happens only between lines, and a write that fails halfway (disk full)
 //! is cut back to its last whole line. A closed file is fsynced before its
 //! rename and the directory after it, so after a crash the closed files are
-//! complete and named.
+//! complete and named. A rotation is done once the rename is: the closed
+//! file goes to the compressor right away, and if the new file cannot be
+//! opened (no descriptors, no inodes) the lines wait for it, dropped and
+//! counted, while each batch tries again; none goes on into the closed file.
 //!
 //! Closed files are named `<file>.<UTC close time>` with microseconds,
 //! `access.jsonl.20261204T181500.123456Z`: fixed width, so the names sort by
@@ -19,6 +22,8 @@
 //! process left: stale `.partial` files go, closed files not yet compressed
 //! are queued.
 
+#[cfg(test)]
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +40,9 @@ const CHUNK: usize = 64 * 1024;
 /// The open log file and its rotation state.
 pub(super) struct LogFile {
     path: PathBuf,
-    file: File,
+    /// `None` after a rotation renamed the file away and the new one could
+    /// not be opened yet: the next write opens it.
+    file: Option<File>,
     /// A regular file: rotation and cutting back a torn write apply
     /// (`/dev/stderr` or a FIFO take neither).
     regular: bool,
@@ -48,7 +55,8 @@ pub(super) struct LogFile {
     gzip: Option<mpsc::Sender<PathBuf>>,
     /// The last closed name's time, in µs since the epoch.
     last_closed: u64,
-    /// A rotation that failed is retried after a second, not on every batch.
+    /// A rotation whose rename failed is retried after a second, not on
+    /// every batch.
     failed_rotation: Option<Instant>,
 }
 
@@ -84,7 +92,7 @@ impl LogFile {
             regular: meta.is_file(),
             size: meta.len(),
             since: first_line_time(&meta),
-            file,
+            file: Some(file),
             rotate,
             gzip,
             last_closed: 0,
@@ -106,13 +114,8 @@ impl LogFile {
         let mut error = None;
         while !rest.is_empty() {
             let take = match self.fits(rest) {
-                0 => match self.rotate_now() {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        error.get_or_insert(e);
-                        rest.len()
-                    }
-                },
+                0 if self.rotate_now(&mut error) => continue,
+                0 => rest.len(),
                 n => n,
             };
             let piece = &rest[..take];
@@ -126,9 +129,7 @@ impl LogFile {
                 written + count_lines(piece)
             };
             if self.full() {
-                if let Err(e) = self.rotate_now() {
-                    error.get_or_insert(e);
-                }
+                self.rotate_now(&mut error);
             }
         }
         (written, error)
@@ -168,14 +169,31 @@ impl LogFile {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
     }
 
-    /// Writes `piece` (whole lines). On failure, cuts the file back to the
-    /// last whole line written and returns how many bytes of `piece` that
-    /// kept, with the error.
+    /// Writes `piece` (whole lines), first opening the new file if a
+    /// rotation left none. On failure, cuts the file back to the last whole
+    /// line written and returns how many bytes of `piece` that kept, with
+    /// the error.
     fn append(&mut self, piece: &[u8]) -> Result<(), (usize, io::Error)> {
+        if self.file.is_none() {
+            // A folder that cannot be synced costs no line (the file is
+            // open): the rename gets to disk with the next sync.
+            if let Err(e) = self.open_new() {
+                if self.file.is_none() {
+                    return Err((0, e));
+                }
+            }
+        }
+        let Some(file) = &mut self.file else {
+            return Err((0, io::ErrorKind::NotFound.into()));
+        };
         let mut done = 0;
         while done < piece.len() {
             let end = (done + CHUNK).min(piece.len());
-            match self.file.write(&piece[done..end]) {
+            #[cfg(test)]
+            let written = fail_point("write").and_then(|()| file.write(&piece[done..end]));
+            #[cfg(not(test))]
+            let written = file.write(&piece[done..end]);
+            match written {
                 Ok(0) => {
                     return Err(self.cut_back(piece, done, io::ErrorKind::WriteZero.into()));
                 }
@@ -204,14 +222,29 @@ impl LogFile {
             .rposition(|b| *b == b'\n')
             .map_or(0, |i| i + 1);
         let torn = (done - whole) as u64;
-        if torn > 0 && self.regular && self.file.set_len(self.size - torn).is_ok() {
-            self.size -= torn;
+        if torn > 0 && self.regular {
+            if let Some(file) = &self.file {
+                // The file's own length, not `size`: an outside truncation
+                // (copytruncate) since the last rotation leaves `size` too
+                // big, and cutting to it would pad the file with NULs.
+                if let Ok(len) = file.metadata().map(|m| m.len()) {
+                    let kept = len.saturating_sub(torn);
+                    if file.set_len(kept).is_ok() {
+                        self.size = kept;
+                    }
+                }
+            }
         }
         (whole, e)
     }
 
-    /// Rotates when the current file has collected lines for `max_age`.
+    /// Rotates when the current file has collected lines for `max_age`,
+    /// and opens the new file if a rotation left none.
     pub(super) fn rotate_if_old(&mut self) -> io::Result<()> {
+        let mut error = None;
+        if self.file.is_none() {
+            self.open_new()?;
+        }
         let Some(max_age) = self.rotate.and_then(|r| r.max_age) else {
             return Ok(());
         };
@@ -219,38 +252,53 @@ impl LogFile {
             .since
             .is_some_and(|s| s.elapsed().unwrap_or_default() >= max_age);
         if self.size > 0 && old && self.may_rotate() {
-            self.rotate_now()?;
+            self.rotate_now(&mut error);
         }
-        Ok(())
+        error.map_or(Ok(()), Err)
     }
 
     /// Closes the current file under its time-stamped name and starts a
-    /// new one at the path: fsync, rename, open, fsync the folder.
-    fn rotate_now(&mut self) -> io::Result<()> {
+    /// new one at the path: fsync, rename, open, fsync the folder. Returns
+    /// whether the file was closed (renamed): then the closed file is
+    /// queued for gzip and the next lines go to the new file, whatever
+    /// failed after the rename (an open that failed is retried by the next
+    /// write). Puts the first error in `error`.
+    fn rotate_now(&mut self, error: &mut Option<io::Error>) -> bool {
+        let Some(file) = self.file.take() else {
+            // Closed already; the new file is still to open.
+            return true;
+        };
         let closed = self.closed_name();
-        let result = (|| {
-            self.file.sync_all()?;
-            std::fs::rename(&self.path, &closed)?;
-            // From here the lines are under the closed name: whatever
-            // happens next, the new file starts empty.
-            self.size = 0;
-            self.since = None;
-            self.file = open_append(&self.path)?;
-            sync_dir(&self.path)
-        })();
-        match result {
-            Ok(()) => {
-                self.failed_rotation = None;
-                if let Some(tx) = &self.gzip {
-                    let _ = tx.send(closed);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.failed_rotation = Some(Instant::now());
-                Err(e)
-            }
+        if let Err(e) = file
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.path, &closed))
+        {
+            self.file = Some(file);
+            self.failed_rotation = Some(Instant::now());
+            error.get_or_insert(e);
+            return false;
         }
+        drop(file);
+        // From here the lines are under the closed name: whatever happens
+        // next, the new file starts empty and the closed one is complete.
+        self.size = 0;
+        self.since = None;
+        self.failed_rotation = None;
+        if let Some(tx) = &self.gzip {
+            let _ = tx.send(closed);
+        }
+        if let Err(e) = self.open_new() {
+            error.get_or_insert(e);
+        }
+        true
+    }
+
+    /// Opens the new file after a rotation and fsyncs the folder, so the
+    /// rename and the new file are durable. The file stays open when only
+    /// the folder's fsync fails.
+    fn open_new(&mut self) -> io::Result<()> {
+        self.file = Some(open_append(&self.path)?);
+        sync_dir(&self.path)
     }
 
     /// `<path>.<UTC now to the µs>Z`, later than every name closed before
@@ -275,8 +323,8 @@ impl LogFile {
     /// Reopens the path (after an outside tool such as logrotate moved the
     /// file away).
     pub(super) fn reopen(&mut self) -> io::Result<()> {
-        self.file = open_append(&self.path)?;
-        let meta = self.file.metadata()?;
+        let file = self.file.insert(open_append(&self.path)?);
+        let meta = file.metadata()?;
         self.regular = meta.is_file();
         self.size = meta.len();
         self.since = first_line_time(&meta);
@@ -285,6 +333,8 @@ impl LogFile {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
+    #[cfg(test)]
+    fail_point("open")?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -307,6 +357,8 @@ fn sync_dir(path: &Path) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    #[cfg(test)]
+    fail_point("sync_dir")?;
     File::open(dir)?.sync_all()
 }
 
@@ -419,6 +471,30 @@ fn compress(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Failures a test arms on its own thread: (point, calls to pass first).
+    static FAIL: RefCell<Vec<(&'static str, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Fails once at `point` if this thread's test armed it (after letting the
+/// armed number of calls pass).
+#[cfg(test)]
+fn fail_point(point: &str) -> io::Result<()> {
+    FAIL.with(|f| {
+        let mut f = f.borrow_mut();
+        let Some(i) = f.iter().position(|(p, _)| *p == point) else {
+            return Ok(());
+        };
+        if f[i].1 > 0 {
+            f[i].1 -= 1;
+            return Ok(());
+        }
+        f.remove(i);
+        Err(io::Error::other(format!("injected failure: {point}")))
+    })
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -442,5 +518,150 @@ mod tests {
         };
         assert!(is_stamp(&suffix(&name)) && is_stamp(&suffix(&later)));
         assert!(!is_stamp("1") && !is_stamp("20261204T181500.123456Z.gz"));
+    }
+
+    fn clean((written, e): (u64, Option<io::Error>)) -> u64 {
+        assert!(e.is_none(), "{e:?}");
+        written
+    }
+
+    fn arm(point: &'static str, pass: u32) {
+        FAIL.with(|f| f.borrow_mut().push((point, pass)));
+    }
+
+    /// Lines `from..to`, 12 bytes each: `{"n":00007}`.
+    fn lines(from: u64, to: u64) -> Vec<u8> {
+        (from..to)
+            .flat_map(|n| format!("{{\"n\":{n:05}}}\n").into_bytes())
+            .collect()
+    }
+
+    /// Each file next to `path` (decoded if gzipped) with its line numbers,
+    /// once the compressor has left no closed file uncompressed.
+    fn files(path: &Path) -> Vec<(String, Vec<u64>)> {
+        use std::io::Read;
+        let dir = path.parent().unwrap();
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while names()
+            .iter()
+            .any(|n| n.ends_with('Z') || n.ends_with(".partial"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "left uncompressed: {:?}",
+                names()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        names()
+            .into_iter()
+            .map(|n| {
+                let raw = std::fs::read(dir.join(&n)).unwrap();
+                let mut text = Vec::new();
+                if n.ends_with(".gz") {
+                    flate2::read::GzDecoder::new(&raw[..])
+                        .read_to_end(&mut text)
+                        .unwrap();
+                } else {
+                    text = raw;
+                }
+                assert!(!text.contains(&0), "{n}: NUL bytes");
+                let text = String::from_utf8(text).unwrap();
+                assert!(text.is_empty() || text.ends_with('\n'), "{n}: torn line");
+                let numbers = text
+                    .lines()
+                    .map(|l| {
+                        l.strip_prefix("{\"n\":")
+                            .and_then(|l| l.strip_suffix('}'))
+                            .unwrap_or_else(|| panic!("{n}: torn line {l:?}"))
+                            .parse()
+                            .unwrap()
+                    })
+                    .collect();
+                (n, numbers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_file_that_cannot_be_opened_after_the_rename_is_opened_by_a_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let rotate = RotateConfig {
+            max_bytes: Some(100),
+            max_age: None,
+        };
+        let mut log = LogFile::open(&path, Some(rotate), true).unwrap();
+        // 8 lines fill the file; the rotation renames it, and the new file
+        // cannot be opened, neither by the rotation nor by the write of the
+        // last 2 lines (no descriptors left): those 2 are dropped.
+        arm("open", 0);
+        arm("open", 0);
+        let (written, e) = log.write_lines(&lines(0, 10), 10);
+        assert_eq!(written, 8);
+        assert!(e.is_some());
+        assert!(!path.exists(), "the file was renamed away");
+        // The next batch opens the new file and rotation goes on.
+        assert_eq!(clean(log.write_lines(&lines(10, 20), 10)), 10);
+        // A folder that cannot be synced after the rename: the rotation is
+        // done all the same (the closed file is queued for gzip, the lines
+        // go on into the new file) and the next one is not held back.
+        arm("sync_dir", 0);
+        let (written, e) = log.write_lines(&lines(20, 30), 10);
+        assert_eq!(written, 10);
+        assert!(e.is_some());
+        assert_eq!(clean(log.write_lines(&lines(30, 50), 20)), 20);
+        drop(log);
+        let files = files(&path);
+        assert_eq!(files[0].0, "access.jsonl");
+        let mut seen: Vec<u64> = Vec::new();
+        for (name, numbers) in &files {
+            assert!(numbers.len() <= 8, "{name}: {numbers:?}, over max_bytes");
+            assert!(name == "access.jsonl" || name.ends_with("Z.gz"), "{name}");
+            seen.extend(numbers);
+        }
+        seen.sort();
+        let expected: Vec<u64> = (0..50).filter(|n| !matches!(n, 8 | 9)).collect();
+        assert_eq!(
+            seen, expected,
+            "every written line once, in a file of its own"
+        );
+    }
+
+    #[test]
+    fn a_torn_write_after_an_outside_truncation_is_cut_back_without_nul_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let mut log = LogFile::open(&path, None, false).unwrap();
+        assert_eq!(clean(log.write_lines(&lines(0, 1000), 1000)), 1000);
+        // copytruncate: the file is copied away and emptied under the writer.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // The batch goes out in 64 KiB writes: the first ends inside a line,
+        // the second fails (a full disk), so the torn line is cut off.
+        arm("write", 1);
+        let (written, e) = log.write_lines(&lines(1000, 7000), 6000);
+        assert!(e.is_some());
+        let whole = CHUNK as u64 / 12;
+        assert_eq!(written, whole);
+        let files = files(&path);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1, (1000..1000 + whole).collect::<Vec<_>>());
+        // And the file goes on from there.
+        assert_eq!(clean(log.write_lines(&lines(7000, 7001), 1)), 1);
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.len() as u64, (whole + 1) * 12);
     }
 }

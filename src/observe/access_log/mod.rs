@@ -11,9 +11,10 @@
 //! Lines of one thread keep their order; lines of different threads
 //! interleave by collection (each line carries its `ts`).
 //!
-//! A thread's buffer holds at most [`writer::MAX_PENDING`] bytes: past that (the
-//! disk cannot keep up) lines are counted as failed instead of growing
-//! memory without bound. On shutdown every buffer is collected and written;
+//! All threads' buffers together hold at most [`writer::MAX_PENDING`] bytes
+//! (one shared count, so the bound does not grow with the number of
+//! threads): past that (the disk cannot keep up) lines are counted as
+//! failed instead of growing memory without bound. On shutdown every buffer is collected and written;
 //! SIGUSR1 reopens the file (logrotate); `access_log.rotate` rotates it
 //! from inside the writer, between lines. A line that cannot be written
 //! (disk full) is counted ([`AccessLog::failed_lines`]) and reported, at

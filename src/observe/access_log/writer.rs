@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,10 @@ const NAP: Duration = Duration::from_millis(20);
 const BUFFER: usize = 64 * 1024;
 /// At most one error line per this much time, however many lines fail.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Per thread, what may wait for the writer: about 30 s of this thread's
-/// lines at 50k requests/s, far more than a healthy disk ever lags by.
-/// (The buffer grows by doubling, so its memory can reach twice this.)
+/// What may wait for the writer, all threads' buffers together (counted in
+/// [`Buffers::pending`]): far more than a healthy disk ever lags by. The
+/// buffers grow by doubling, so their memory can reach about twice this,
+/// however many threads record.
 pub(crate) const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 enum Msg {
@@ -39,9 +40,12 @@ struct Pending {
 }
 
 /// Every thread's buffer of one log, for the writer to collect.
-#[derive(Default)]
 struct Buffers {
     all: Mutex<Vec<Arc<Mutex<Pending>>>>,
+    /// Bytes in all the buffers: a line is recorded only while this is
+    /// under `cap`.
+    pending: AtomicUsize,
+    cap: usize,
 }
 
 /// Gives each log a key for the thread-local buffer table.
@@ -74,13 +78,22 @@ impl AccessLog {
     /// Opens the log's file (creating parent directories) or stdout, and
     /// starts the writer (and, with `compress: gzip`, the compressor).
     pub fn open(config: &AccessLogConfig) -> io::Result<AccessLog> {
+        Self::open_capped(config, MAX_PENDING)
+    }
+
+    /// [`AccessLog::open`] with `cap` bytes instead of [`MAX_PENDING`].
+    fn open_capped(config: &AccessLogConfig, cap: usize) -> io::Result<AccessLog> {
         let sink = Sink::open(config)?;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters {
             written: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
-        let buffers = Arc::new(Buffers::default());
+        let buffers = Arc::new(Buffers {
+            all: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            cap,
+        });
         let (c, b) = (counters.clone(), buffers.clone());
         std::thread::Builder::new()
             .name("cohort-log".into())
@@ -115,13 +128,16 @@ impl AccessLog {
                     mine.len() - 1
                 }
             };
-            let mut p = lock(&mine[i].1);
-            if p.bytes.len() >= MAX_PENDING {
+            if self.buffers.pending.load(Ordering::Relaxed) >= self.buffers.cap {
                 return false;
             }
+            let mut p = lock(&mine[i].1);
+            let before = p.bytes.len();
             rec.write_json(&mut p.bytes);
             p.bytes.push(b'\n');
             p.lines += 1;
+            let added = p.bytes.len() - before;
+            self.buffers.pending.fetch_add(added, Ordering::Relaxed);
             true
         });
         // Not appended: the backlog is full, or the thread is being torn
@@ -173,20 +189,12 @@ impl Sink {
     fn write(&mut self, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
         match self {
             Sink::File(f) => f.write_lines(bytes, lines),
-            Sink::Stdout(s) => {
-                let mut s = s.lock();
-                for chunk in bytes.chunks(BUFFER) {
-                    if let Err(e) = s.write_all(chunk).and_then(|()| s.flush()) {
-                        return (0, Some(e));
-                    }
-                    std::thread::yield_now();
-                }
-                (lines, None)
-            }
+            Sink::Stdout(s) => write_stream(&mut s.lock(), bytes, lines),
         }
     }
 
-    /// The work due on each collection even without lines: `max_age`.
+    /// The work due on each collection even without lines: `max_age`, and
+    /// opening a new file a rotation could not open.
     fn tick(&mut self) -> io::Result<()> {
         match self {
             Sink::File(f) => f.rotate_if_old(),
@@ -200,6 +208,47 @@ impl Sink {
             Sink::Stdout(_) => Ok(()),
         }
     }
+}
+
+/// Writes `bytes` (`lines` whole lines) to a stream (stdout) in pieces of
+/// at most [`BUFFER`] cut at line ends (a longer line goes whole), flushing
+/// each and yielding the core between them, so a reader of the stream gets
+/// whole lines per write; returns how many lines went out whole, and the
+/// error that stopped the rest. A stream cannot take back a line torn by a
+/// failing write: that line counts as not written.
+fn write_stream(out: &mut impl Write, bytes: &[u8], lines: u64) -> (u64, Option<io::Error>) {
+    let whole = |n: usize| bytes[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        let cut = if rest.len() <= BUFFER {
+            rest.len()
+        } else {
+            match rest[..BUFFER].iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => rest
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len(), |i| i + 1),
+            }
+        };
+        let mut done = 0;
+        while done < cut {
+            match out.write(&rest[done..cut]) {
+                Ok(0) => return (whole(sent + done), Some(io::ErrorKind::WriteZero.into())),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (whole(sent + done), Some(e)),
+            }
+        }
+        if let Err(e) = out.flush() {
+            // What the flush left buffered may not have gone out.
+            return (whole(sent), Some(e));
+        }
+        sent += cut;
+        std::thread::yield_now();
+    }
+    (lines, None)
 }
 
 /// The writer's error reporting: at most one error line a second, each
@@ -270,6 +319,9 @@ fn write_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, buffers: Arc<Buffers>, c:
         let threads: Vec<_> = lock(&buffers.all).clone();
         for b in &threads {
             std::mem::swap(&mut *lock(b), &mut taken);
+            buffers
+                .pending
+                .fetch_sub(taken.bytes.len(), Ordering::Relaxed);
             if taken.lines > 0 {
                 let (written, e) = sink.write(&taken.bytes, taken.lines);
                 c.written.fetch_add(written, Ordering::Relaxed);
@@ -547,5 +599,127 @@ mod tests {
         .err()
         .expect("a device is never rotated");
         assert!(err.to_string().contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn the_backlog_of_all_threads_together_stays_under_one_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("access.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A reader that never reads: once the pipe's 64 KiB are full, the
+        // writer is stuck in its write, as on a stalled disk.
+        let _stalled = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let cap = 1 << 20;
+        let log = AccessLog::open_capped(&file_config(&fifo, None, false), cap).unwrap();
+        let mut one = Vec::new();
+        record().write_json(&mut one);
+        let line = one.len() + 1;
+        let (threads, per_thread) = (4, 2 * cap / line);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        log.record(&record());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let held = || -> usize {
+            lock(&log.buffers.all)
+                .iter()
+                .map(|b| lock(b).bytes.len())
+                .sum()
+        };
+        // The count matches the buffers once the writer is stuck (it may
+        // still be between taking a buffer and counting it out).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held() != log.buffers.pending.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "the count of pending bytes is off"
+            );
+            std::thread::sleep(NAP);
+        }
+        let held = held();
+        assert!(
+            held <= cap + threads * line,
+            "{held} bytes wait for the writer, over the cap of {cap}"
+        );
+        // What did not fit was counted as dropped, not lost silently.
+        let recorded = (threads * per_thread) as u64;
+        assert!(log.failed_lines() >= recorded - (3 * cap / line) as u64);
+    }
+
+    /// A stream that takes at most `budget` bytes, then fails; keeps each
+    /// write it was given.
+    struct Stream {
+        budget: usize,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl Write for Stream {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.writes.push(buf[..n].to_vec());
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stdout_gets_whole_lines_per_write_and_counts_only_the_lines_it_lost() {
+        let mut bytes = Vec::new();
+        let mut lines = 0;
+        while bytes.len() < 3 * BUFFER {
+            record().write_json(&mut bytes);
+            bytes.push(b'\n');
+            lines += 1;
+        }
+        let line = bytes.len() / lines as usize;
+        let mut out = Stream {
+            budget: usize::MAX,
+            writes: Vec::new(),
+        };
+        let (written, e) = write_stream(&mut out, &bytes, lines);
+        assert!(e.is_none());
+        assert_eq!(written, lines);
+        assert!(out.writes.len() > 3);
+        for w in &out.writes {
+            assert!(
+                w.len() <= BUFFER && w.ends_with(b"\n"),
+                "a line split across writes"
+            );
+        }
+        assert_eq!(out.writes.concat(), bytes);
+        // The stream breaks in the middle of the second piece: the lines
+        // before the break were written, only the rest failed.
+        let budget = BUFFER + BUFFER / 2;
+        let mut out = Stream {
+            budget,
+            writes: Vec::new(),
+        };
+        let (written, e) = write_stream(&mut out, &bytes, lines);
+        assert!(e.is_some());
+        let whole = bytes[..budget].iter().filter(|b| **b == b'\n').count() as u64;
+        assert_eq!(written, whole);
+        assert!(written > (BUFFER / line) as u64 && written < lines);
     }
 }
