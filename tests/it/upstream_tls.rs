@@ -32,6 +32,10 @@ struct Seen {
     sni: Option<String>,
     client_cert: bool,
     variant: Option<String>,
+    /// The request's authority: `:authority` (HTTP/2) or Host (HTTP/1.1).
+    authority: String,
+    /// The names of the request body's trailer fields.
+    trailers: Vec<String>,
 }
 
 /// A model backend speaking HTTP/1.1 or HTTP/2, over TLS or not.
@@ -135,18 +139,35 @@ async fn serve<I>(
     let svc = service_fn(move |req: Request<Incoming>| {
         let (name, seen, sni) = (name.clone(), seen.clone(), sni.clone());
         async move {
+            let version = req.version();
+            let variant = req
+                .headers()
+                .get("x-cohort-variant")
+                .map(|v| v.to_str().unwrap().to_string());
+            let authority = match req.uri().authority() {
+                Some(a) => a.to_string(),
+                None => req
+                    .headers()
+                    .get("host")
+                    .map_or(String::new(), |h| h.to_str().unwrap().to_string()),
+            };
+            let got = req.into_body().collect().await.ok();
+            let trailers = got
+                .as_ref()
+                .and_then(|c| c.trailers())
+                .map_or(Vec::new(), |t| {
+                    t.keys().map(|k| k.as_str().to_string()).collect()
+                });
+            let bytes = got.map_or(0, |c| c.to_bytes().len());
             seen.lock().unwrap().push(Seen {
-                version: req.version(),
+                version,
                 sni,
                 client_cert,
-                variant: req
-                    .headers()
-                    .get("x-cohort-variant")
-                    .map(|v| v.to_str().unwrap().to_string()),
+                variant,
+                authority,
+                trailers,
             });
-            let version = format!("{:?}", req.version());
-            let got = req.into_body().collect().await.map(|b| b.to_bytes());
-            let bytes = got.map_or(0, |b| b.len());
+            let version = format!("{version:?}");
             let body = serde_json::json!({ "model": name, "version": version, "bytes": bytes })
                 .to_string();
             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
@@ -530,4 +551,38 @@ async fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
     assert_eq!(r.variant(), "treatment");
     assert!(cohort.terminate().success());
     holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_bodys_trailers_reach_an_h2_upstream_filtered_like_its_head() {
+    let model = ModelServer::spawn("old", true, None).await;
+    let dir = TestDir::new();
+    let url = format!("http://{}", model.addr);
+    let yaml = config_urls(&[("old", url.clone()), ("new", url)], &ranker("50", "50")).replace(
+        "connect_timeout: 1s }",
+        "connect_timeout: 1s, protocol: h2 }",
+    );
+    let cohort = Cohort::start(&dir, &yaml);
+    // A spoofed stamp and a hop-by-hop field (which HTTP/2 forbids) in the
+    // trailers of a chunked body; an ordinary field passes.
+    let raw = raw_exchange(
+        cohort.addr,
+        b"POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Cohort-Variant: B\r\nKeep-Alive: 1\r\nX-Note: kept\r\n\r\n",
+        1,
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw:?}");
+    assert!(raw.contains(r#""bytes":5"#), "{raw:?}");
+    let seen = model.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].trailers, vec!["x-note".to_string()], "{seen:?}");
+    // Without a tls.server_name the authority is the endpoint's address.
+    assert_eq!(seen[0].authority, model.addr.to_string(), "{seen:?}");
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["error"].as_str()),
+        (Some(200), None)
+    );
 }
