@@ -609,6 +609,13 @@ impl GrpcAnswer {
     pub(crate) fn new(e: &ProxyError, rec: &mut AccessRecord) -> GrpcAnswer {
         rec.status = e.status().as_u16();
         rec.error = Some(e.cause());
+        GrpcAnswer::of(e)
+    }
+
+    /// The answer to `e` alone: what ends a relayed call the upstream
+    /// failed after its response head (as trailers), whose access record
+    /// already has its status.
+    pub(crate) fn of(e: &ProxyError) -> GrpcAnswer {
         let mut message = String::new();
         for b in e.to_string().bytes() {
             if (b' '..=b'~').contains(&b) && b != b'%' {

@@ -4,7 +4,8 @@
 //! through with their trailers, every call is stamped, the unit comes from
 //! the call's metadata, routes match method paths exactly or by prefix,
 //! and a call the proxy fails itself gets a gRPC status (14, 4), stamped,
-//! while the access log keeps the real cause. Each test is skipped (with a
+//! while the access log keeps the real cause; a stream the proxy cuts
+//! after its head (past `total_timeout`) ends DEADLINE_EXCEEDED. Each test is skipped (with a
 //! message) where grpcio is not installed; `.ci/run` installs it.
 
 use std::path::{Path, PathBuf};
@@ -374,4 +375,35 @@ async fn a_grpc_call_whose_upstream_resets_gets_unavailable_and_is_logged_upstre
     assert_eq!(log[0]["error"], "upstream_reset", "{}", log[0]);
     assert_eq!(log[0]["status"], 502, "{}", log[0]);
     closer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_past_total_timeout_ends_deadline_exceeded_not_internal() {
+    need_grpcio!();
+    // Messages 1 s apart: the head and the first message go out at once,
+    // the tenth would be due after the upstream's 2 s total_timeout.
+    let slow = GrpcServer::start("slow", &["--gap", "1"]);
+    let dir = TestDir::new();
+    let yaml = h2_config(slow.url(), slow.url())
+        .replace("protocol: h2 }", "protocol: h2, total_timeout: 2s }");
+    let cohort = Cohort::start(&dir, &yaml);
+    let (a, _) = units();
+    let calls = json!([
+        { "method": "ModelStream", "request": "10", "metadata": [["x-user-id", a]] },
+    ]);
+    let got = grpc_calls(format!("127.0.0.1:{}", cohort.addr.port()), None, calls).await;
+    let r = &got[0];
+    assert_eq!(r["code"], "DEADLINE_EXCEEDED", "{r}");
+    assert!(r["details"].as_str().unwrap().contains("old"), "{r}");
+    assert_eq!(all_metadata(r)["x-cohort-variant"], "control", "{r}");
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    // The head went out 200; the log keeps why the body was cut.
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["error"].as_str()),
+        (Some(200), Some("upstream_timeout")),
+        "{}",
+        log[0]
+    );
 }

@@ -320,7 +320,8 @@ where
                 rec.status = parts.status.as_u16();
                 let body = ResponseBody::upstream(body)
                     .with_log(pending(rec))
-                    .with_lease(lease);
+                    .with_lease(lease)
+                    .with_grpc(grpc);
                 let body = match upstream.config.total_timeout {
                     Some(t) => body.with_deadline(sent + t),
                     None => body,
