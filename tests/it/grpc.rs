@@ -5,8 +5,9 @@
 //! the call's metadata, routes match method paths exactly or by prefix,
 //! and a call the proxy fails itself gets a gRPC status (14, 4), stamped,
 //! while the access log keeps the real cause; a stream the proxy cuts
-//! after its head (past `total_timeout`) ends DEADLINE_EXCEEDED. Each test is skipped (with a
-//! message) where grpcio is not installed; `.ci/run` installs it.
+//! after its head (past `total_timeout`) ends DEADLINE_EXCEEDED. Each
+//! test is skipped (with a message) where grpcio is not installed;
+//! `.ci/run` installs it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -384,6 +384,7 @@ async fn server_name_and_a_client_certificate_reach_an_upstream_that_requires_on
     assert_eq!(seen[0].sni.as_deref(), Some("model.internal"));
     assert!(seen[0].client_cert, "the client certificate was presented");
     assert_eq!(seen[0].version, Version::HTTP_2);
+    assert_eq!(seen[0].authority, "model.internal", "{seen:?}");
 
     // SNI from the URL (an IP) does not match the certificate's name.
     let r = client.post(cohort.addr, "/noname", Some("u1")).await;
@@ -585,4 +586,49 @@ async fn a_request_bodys_trailers_reach_an_h2_upstream_filtered_like_its_head() 
         (log[0]["status"].as_u64(), log[0]["error"].as_str()),
         (Some(200), None)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_is_the_authority_an_upstream_sees_on_http1_and_h2() {
+    let dir = TestDir::new();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = Ca::new("models");
+    let (cert, key) = ca.leaf_for("model.internal", false);
+    put(&certs, "ca.pem", &ca.pem);
+    let h2 = ModelServer::spawn("h2", true, Some(server_tls(&cert, &key, b"h2", None))).await;
+    let h1 = ModelServer::spawn(
+        "h1",
+        false,
+        Some(server_tls(&cert, &key, b"http/1.1", None)),
+    )
+    .await;
+    let ups = [
+        ("old", format!("https://{}", h1.addr)),
+        ("new", format!("https://{}", h2.addr)),
+    ];
+    let yaml = config_urls(&ups, &ranker("50", "50"));
+    let tls = "tls: { ca_file: certs/ca.pem, server_name: model.internal }";
+    let yaml = upstream_extra(&yaml, "old", &format!(", {tls}"));
+    let yaml = upstream_extra(&yaml, "new", &format!(", protocol: h2, {tls}"));
+    let cohort = Cohort::start(&dir, &yaml);
+    let client = TestClient::new();
+    let (a, b) = ranker_units();
+    for u in [&a, &b, &a, &b] {
+        let r = client.post(cohort.addr, "/predict", Some(u)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    for (m, version) in [(&h1, Version::HTTP_11), (&h2, Version::HTTP_2)] {
+        let seen = m.seen();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for s in &seen {
+            // The name, not the address dialed; SNI the same name.
+            assert_eq!(
+                (s.version, s.authority.as_str(), s.sni.as_deref()),
+                (version, "model.internal", Some("model.internal")),
+                "{seen:?}"
+            );
+        }
+    }
+    assert!(cohort.terminate().success());
 }
