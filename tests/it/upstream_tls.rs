@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -630,5 +630,66 @@ async fn a_server_name_is_the_authority_an_upstream_sees_on_http1_and_h2() {
             );
         }
     }
+    assert!(cohort.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_head_came_before_a_reload_to_an_h2_upstream_is_served_by_the_old_config() {
+    // `old` is plain HTTP/1.1 until the reload points it at an h2c server.
+    let h1 = ModelServer::spawn("h1", false, None).await;
+    let h2 = ModelServer::spawn("h2", true, None).await;
+    let dir = TestDir::new();
+    let yaml =
+        |old: String| config_urls(&[("old", old.clone()), ("new", old)], &ranker("100", "0"));
+    let before = yaml(format!("http://{}", h1.addr));
+    let cohort = Cohort::start(&dir, &before);
+    // The head now (the lean path finds it lean on the first config), the
+    // body after the reload. (Were the head read only after the reload,
+    // the test would pass without telling anything; it cannot fail so.)
+    let mut tcp = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = yaml(format!("http://{}", h2.addr)).replace(
+        "connect_timeout: 1s }",
+        "connect_timeout: 1s, protocol: h2 }",
+    );
+    dir.write_config(&after);
+    cohort.signal("HUP");
+    tokio::task::block_in_place(|| cohort.wait_reloads(1));
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"hello")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        // Keep-alive: read until the whole JSON body arrived.
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)
+                .await
+                .unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || complete_responses(&got) == 1 {
+                break;
+            }
+        }
+    })
+    .await;
+    let raw = String::from_utf8_lossy(&got);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw:?}");
+    assert!(raw.contains(r#""model":"h1""#), "{raw:?}");
+    // A request after the reload goes to the h2c server.
+    let r = TestClient::new()
+        .post(cohort.addr, "/predict", Some("u"))
+        .await;
+    assert_eq!(
+        (r.status, r.json()["model"].as_str()),
+        (StatusCode::OK, Some("h2")),
+        "{r:?}"
+    );
     assert!(cohort.terminate().success());
 }

@@ -125,12 +125,14 @@ static ANY_HYPER_ONLY: AtomicBool = AtomicBool::new(false);
 /// speak to (`protocol: h2`, or `https://`): any variant's upstream or
 /// fallback of the experiment routing it, or the default upstream. The
 /// lean path then hands the connection to hyper's front end before it
-/// reads the request, as for any request it does not take.
-pub(crate) fn needs_hyper(state: &crate::state::State, path: &str) -> bool {
+/// reads the request, as for any request it does not take. `snap` must
+/// be the snapshot the request is then routed with: a reload in between
+/// could otherwise route it to an upstream the lean path cannot speak to.
+pub(crate) fn needs_hyper(snap: &crate::snapshot::Snapshot, path: &str) -> bool {
     if !ANY_HYPER_ONLY.load(Ordering::Relaxed) {
         return false;
     }
-    match state.snapshot().route(path) {
+    match snap.route(path) {
         crate::snapshot::Target::Experiment(x) => x
             .variants
             .iter()
