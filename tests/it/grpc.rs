@@ -408,3 +408,101 @@ async fn a_grpc_stream_past_total_timeout_ends_deadline_exceeded_not_internal() 
         log[0]
     );
 }
+
+/// A response body that sends one message, then fails (hyper's HTTP/2
+/// server resets the stream) once `broken` is notified: the proxy has
+/// relayed the head by then.
+struct BreaksAfterOne {
+    sent: bool,
+    broken: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl http_body::Body for BreaksAfterOne {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if !self.sent {
+            self.sent = true;
+            let message = Bytes::from_static(b"\0\0\0\0\x01x");
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(message))));
+        }
+        self.broken
+            .as_mut()
+            .poll(cx)
+            .map(|()| Some(Err(std::io::Error::other("the model crashed"))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_response_whose_upstream_body_breaks_ends_unavailable_in_trailers() {
+    use http_body_util::BodyExt;
+    // An h2c upstream whose response breaks after its head and a message.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let crash = std::sync::Arc::new(tokio::sync::Notify::new());
+    let c = crash.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let c = c.clone();
+            let svc = hyper::service::service_fn(move |_req| {
+                let c = c.clone();
+                async move {
+                    let body = BreaksAfterOne {
+                        sent: false,
+                        broken: Box::pin(async move { c.notified().await }),
+                    };
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let dir = TestDir::new();
+    let cohort = Cohort::start(&dir, &h2_config(url.clone(), url));
+    let io = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    let mut send = h2_client(io).await;
+    let req = http::Request::post(format!("http://{}{INFER}", cohort.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-user-id", "u-broken")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("grpc-status"), "{resp:?}");
+    // The head is here: now the upstream's body breaks. The message, then
+    // trailers saying why the call ended (no reset).
+    crash.notify_one();
+    let got = resp.into_body().collect().await.expect("a whole body");
+    let trailers = got.trailers().cloned().expect("trailers");
+    assert_eq!(got.to_bytes().as_ref(), b"\0\0\0\0\x01x");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert!(
+        trailers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("upstream"),
+        "{trailers:?}"
+    );
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["error"].as_str()),
+        (Some(200), Some("upstream_body")),
+        "{}",
+        log[0]
+    );
+    server.abort();
+}
