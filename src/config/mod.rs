@@ -257,8 +257,9 @@ impl UpstreamProtocol {
 }
 
 /// TLS to an `https://` upstream: the PEM files' contents (read and checked
-/// when the config is validated) and the name the certificate must carry.
-#[derive(Clone, PartialEq, Eq)]
+/// when the config is validated), the name the certificate must carry,
+/// and the rustls client built from them then.
+#[derive(Clone)]
 pub struct UpstreamTls {
     /// CA certificates to verify the upstream against (`ca_file`); none:
     /// the system's trust store.
@@ -272,7 +273,21 @@ pub struct UpstreamTls {
     /// `ca_file`, `cert_file` and `key_file` as written (what the record
     /// keeps).
     pub files: [Option<String>; 3],
+    /// The rustls client of the above, without ALPN, built when the config
+    /// was validated ([`upstream_tls_client`]); the upstream built from the
+    /// config copies it, so doing so cannot fail on a reload.
+    pub client: Arc<rustls::ClientConfig>,
 }
+
+/// Equal when the config says the same: the client is built from it.
+impl PartialEq for UpstreamTls {
+    fn eq(&self, o: &UpstreamTls) -> bool {
+        (&self.ca, &self.client_cert, &self.server_name, &self.files)
+            == (&o.ca, &o.client_cert, &o.server_name, &o.files)
+    }
+}
+
+impl Eq for UpstreamTls {}
 
 impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,7 +1,10 @@
-//! The rustls client config of an `https://` upstream, built from its
-//! validated [`UpstreamTls`]: validation builds it once to report a bad
-//! file set (a key that does not fit its certificate, say) against the
-//! config, and each upstream builds its own from the same bytes.
+//! The rustls client config of an `https://` upstream, built once when
+//! its `tls:` block is validated and carried in [`UpstreamTls::client`]: a
+//! bad file set (a key that does not fit its certificate, say) or an
+//! empty system trust store is reported against the config, and building
+//! the upstream from a validated config cannot fail — the system trust
+//! store is not read a second time, where it might fail and leave no
+//! error to report.
 //!
 //! Without `ca_file` the upstream is verified against the system's trust
 //! store, read with `rustls-native-certs` (already in the tree for the
@@ -16,15 +19,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::UpstreamTls;
-
-/// The client config of `tls`, offering `alpn` (none: no ALPN).
+/// The client config verifying against `ca` (PEM; none: the system trust
+/// store) and presenting `client_cert` (chain and key PEM), without ALPN
+/// (each upstream sets the protocol it speaks).
 pub(crate) fn upstream_tls_client(
-    tls: &UpstreamTls,
-    alpn: &[&[u8]],
+    ca: Option<&[u8]>,
+    client_cert: Option<&(Vec<u8>, Vec<u8>)>,
 ) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
-    match &tls.ca {
+    match ca {
         Some(pem) => {
             for c in CertificateDer::pem_slice_iter(pem) {
                 let c = c.map_err(|e| format!("ca_file: not PEM certificates: {e}"))?;
@@ -49,7 +52,7 @@ pub(crate) fn upstream_tls_client(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut config = match &tls.client_cert {
+    let config = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = CertificateDer::pem_slice_iter(cert)
@@ -62,6 +65,5 @@ pub(crate) fn upstream_tls_client(
             })?
         }
     };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

@@ -973,7 +973,14 @@ fn upstream_tls(
     }
     let raw_files =
         |f: fn(&super::raw::RawUpstreamTls) -> &Option<String>| raw.and_then(|t| f(t).clone());
-    let tls = UpstreamTls {
+    let client = match super::upstream_tls_client(ca.as_deref(), client_cert.as_ref()) {
+        Ok(c) => Arc::new(c),
+        Err(why) => {
+            e.push(field("cert_file"), why, None);
+            return None;
+        }
+    };
+    Some(Some(UpstreamTls {
         ca,
         client_cert,
         server_name,
@@ -982,12 +989,8 @@ fn upstream_tls(
             raw_files(|t| &t.cert_file),
             raw_files(|t| &t.key_file),
         ],
-    };
-    if let Err(why) = super::upstream_tls_client(&tls, &[]) {
-        e.push(field("cert_file"), why, None);
-        return None;
-    }
-    Some(Some(tls))
+        client,
+    }))
 }
 
 /// PEM text holding at least one certificate.

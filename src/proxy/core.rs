@@ -609,6 +609,13 @@ impl GrpcAnswer {
     pub(crate) fn new(e: &ProxyError, rec: &mut AccessRecord) -> GrpcAnswer {
         rec.status = e.status().as_u16();
         rec.error = Some(e.cause());
+        GrpcAnswer::of(e)
+    }
+
+    /// The answer to `e` alone: what ends a relayed call the upstream
+    /// failed after its response head (as trailers), whose access record
+    /// already has its status.
+    pub(crate) fn of(e: &ProxyError) -> GrpcAnswer {
         let mut message = String::new();
         for b in e.to_string().bytes() {
             if (b' '..=b'~').contains(&b) && b != b'%' {
@@ -618,7 +625,7 @@ impl GrpcAnswer {
             }
         }
         GrpcAnswer {
-            status: HeaderValue::from(u16::from(grpc_code(e))),
+            status: HeaderValue::from(u16::from(grpc_code(e.cause()))),
             message: HeaderValue::from_str(&message).expect("printable ASCII"),
         }
     }
@@ -627,13 +634,16 @@ impl GrpcAnswer {
 /// The gRPC status code of a call the proxy failed (the codes of
 /// grpc/doc/statuscodes.md): a deadline the proxy ran out of is
 /// DEADLINE_EXCEEDED (4); an upstream that could not be reached, reset
-/// the call or has no endpoint up, and a store that cannot take the new
-/// unit, UNAVAILABLE (14), which gRPC clients may retry; the client's own
+/// the call or has no endpoint up, a store that cannot take the new unit,
+/// and the proxy's own lack of descriptors or memory (`local_resource`,
+/// passing), UNAVAILABLE (14), which gRPC clients may retry; a request
+/// over the head or body limits RESOURCE_EXHAUSTED (8); the client's own
 /// faults INVALID_ARGUMENT (3), no route UNIMPLEMENTED (12), an answer
-/// the proxy cannot relay INTERNAL (13).
-fn grpc_code(e: &ProxyError) -> u8 {
+/// the proxy cannot relay or a request it cannot read INTERNAL (13). No
+/// catch-all: a new cause must be given its code here.
+pub(crate) fn grpc_code(cause: crate::error::Cause) -> u8 {
     use crate::error::Cause;
-    match e.cause() {
+    match cause {
         Cause::UpstreamTimeout | Cause::RequestTimeout => 4,
         Cause::UpstreamConnect
         | Cause::UpstreamTls
@@ -641,10 +651,19 @@ fn grpc_code(e: &ProxyError) -> u8 {
         | Cause::UpstreamBody
         | Cause::UpstreamUnavailable
         | Cause::StoreUnavailable
-        | Cause::ReloadInProgress => 14,
+        | Cause::ReloadInProgress
+        | Cause::LocalResource => 14,
+        Cause::HeadTooLarge | Cause::BodyTooLarge => 8,
         Cause::NoRoute => 12,
         Cause::MissingUnit | Cause::DuplicateUnit => 3,
-        _ => 13,
+        Cause::BadRequest
+        | Cause::BadFraming
+        | Cause::BadHost
+        | Cause::MethodNotAllowed
+        | Cause::UnsupportedCoding
+        | Cause::UriTooLong
+        | Cause::ClientGone
+        | Cause::UpstreamInvalid => 13,
     }
 }
 
@@ -772,6 +791,23 @@ mod tests {
         assert_eq!(code, "14");
         let (code, ..) = answer(ProxyError::NoRoute("/x".into()));
         assert_eq!(code, "12");
+        // The rest of the table, by the error the proxy answers.
+        for (e, want) in [
+            (ProxyError::LocalResource("m".into()), "14"),
+            (ProxyError::UpstreamReset("m".into()), "14"),
+            (ProxyError::UpstreamBody("m".into()), "14"),
+            (ProxyError::BodyTooLarge, "8"),
+            (ProxyError::HeadTooLarge, "8"),
+            (ProxyError::TooManyHeaders, "8"),
+            (ProxyError::RequestTimeout, "4"),
+            (ProxyError::MissingUnit("x-user-id".into()), "3"),
+            (ProxyError::DuplicateUnit("x-user-id".into()), "3"),
+            (ProxyError::UpstreamInvalid("m".into(), "bad".into()), "13"),
+            (ProxyError::BadFraming, "13"),
+        ] {
+            let what = e.to_string();
+            assert_eq!(answer(e).0, want, "{what}");
+        }
         // grpc-message is percent-encoded: '%' and non-ASCII bytes.
         let (_, message, ..) = answer(ProxyError::UpstreamTls("m".into(), "50% é".into()));
         assert_eq!(message, "upstream m: 50%25 %C3%A9");

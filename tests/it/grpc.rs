@@ -4,8 +4,10 @@
 //! through with their trailers, every call is stamped, the unit comes from
 //! the call's metadata, routes match method paths exactly or by prefix,
 //! and a call the proxy fails itself gets a gRPC status (14, 4), stamped,
-//! while the access log keeps the real cause. Each test is skipped (with a
-//! message) where grpcio is not installed; `.ci/run` installs it.
+//! while the access log keeps the real cause; a stream the proxy cuts
+//! after its head (past `total_timeout`) ends DEADLINE_EXCEEDED. Each
+//! test is skipped (with a message) where grpcio is not installed;
+//! `.ci/run` installs it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -374,4 +376,133 @@ async fn a_grpc_call_whose_upstream_resets_gets_unavailable_and_is_logged_upstre
     assert_eq!(log[0]["error"], "upstream_reset", "{}", log[0]);
     assert_eq!(log[0]["status"], 502, "{}", log[0]);
     closer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_past_total_timeout_ends_deadline_exceeded_not_internal() {
+    need_grpcio!();
+    // Messages 1 s apart: the head and the first message go out at once,
+    // the tenth would be due after the upstream's 2 s total_timeout.
+    let slow = GrpcServer::start("slow", &["--gap", "1"]);
+    let dir = TestDir::new();
+    let yaml = h2_config(slow.url(), slow.url())
+        .replace("protocol: h2 }", "protocol: h2, total_timeout: 2s }");
+    let cohort = Cohort::start(&dir, &yaml);
+    let (a, _) = units();
+    let calls = json!([
+        { "method": "ModelStream", "request": "10", "metadata": [["x-user-id", a]] },
+    ]);
+    let got = grpc_calls(format!("127.0.0.1:{}", cohort.addr.port()), None, calls).await;
+    let r = &got[0];
+    assert_eq!(r["code"], "DEADLINE_EXCEEDED", "{r}");
+    assert!(r["details"].as_str().unwrap().contains("old"), "{r}");
+    assert_eq!(all_metadata(r)["x-cohort-variant"], "control", "{r}");
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    // The head went out 200; the log keeps why the body was cut.
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["error"].as_str()),
+        (Some(200), Some("upstream_timeout")),
+        "{}",
+        log[0]
+    );
+}
+
+/// A response body that sends one message, then fails (hyper's HTTP/2
+/// server resets the stream) once `broken` is notified: the proxy has
+/// relayed the head by then.
+struct BreaksAfterOne {
+    sent: bool,
+    broken: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl http_body::Body for BreaksAfterOne {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if !self.sent {
+            self.sent = true;
+            let message = Bytes::from_static(b"\0\0\0\0\x01x");
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(message))));
+        }
+        self.broken
+            .as_mut()
+            .poll(cx)
+            .map(|()| Some(Err(std::io::Error::other("the model crashed"))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_response_whose_upstream_body_breaks_ends_unavailable_in_trailers() {
+    use http_body_util::BodyExt;
+    // An h2c upstream whose response breaks after its head and a message.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let crash = std::sync::Arc::new(tokio::sync::Notify::new());
+    let c = crash.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let c = c.clone();
+            let svc = hyper::service::service_fn(move |_req| {
+                let c = c.clone();
+                async move {
+                    let body = BreaksAfterOne {
+                        sent: false,
+                        broken: Box::pin(async move { c.notified().await }),
+                    };
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let dir = TestDir::new();
+    let cohort = Cohort::start(&dir, &h2_config(url.clone(), url));
+    let io = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    let mut send = h2_client(io).await;
+    let req = http::Request::post(format!("http://{}{INFER}", cohort.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-user-id", "u-broken")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("grpc-status"), "{resp:?}");
+    // The head is here: now the upstream's body breaks. The message, then
+    // trailers saying why the call ended (no reset).
+    crash.notify_one();
+    let got = resp.into_body().collect().await.expect("a whole body");
+    let trailers = got.trailers().cloned().expect("trailers");
+    assert_eq!(got.to_bytes().as_ref(), b"\0\0\0\0\x01x");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert!(
+        trailers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("upstream"),
+        "{trailers:?}"
+    );
+    assert!(cohort.terminate().success());
+    let log = dir.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["error"].as_str()),
+        (Some(200), Some("upstream_body")),
+        "{}",
+        log[0]
+    );
+    server.abort();
 }

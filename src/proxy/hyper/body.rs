@@ -5,8 +5,12 @@
 //! or when the client went away — so each response gets exactly one line
 //! with its final size and duration. An upstream's trailers (an HTTP/2
 //! upstream's `grpc-status`) pass through filtered by the response-head
-//! policy ([`core::rewrite_trailers`]). The request side (the client's body
-//! on its way upstream) is [`crate::proxy::upstream::body`].
+//! policy ([`core::rewrite_trailers`]). A gRPC call whose upstream body
+//! fails or runs past `total_timeout` after the head went out ends with
+//! trailers saying so (`grpc-status` 14 or 4, [`core::GrpcAnswer`]) rather
+//! than a reset stream, which gRPC clients can only report as INTERNAL.
+//! The request side (the client's body on its way upstream) is
+//! [`crate::proxy::upstream::body`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::error::{Cause, CLIENT_CLOSED};
 use crate::observe::access_log::{AccessLog, AccessRecord};
-use crate::proxy::core;
+use crate::proxy::core::{self, UpstreamFailure};
 pub(crate) use crate::proxy::upstream::body::{BodyFault, BodyWatch, BoxError, UpstreamBody};
 use crate::proxy::upstream::Lease;
 
@@ -53,6 +57,8 @@ pub(crate) struct ResponseBody {
     timed_out: bool,
     /// The upstream endpoint, counted in flight until the body is done.
     lease: Option<Lease>,
+    /// The request was a gRPC call: a failure ends the body with trailers.
+    grpc: bool,
 }
 
 /// The upstream's body did not end within its `total_timeout`.
@@ -70,6 +76,7 @@ impl ResponseBody {
             deadline: None,
             timed_out: false,
             lease: None,
+            grpc: false,
         }
     }
 
@@ -82,6 +89,7 @@ impl ResponseBody {
             deadline: None,
             timed_out: false,
             lease: None,
+            grpc: false,
         }
     }
 
@@ -104,6 +112,34 @@ impl ResponseBody {
             tokio::time::Instant::from_std(at),
         )));
         self
+    }
+
+    /// Ends a failed body with gRPC trailers instead of an error.
+    pub(crate) fn with_grpc(mut self, grpc: bool) -> ResponseBody {
+        self.grpc = grpc;
+        self
+    }
+
+    /// A failed upstream body's end: an error (the client's stream is
+    /// reset, its connection cut), or for a gRPC call trailers carrying
+    /// the failure's `grpc-status`; the upstream's body is dropped either
+    /// way. The access record keeps the cause.
+    fn fail(
+        &mut self,
+        failure: UpstreamFailure,
+        e: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match (&self.lease, self.grpc) {
+            (Some(lease), true) => {
+                let answer = core::GrpcAnswer::of(&core::upstream_error(lease.upstream(), failure));
+                self.inner = Inner::Full(None);
+                let mut t = http::HeaderMap::new();
+                t.insert(super::GRPC_STATUS, answer.status);
+                t.insert(super::GRPC_MESSAGE, answer.message);
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            _ => Poll::Ready(Some(Err(e))),
+        }
     }
 
     /// Holds the endpoint's lease (its in-flight count) until the body ends.
@@ -130,7 +166,8 @@ impl Body for ResponseBody {
             if let Some(d) = &mut this.deadline {
                 if d.as_mut().poll(cx).is_ready() {
                     this.timed_out = true;
-                    return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
+                    this.deadline = None;
+                    return this.fail(UpstreamFailure::TotalTimeout, Box::new(TotalTimeout));
                 }
             }
         }
@@ -149,7 +186,7 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.upstream_failed = true;
-                Poll::Ready(Some(Err(e)))
+                this.fail(UpstreamFailure::Body, e)
             }
             r => r,
         }

@@ -281,7 +281,8 @@ where
             // A retry: another endpoint than `upstream_request` named.
             set_endpoint(&mut req, &lease);
         }
-        let r = tokio::time::timeout(upstream.head_timeout(), upstream.client.request(req)).await;
+        let client = upstream.client_for(lease.endpoint());
+        let r = tokio::time::timeout(upstream.head_timeout(), client.request(req)).await;
         if let Ok(Err(e)) = &r {
             // A local EMFILE is not the endpoint's fault: no report, no retry.
             if e.is_connect() && !core::local_resource(e) {
@@ -320,7 +321,8 @@ where
                 rec.status = parts.status.as_u16();
                 let body = ResponseBody::upstream(body)
                     .with_log(pending(rec))
-                    .with_lease(lease);
+                    .with_lease(lease)
+                    .with_grpc(grpc);
                 let body = match upstream.config.total_timeout {
                     Some(t) => body.with_deadline(sent + t),
                     None => body,
@@ -411,7 +413,7 @@ fn check_response<B>(resp: &Response<B>) -> Result<(), h1::BadResponse> {
 /// Points `req` at the lease's endpoint.
 fn set_endpoint<B>(req: &mut Request<B>, lease: &Lease) {
     let mut uri = std::mem::take(req.uri_mut()).into_parts();
-    uri.authority = Some(lease.endpoint().authority.clone());
+    uri.authority = Some(lease.upstream().authority_for(lease.endpoint()));
     *req.uri_mut() = Uri::from_parts(uri).expect("only the authority changed");
 }
 
@@ -440,7 +442,7 @@ where
     }
     let up = lease.upstream();
     uri.scheme = Some(up.scheme.clone());
-    uri.authority = Some(lease.endpoint().authority.clone());
+    uri.authority = Some(up.authority_for(lease.endpoint()));
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }

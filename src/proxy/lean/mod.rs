@@ -44,6 +44,7 @@ use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, Re
 use super::upstream::{self, Checkout, ConnectError, Lease};
 use crate::error::{ProxyError, CLIENT_CLOSED};
 use crate::observe::access_log::AccessRecord;
+use crate::snapshot::Snapshot;
 use crate::state::State;
 
 /// The old name of [`ClientLimits`].
@@ -133,7 +134,12 @@ pub(crate) async fn serve(
     };
     loop {
         match conn.next_request(&mut stop).await {
-            Next::Request => {}
+            Next::Request(snap) => {
+                conn.served = true;
+                if !conn.serve_one(snap, &stop).await || *stop.borrow() {
+                    return LeanExit::Closed;
+                }
+            }
             Next::Closed => return LeanExit::Closed,
             Next::Reject(r) => {
                 conn.reject(r, &stop).await;
@@ -157,10 +163,6 @@ pub(crate) async fn serve(
                 });
             }
         }
-        conn.served = true;
-        if !conn.serve_one(&stop).await || *stop.borrow() {
-            return LeanExit::Closed;
-        }
     }
 }
 
@@ -183,8 +185,11 @@ struct Connection {
 }
 
 enum Next {
-    /// A whole lean request is at the front of `buf`, parsed into `head`.
-    Request,
+    /// A whole lean request is at the front of `buf`, parsed into `head`,
+    /// with the config snapshot that found it lean: it is routed by that
+    /// one, so a reload while its body arrives cannot send it to an
+    /// upstream only hyper's client speaks to.
+    Request(Arc<Snapshot>),
     Closed,
     Hand(&'static str),
     /// A request refused outright (answered, then the connection closes).
@@ -242,6 +247,7 @@ impl Connection {
         };
         let mut deadline = None;
         let mut need = None;
+        let mut snap = None;
         loop {
             if need.is_none() && !self.buf.is_empty() {
                 match h1::parse_request(&self.buf, &mut self.head, t.max_head) {
@@ -256,9 +262,11 @@ impl Connection {
                             bytes: &self.buf,
                             head: &self.head,
                         };
-                        if upstream::needs_hyper(&self.state, req.path()) {
+                        let s = self.state.snapshot();
+                        if upstream::needs_hyper(&s, req.path()) {
                             return Next::Hand("routed to an HTTP/2 or TLS upstream");
                         }
+                        snap = Some(s);
                         need = Some(self.head.head_len + self.head.body_len);
                         (phase, deadline) = (t.body, None);
                     }
@@ -268,7 +276,7 @@ impl Connection {
                 }
             }
             if need.is_some_and(|n| self.buf.len() >= n) {
-                return Next::Request;
+                return Next::Request(snap.take().expect("set with need"));
             }
             let idle = self.buf.is_empty();
             if idle && *stop.borrow() {
@@ -336,13 +344,12 @@ impl Connection {
 
     /// Serves the request at the front of `buf`; says whether the
     /// connection stays open.
-    async fn serve_one(&mut self, stop: &watch::Receiver<bool>) -> bool {
+    async fn serve_one(&mut self, snap: Arc<Snapshot>, stop: &watch::Receiver<bool>) -> bool {
         let started = std::time::Instant::now();
         let bytes = self
             .buf
             .split_to(self.head.head_len + self.head.body_len)
             .freeze();
-        let snap = self.state.snapshot();
         let Some(mut rec) = self.record(&bytes, &snap.version).await else {
             return false;
         };

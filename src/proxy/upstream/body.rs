@@ -2,7 +2,11 @@
 //! client: [`UpstreamBody`] counts `bytes_in`, bounds how long the client
 //! may pause (`client_body_timeout`), and notes in a [`BodyWatch`] how the
 //! body failed, so the handler blames the client, not the upstream, for a
-//! body that broke its framing, stalled or was abandoned.
+//! body that broke its framing, stalled or was abandoned. The body's
+//! trailers (a chunked body's, an HTTP/2 client's) are filtered by the
+//! request-head rule ([`names::forward_rule`]): a client cannot slip a
+//! stamp or a request id in after the body, and a hop-by-hop field (which
+//! HTTP/2 forbids) never makes the upstream's stream fail.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
+
+use crate::proxy::h1::names::{self, Forward};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -211,7 +217,13 @@ impl Body for UpstreamBody {
                 if inner.is_end_stream() {
                     this.watch.ended.store(true, Ordering::Relaxed);
                 }
-                Poll::Ready(Some(Ok(f)))
+                Poll::Ready(Some(Ok(match f.into_trailers() {
+                    Ok(mut t) => {
+                        forward_trailers(&mut t);
+                        Frame::trailers(t)
+                    }
+                    Err(f) => f,
+                })))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.watch.set_fault(classify_body_error(&*e));
@@ -246,6 +258,21 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.with_inner(|b| b.size_hint(), SizeHint::with_exact(0))
+    }
+}
+
+/// Keeps the trailer fields a request head would pass on unchanged
+/// ([`Forward::Keep`]): hop-by-hop names, the proxy's own (stamps,
+/// `x-forwarded-*`, `x-request-id`), their look-alikes and framing or
+/// routing names (`host`, `content-length`) are dropped.
+fn forward_trailers(t: &mut http::HeaderMap) {
+    let drop: Vec<http::HeaderName> = t
+        .keys()
+        .filter(|k| names::forward_rule(k.as_str().as_bytes()) != Forward::Keep)
+        .cloned()
+        .collect();
+    for n in drop {
+        t.remove(n);
     }
 }
 

@@ -36,6 +36,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct EarlyAnswerConnector {
     pub http: HttpConnector,
     pub tls: Option<Arc<TlsTo>>,
+    /// When set, every connection goes to this endpoint whatever the
+    /// request's authority: an upstream with a `tls.server_name` names
+    /// that in the request (`:authority`, Host), not the endpoint.
+    pub to: Option<Uri>,
 }
 
 impl tower_service::Service<Uri> for EarlyAnswerConnector {
@@ -48,6 +52,7 @@ impl tower_service::Service<Uri> for EarlyAnswerConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let uri = self.to.clone().unwrap_or(uri);
         let connecting = self.http.call(uri.clone());
         let tls = self.tls.clone();
         Box::pin(async move {

@@ -6,7 +6,9 @@
 //! reload that leaves an upstream's settings alone keeps it, pools and
 //! health state included, so ramping weights never drops warm
 //! connections. Each has hyper's client for requests the hyper path serves
-//! (one client for all its endpoints: hyper pools per authority) and, per
+//! (one client for all its endpoints: hyper pools per authority; one per
+//! endpoint when requests are addressed to the `tls.server_name`, which
+//! names no endpoint) and, per
 //! [`Endpoint`], [`Endpoint::checkout`]'s plain sockets for the lean path,
 //! which speaks HTTP/1.1 on them itself.
 //!
@@ -38,6 +40,7 @@ use tokio::net::TcpStream;
 
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
+use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -65,7 +68,10 @@ pub(crate) struct Upstream {
     /// The `Host` sent to every endpoint: the first endpoint's `host:port`
     /// (the endpoints of one upstream serve the same model).
     pub host: HeaderValue,
-    pub client: UpstreamClient,
+    client: UpstreamClient,
+    /// `tls.server_name`, when set: the authority requests are addressed
+    /// to (`:authority`, Host) instead of the endpoint's address.
+    named: Option<Authority>,
     /// `https` for a TLS upstream, else `http`.
     pub scheme: Scheme,
     /// What `client` connects with (the health checks' own connections).
@@ -80,6 +86,10 @@ pub(crate) struct Upstream {
 /// One address of an upstream: its pool, its load and its health.
 pub(crate) struct Endpoint {
     pub authority: Authority,
+    /// Its own hyper client, when the upstream's requests are addressed to
+    /// its `tls.server_name`: hyper connects to a request's authority, and
+    /// that names no endpoint then.
+    client: Option<UpstreamClient>,
     /// `host:port`, as the access log names it.
     pub address: Arc<str>,
     /// Idle lean-path connections, one list per worker thread, the most
@@ -115,12 +125,14 @@ static ANY_HYPER_ONLY: AtomicBool = AtomicBool::new(false);
 /// speak to (`protocol: h2`, or `https://`): any variant's upstream or
 /// fallback of the experiment routing it, or the default upstream. The
 /// lean path then hands the connection to hyper's front end before it
-/// reads the request, as for any request it does not take.
-pub(crate) fn needs_hyper(state: &crate::state::State, path: &str) -> bool {
+/// reads the request, as for any request it does not take. `snap` must
+/// be the snapshot the request is then routed with: a reload in between
+/// could otherwise route it to an upstream the lean path cannot speak to.
+pub(crate) fn needs_hyper(snap: &crate::snapshot::Snapshot, path: &str) -> bool {
     if !ANY_HYPER_ONLY.load(Ordering::Relaxed) {
         return false;
     }
-    match state.snapshot().route(path) {
+    match snap.route(path) {
         crate::snapshot::Target::Experiment(x) => x
             .variants
             .iter()
@@ -160,30 +172,62 @@ impl Upstream {
         let tls = tls::TlsTo::of(config);
         // The TLS connector takes https:// URIs (hyper's checks http only).
         http.enforce_http(tls.is_none());
-        let connector = EarlyAnswerConnector { http, tls };
+        let connector = EarlyAnswerConnector {
+            http,
+            tls,
+            to: None,
+        };
         let h2 = config.protocol == UpstreamProtocol::H2;
         if h2 || config.tls.is_some() {
             ANY_HYPER_ONLY.store(true, Ordering::Relaxed);
         }
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.max_idle_per_host)
-            .http2_only(h2)
-            .build(connector.clone());
+        let client = |connector: EarlyAnswerConnector| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(config.max_idle_per_host)
+                .http2_only(h2)
+                .build(connector)
+        };
+        let scheme = if config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let named: Option<Authority> = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.as_deref())
+            // An IPv6 address goes in brackets; a DNS name or IPv4 as is.
+            .and_then(|n| match n.contains(':') {
+                true => format!("[{n}]").parse().ok(),
+                false => n.parse().ok(),
+            });
         let lists = workers.clamp(1, 64);
         Upstream {
-            scheme: if config.tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
+            connector: connector.clone(),
+            host: match &named {
+                Some(n) => HeaderValue::from_str(n.as_str()).expect("an authority"),
+                None => HeaderValue::from_str(&config.authority).expect("validated authority"),
             },
-            connector,
-            host: HeaderValue::from_str(&config.authority).expect("validated authority"),
             endpoints: config
                 .endpoints()
                 .map(|a| Endpoint {
+                    // Addressed by name: a client of its own that dials it.
+                    client: named.as_ref().map(|_| {
+                        client(EarlyAnswerConnector {
+                            to: Some(
+                                Uri::builder()
+                                    .scheme(scheme.clone())
+                                    .authority(a)
+                                    .path_and_query("/")
+                                    .build()
+                                    .expect("validated authority"),
+                            ),
+                            ..connector.clone()
+                        })
+                    }),
                     authority: a.parse().expect("validated authority"),
                     address: Arc::from(a),
                     idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
@@ -194,7 +238,9 @@ impl Upstream {
                 })
                 .collect(),
             config: config.clone(),
-            client,
+            client: client(connector),
+            named,
+            scheme,
             draws: AtomicU64::new(0x853c_49e6_748f_ea9b),
             born: Instant::now(),
         }
@@ -215,6 +261,19 @@ impl Upstream {
     /// Whether the lean path can serve it: plain HTTP/1.1.
     pub(crate) fn lean(&self) -> bool {
         self.config.protocol == UpstreamProtocol::Http1 && self.config.tls.is_none()
+    }
+
+    /// The authority a request to `ep` is addressed to (HTTP/2's
+    /// `:authority`, HTTP/1.1's Host): the `tls.server_name` when the
+    /// config sets one, so a name-based upstream (a virtual host, an
+    /// ingress) sees the name it serves, else the endpoint's address.
+    pub(crate) fn authority_for(&self, ep: &Endpoint) -> Authority {
+        self.named.clone().unwrap_or_else(|| ep.authority.clone())
+    }
+
+    /// The hyper client that reaches `ep`.
+    pub(crate) fn client_for<'a>(&'a self, ep: &'a Endpoint) -> &'a UpstreamClient {
+        ep.client.as_ref().unwrap_or(&self.client)
     }
 
     /// Whether it speaks HTTP/2.

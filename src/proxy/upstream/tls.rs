@@ -1,5 +1,6 @@
 //! TLS to `https://` upstreams: the rustls client of an upstream (built
-//! from its validated `tls:` block by [`crate::config::upstream_tls_client`])
+//! when its `tls:` block was validated, [`crate::config::UpstreamTls::client`],
+//! with the ALPN of its protocol added)
 //! and the socket hyper's client reads and writes, plain or TLS.
 //!
 //! SNI and the name the certificate is verified against are the
@@ -48,8 +49,8 @@ impl TlsTo {
             UpstreamProtocol::H2 => &[b"h2"],
             UpstreamProtocol::Http1 => &[b"http/1.1"],
         };
-        let client =
-            crate::config::upstream_tls_client(tls, alpn).expect("validated with the config");
+        let mut client = rustls::ClientConfig::clone(&tls.client);
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Some(Arc::new(TlsTo {
             connector: TlsConnector::from(Arc::new(client)),
             timeout: config.connect_timeout,
@@ -165,5 +166,64 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// An upstream is built from the client its config was validated with
+    /// and reads no trust store itself (the old code re-read the system
+    /// store here and panicked if that failed on a reload): this config
+    /// names no `ca_file`, yet a handshake with a server whose CA only the
+    /// validated client trusts succeeds.
+    #[tokio::test]
+    async fn an_upstream_shakes_hands_with_the_client_built_at_validation() {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(tcp).await;
+        });
+
+        let client = crate::config::upstream_tls_client(Some(ca.pem().as_bytes()), None).unwrap();
+        let mut config = super::super::tests::config(&[addr.to_string()]);
+        config.tls = Some(crate::config::UpstreamTls {
+            ca: None,
+            client_cert: None,
+            server_name: None,
+            files: [None, None, None],
+            client: Arc::new(client),
+        });
+        let tls = TlsTo::of(&config).expect("an https upstream");
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tls.handshake("127.0.0.1", tcp)
+            .await
+            .expect("verified with the validated client's CA");
     }
 }

@@ -4,9 +4,10 @@ Generic handlers with raw-bytes messages, so no code generation is needed.
 Service /inference.GRPCInferenceService/:
   ModelInfer   unary: answers JSON {"served_by", "request", "metadata"} and
                sets trailing metadata x-served-by and x-trailer-note.
-  ModelStream  server streaming: the request is a count N; N JSON messages.
+  ModelStream  server streaming: the request is a count N; N JSON messages,
+               --gap SECONDS apart.
   Fail         unary: fails with NOT_FOUND and a message of its own.
-Usage: server.py NAME [--delay SECONDS] [--tls CERT KEY [CLIENT_CA]]
+Usage: server.py NAME [--delay SECONDS] [--gap SECONDS] [--tls CERT KEY [CLIENT_CA]]
 Prints "PORT <n>" once it listens on 127.0.0.1, then serves until killed.
 """
 
@@ -24,11 +25,14 @@ def main():
     args = sys.argv[1:]
     name = args.pop(0)
     delay = 0.0
+    gap = 0.0
     tls = None
     while args:
         flag = args.pop(0)
         if flag == "--delay":
             delay = float(args.pop(0))
+        elif flag == "--gap":
+            gap = float(args.pop(0))
         elif flag == "--tls":
             cert, key = args.pop(0), args.pop(0)
             ca = args.pop(0) if args and not args[0].startswith("--") else None
@@ -54,6 +58,8 @@ def main():
         md = metadata(context)
         context.set_trailing_metadata((("x-served-by", name), ("x-stream-count", request.decode())))
         for i in range(int(request.decode())):
+            if i:
+                time.sleep(gap)
             yield json.dumps({"served_by": name, "seq": i, "unit": md.get("x-user-id")}).encode()
 
     def fail(request, context):
