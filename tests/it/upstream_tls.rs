@@ -693,3 +693,42 @@ async fn a_request_whose_head_came_before_a_reload_to_an_h2_upstream_is_served_b
     );
     assert!(cohort.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_routed_to_an_h2_upstream_is_served_plain_not_tunnelled() {
+    let old = ModelServer::spawn("old", true, None).await;
+    let new = ModelServer::spawn("new", true, None).await;
+    let dir = TestDir::new();
+    let urls = [
+        ("old", format!("http://{}", old.addr)),
+        ("new", format!("http://{}", new.addr)),
+    ];
+    let yaml = config_urls(&urls, &ranker("100", "0")).replace(
+        "connect_timeout: 1s }",
+        "connect_timeout: 1s, protocol: h2 }",
+    );
+    let cohort = Cohort::start(&dir, &yaml);
+    let mut s = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
+    let req = "GET /predict HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+               x-user-id: ws-h2\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut b).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-cohort-variant: control"), "{head}");
+    // The h2 upstream got an ordinary HTTP/2 request, without the upgrade.
+    let seen = old.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].version, Version::HTTP_2);
+    drop(s);
+    assert!(cohort.terminate().success());
+}

@@ -228,7 +228,10 @@ where
             return Ok(error_response(error, stamps.as_ref(), rec, pending, grpc))
         }
     };
-    if tunnel::wants_websocket(&req) {
+    // A tunnel is plain HTTP/1.1 over TCP: a WebSocket routed to a TLS or
+    // HTTP/2 upstream is served as a plain request instead (its Upgrade
+    // dropped with the other hop-by-hop headers), never sent unencrypted.
+    if tunnel::wants_websocket(&req) && lease.upstream().lean() {
         let opening = tunnel::Opening {
             state: &state,
             conn: &conn,

@@ -8,6 +8,11 @@
 //! `bytes_out` the tunnelled bytes each way). An upstream that declines
 //! the upgrade (any answer but 101) is relayed as an ordinary response.
 //!
+//! Only to plain `http://` HTTP/1.1 upstreams: a WebSocket routed to an
+//! `https://` or `protocol: h2` upstream is served as a plain request (its
+//! `Upgrade` dropped), so nothing goes unencrypted to a TLS port and no
+//! HTTP/1.1 upgrade reaches an HTTP/2-only server.
+//!
 //! The lean path hands every request with `Upgrade` to hyper's front end,
 //! so this is the only place a tunnel exists. Any other `Upgrade` (`h2c`,
 //! say) is not tunnelled: the header is dropped and the request served
