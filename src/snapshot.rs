@@ -146,6 +146,28 @@ impl Snapshot {
         }
     }
 
+    /// Whether a request on `path` may reach an upstream the lean path
+    /// cannot speak to (`protocol: h2`, or `https://`): any variant's
+    /// upstream or fallback of the experiment routing it, or the default
+    /// upstream. The lean path then hands the connection to hyper's front
+    /// end before it reads the request, as for any request it does not
+    /// take. The request must then be routed with this same snapshot: a
+    /// reload in between could otherwise route it to an upstream the lean
+    /// path cannot speak to.
+    pub(crate) fn needs_hyper(&self, path: &str) -> bool {
+        if !crate::proxy::upstream::any_hyper_only() {
+            return false;
+        }
+        match self.route(path) {
+            Target::Experiment(x) => x
+                .variants
+                .iter()
+                .any(|v| !v.upstream.lean() || v.fallback.as_ref().is_some_and(|f| !f.lean())),
+            Target::Default(up) => !up.lean(),
+            Target::NotFound => false,
+        }
+    }
+
     pub(crate) fn route(&self, path: &str) -> Target<'_> {
         let idx = self
             .exact

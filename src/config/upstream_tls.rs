@@ -1,5 +1,5 @@
 //! The rustls client config of an `https://` upstream, built once when
-//! its `tls:` block is validated and carried in [`UpstreamTls::client`]: a
+//! its `tls:` block is validated and carried in [`UpstreamTls::client`](super::UpstreamTls::client): a
 //! bad file set (a key that does not fit its certificate, say) or an
 //! empty system trust store is reported against the config, and building
 //! the upstream from a validated config cannot fail — the system trust

@@ -41,7 +41,7 @@ use self::io::Deadline;
 pub(crate) use self::io::Rewind;
 use super::core::{self, Peer, Refused, Routed, Stamps, UpstreamFailure};
 use super::h1::{self, ChunkedScan, Framing, Hop, Parsed, Reject, RequestHead, ResponseHead};
-use super::upstream::{self, Checkout, ConnectError, Lease};
+use super::upstream::{Checkout, ConnectError, Lease};
 use crate::error::{ProxyError, CLIENT_CLOSED};
 use crate::observe::access_log::AccessRecord;
 use crate::snapshot::Snapshot;
@@ -263,7 +263,7 @@ impl Connection {
                             head: &self.head,
                         };
                         let s = self.state.snapshot();
-                        if upstream::needs_hyper(&s, req.path()) {
+                        if s.needs_hyper(req.path()) {
                             return Next::Hand("routed to an HTTP/2 or TLS upstream");
                         }
                         snap = Some(s);

@@ -14,7 +14,7 @@
 //!
 //! An upstream with `protocol: h2` or `https://` endpoints is served by
 //! hyper's client only (the lean path hands such requests to hyper's
-//! front end, [`needs_hyper`]). HTTP/2 upstreams use the same hyper-util
+//! front end, [`Snapshot::needs_hyper`](crate::snapshot::Snapshot::needs_hyper)). HTTP/2 upstreams use the same hyper-util
 //! client as HTTP/1 ones, built `http2_only`: its pool keeps one HTTP/2
 //! connection per endpoint (a second connect to an endpoint waits for the
 //! first rather than racing it) and multiplexes every request on it, and
@@ -118,28 +118,15 @@ thread_local! {
 }
 
 /// Set once an upstream that only hyper's client serves (HTTP/2 or TLS)
-/// was built: until then the lean path skips [`needs_hyper`]'s lookup.
+/// was built.
 static ANY_HYPER_ONLY: AtomicBool = AtomicBool::new(false);
 
-/// Whether a request on `path` may reach an upstream the lean path cannot
-/// speak to (`protocol: h2`, or `https://`): any variant's upstream or
-/// fallback of the experiment routing it, or the default upstream. The
-/// lean path then hands the connection to hyper's front end before it
-/// reads the request, as for any request it does not take. `snap` must
-/// be the snapshot the request is then routed with: a reload in between
-/// could otherwise route it to an upstream the lean path cannot speak to.
-pub(crate) fn needs_hyper(snap: &crate::snapshot::Snapshot, path: &str) -> bool {
-    if !ANY_HYPER_ONLY.load(Ordering::Relaxed) {
-        return false;
-    }
-    match snap.route(path) {
-        crate::snapshot::Target::Experiment(x) => x
-            .variants
-            .iter()
-            .any(|v| !v.upstream.lean() || v.fallback.as_ref().is_some_and(|f| !f.lean())),
-        crate::snapshot::Target::Default(up) => !up.lean(),
-        crate::snapshot::Target::NotFound => false,
-    }
+/// Whether an upstream that only hyper's client serves (HTTP/2 or TLS)
+/// was ever built: until then the lean path skips
+/// [`Snapshot::needs_hyper`](crate::snapshot::Snapshot::needs_hyper)'s
+/// lookup.
+pub(crate) fn any_hyper_only() -> bool {
+    ANY_HYPER_ONLY.load(Ordering::Relaxed)
 }
 
 /// How long an idle connection is kept (hyper's pool uses the same).
