@@ -134,10 +134,7 @@ fn experiments() -> String {
 
 /// The test config with `old` and `new` speaking HTTP/2.
 fn h2_config(old: String, new: String) -> String {
-    config_urls(&[("old", old), ("new", new)], &experiments()).replace(
-        "connect_timeout: 1s }",
-        "connect_timeout: 1s, protocol: h2 }",
-    )
+    h2_upstreams(&config_urls(&[("old", old), ("new", new)], &experiments()))
 }
 
 /// A unit the contract puts in control (bucket below 5000), and one in

@@ -415,10 +415,7 @@ async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_e
         ("old", format!("http://{}", old.addr)),
         ("new", format!("http://{}", new.addr)),
     ];
-    let yaml = config_urls(&urls, &ranker("50", "50")).replace(
-        "connect_timeout: 1s }",
-        "connect_timeout: 1s, protocol: h2 }",
-    );
+    let yaml = h2_upstreams(&config_urls(&urls, &ranker("50", "50")));
     let cohort = Cohort::start(&dir, &yaml);
     let client = TestClient::new();
     let users = users("h2c", 40);
@@ -495,15 +492,10 @@ async fn an_h2_upstream_retries_a_failed_connect_on_another_endpoint() {
         ("old", format!("http://{}", old.addr)),
         ("new", format!("http://{}", live.addr)),
     ];
-    let yaml = config_urls(&urls, &ranker("0", "100"))
-        .replace(
-            "connect_timeout: 1s }",
-            "connect_timeout: 1s, protocol: h2 }",
-        )
-        .replace(
-            &format!("  new: {{ url: http://{}", live.addr),
-            &format!("  new: {{ endpoints: [http://{dead}, http://{}]", live.addr),
-        );
+    let yaml = h2_upstreams(&config_urls(&urls, &ranker("0", "100"))).replace(
+        &format!("  new: {{ url: http://{}", live.addr),
+        &format!("  new: {{ endpoints: [http://{dead}, http://{}]", live.addr),
+    );
     let cohort = Cohort::start(&dir, &yaml);
     let client = TestClient::new();
     for u in users("retry", 12) {
@@ -559,10 +551,10 @@ async fn a_request_bodys_trailers_reach_an_h2_upstream_filtered_like_its_head() 
     let model = ModelServer::spawn("old", true, None).await;
     let dir = TestDir::new();
     let url = format!("http://{}", model.addr);
-    let yaml = config_urls(&[("old", url.clone()), ("new", url)], &ranker("50", "50")).replace(
-        "connect_timeout: 1s }",
-        "connect_timeout: 1s, protocol: h2 }",
-    );
+    let yaml = h2_upstreams(&config_urls(
+        &[("old", url.clone()), ("new", url)],
+        &ranker("50", "50"),
+    ));
     let cohort = Cohort::start(&dir, &yaml);
     // A spoofed stamp and a hop-by-hop field (which HTTP/2 forbids) in the
     // trailers of a chunked body; an ordinary field passes.
@@ -654,10 +646,7 @@ async fn a_request_whose_head_came_before_a_reload_to_an_h2_upstream_is_served_b
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = yaml(format!("http://{}", h2.addr)).replace(
-        "connect_timeout: 1s }",
-        "connect_timeout: 1s, protocol: h2 }",
-    );
+    let after = h2_upstreams(&yaml(format!("http://{}", h2.addr)));
     dir.write_config(&after);
     cohort.signal("HUP");
     tokio::task::block_in_place(|| cohort.wait_reloads(1));
@@ -703,10 +692,7 @@ async fn a_websocket_routed_to_an_h2_upstream_is_served_plain_not_tunnelled() {
         ("old", format!("http://{}", old.addr)),
         ("new", format!("http://{}", new.addr)),
     ];
-    let yaml = config_urls(&urls, &ranker("100", "0")).replace(
-        "connect_timeout: 1s }",
-        "connect_timeout: 1s, protocol: h2 }",
-    );
+    let yaml = h2_upstreams(&config_urls(&urls, &ranker("100", "0")));
     let cohort = Cohort::start(&dir, &yaml);
     let mut s = tokio::net::TcpStream::connect(cohort.addr).await.unwrap();
     let req = "GET /predict HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

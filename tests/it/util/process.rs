@@ -83,6 +83,15 @@ pub(crate) fn config_urls(upstreams: &[(&str, String)], experiments: &str) -> St
     config_on_path(upstreams, experiments, lean_path_wanted())
 }
 
+/// `yaml` (from [`config_urls`]) with every upstream speaking HTTP/2
+/// (`protocol: h2`: h2c to an `http://` URL).
+pub(crate) fn h2_upstreams(yaml: &str) -> String {
+    yaml.replace(
+        "connect_timeout: 1s }",
+        "connect_timeout: 1s, protocol: h2 }",
+    )
+}
+
 /// Whether the tests run on the lean path (the default) or hyper's.
 pub(crate) fn lean_path_wanted() -> bool {
     std::env::var("COHORT_TEST_DATA_PATH").as_deref() != Ok("hyper")
