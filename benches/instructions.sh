@@ -32,10 +32,13 @@ export BENCH_USERS=10000
 i=0
 for bin in "$@"; do
   i=$((i + 1)); d=$run/c$i; mkdir -p "$d"
+  bin=$(readlink -f "$bin")
   (cd "$d" && bench_config cohort.yaml 18290 && "$seed" cohort.yaml 10000 >/dev/null)
   (cd "$d" && exec valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" "$bin" --config cohort.yaml >"$d/log" 2>&1) &
   vp=$!
-  for _ in $(seq 300); do curl -s -o /dev/null localhost:18290/predict -H 'x-user-id: user-1' && break; sleep 0.3; done
+  up=0
+  for _ in $(seq 300); do curl -s -o /dev/null localhost:18290/predict -H 'x-user-id: user-1' && { up=1; break; }; sleep 0.3; done
+  [ $up = 1 ] || { echo "$bin did not answer under valgrind:" >&2; tail -5 "$d/log" >&2; exit 1; }
   wrk -t1 -c8 -d2s -s "$harness/lua/predict.lua" http://127.0.0.1:18290/predict >/dev/null 2>&1
   callgrind_control -z $vp >/dev/null
   out=$(wrk -t1 -c8 -d${DUR}s -s "$harness/lua/predict.lua" http://127.0.0.1:18290/predict 2>&1)
