@@ -80,25 +80,10 @@ pids+=($!)
 # cohort: one process per listener (plaintext h2c, TLS), one worker each.
 cohort_config() { # port dir [tls]
   mkdir -p "$2"
-  { echo "listen: 127.0.0.1:$1"
-    [ -n "${3:-}" ] && echo "tls: { cert_file: $run/cert.pem, key_file: $run/key.pem }"
-    cat <<YAML
-store: { path: $2/data }
-access_log: { path: $2/access.jsonl }
-runtime: { worker_threads: 1 }
-upstreams:
-  old: { url: http://127.0.0.1:9001 }
-  new: { url: http://127.0.0.1:9002 }
-experiments:
-  - name: bench
-    routes: [/predict]
-    unit_header: x-user-id
-    salt: bench
-    variants:
-      - { name: old, upstream: old, weight: 50 }
-      - { name: new, upstream: new, weight: 50 }
-YAML
-  } > "$2/cohort.yaml"
+  local extra=
+  [ -z "${3:-}" ] || extra="tls: { cert_file: $run/cert.pem, key_file: $run/key.pem }"
+  BENCH_EXTRA=$extra BENCH_STORE="{ path: $2/data }" BENCH_ACCESS_LOG=$2/access.jsonl \
+    bench_config "$2/cohort.yaml" "$1"
 }
 cohort_config 8191 "$run/c-h2c"
 cohort_config 8553 "$run/c-tls" tls

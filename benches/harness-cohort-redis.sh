@@ -31,25 +31,11 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 
-# conf FILE PORT: a replica's config (the same experiment as harness-cohort.sh).
+# conf FILE PORT: a replica's config (lib.sh's bench config, on Redis).
+. "$(dirname "$0")/lib.sh"
 conf() {
-  cat > "$1" <<YAML
-listen: 127.0.0.1:$2
-store: { kind: redis, url: 'redis://127.0.0.1:$rport/0', key_prefix: bench, timeout: ${STORE_TIMEOUT:-1s} }
-access_log: { path: $dir/access-$2.jsonl }
-runtime: { worker_threads: 1 }
-upstreams:
-  old: { url: http://${BENCH_OLD_UPSTREAM} }
-  new: { url: http://${BENCH_NEW_UPSTREAM} }
-experiments:
-  - name: bench
-    routes: [/predict]
-    unit_header: x-user-id
-    salt: bench
-    variants:
-      - { name: old, upstream: old, weight: 50 }
-      - { name: new, upstream: new, weight: 50 }
-YAML
+  BENCH_STORE="{ kind: redis, url: 'redis://127.0.0.1:$rport/0', key_prefix: bench, timeout: ${STORE_TIMEOUT:-1s} }" \
+    BENCH_ACCESS_LOG=$dir/access-$2.jsonl bench_config "$1" "$2"
 }
 
 balancer=${BALANCER:-0}

@@ -27,19 +27,27 @@ start_backends() {
   sleep 0.3
 }
 
-# Writes a one-experiment bench config on port $2 to $1 (50/50 old/new).
+# Writes the one bench config every script uses (experiment `bench`, 50/50
+# old/new on X-User-Id, salt `bench`, one worker thread) to $1, listening
+# on port $2. Environment, each with its default:
+#   BENCH_STORE       the store block    ({ path: ./data })
+#   BENCH_ACCESS_LOG  the log's path     (./access.jsonl)
+#   BENCH_OLD_UPSTREAM, BENCH_NEW_UPSTREAM  (127.0.0.1:9001, 127.0.0.1:9002)
+#   BENCH_EXTRA       more top-level lines (a `tls:` block, say)
 bench_config() {
   cat > "$1" <<YAML
 listen: 127.0.0.1:${2:-8090}
-store: { path: ./data }
+${BENCH_EXTRA:-}
+store: ${BENCH_STORE:-{ path: ./data \}}
 access_log: { path: ${BENCH_ACCESS_LOG:-./access.jsonl} }
 runtime: { worker_threads: 1 }
 upstreams:
-  old: { url: http://127.0.0.1:9001 }
-  new: { url: http://127.0.0.1:9002 }
+  old: { url: http://${BENCH_OLD_UPSTREAM:-127.0.0.1:9001} }
+  new: { url: http://${BENCH_NEW_UPSTREAM:-127.0.0.1:9002} }
 experiments:
   - name: bench
     routes: [/predict]
+    unit_header: x-user-id
     salt: bench
     variants:
       - { name: old, upstream: old, weight: 50 }
