@@ -9,62 +9,71 @@ use super::record::{AccessRecord, LoggedUnit, SCHEMA_VERSION};
 use crate::error::Cause;
 use crate::observe::time;
 
+/// A member's key as written after the object's first member: `,"name":`,
+/// one literal (one copy per member, not four).
+macro_rules! k {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 impl AccessRecord {
     /// Appends the record as one JSON object (no newline). Written by hand
     /// rather than through serde: the log renders a line per request, and
     /// the fields are few and fixed. Header values that are not UTF-8 are
     /// logged lossily (U+FFFD), like every other string here.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // The first member opens the object; every later key is one
+        // literal with its comma, quotes and colon (`k!`).
         let mut o = JsonObject::start(out);
-        o.key("ts");
-        o.out.push(b'"');
+        o.out.extend_from_slice(b"{\"ts\":\"");
         time::write_rfc3339_millis(self.at, o.out);
         o.out.push(b'"');
-        o.uint("schema", u64::from(SCHEMA_VERSION));
-        o.bytes("request_id", self.request_id.as_bytes());
-        o.opt_str("method", self.method.as_ref().map(Method::as_str));
-        o.opt_str("path", self.path.as_ref().map(Uri::path));
-        o.str("protocol", self.protocol);
-        o.uint("status", u64::from(self.status));
-        o.opt_str("experiment", self.experiment.as_deref());
+        o.uint(k!("schema"), u64::from(SCHEMA_VERSION));
+        o.bytes(k!("request_id"), self.request_id.as_bytes());
+        o.opt_str(k!("method"), self.method.as_ref().map(Method::as_str));
+        o.opt_str(k!("path"), self.path.as_ref().map(Uri::path));
+        o.str(k!("protocol"), self.protocol);
+        o.uint(k!("status"), u64::from(self.status));
+        o.opt_str(k!("experiment"), self.experiment.as_deref());
         match &self.unit {
-            Some(LoggedUnit::Raw(v)) => o.bytes("unit", v.as_bytes()),
-            Some(LoggedUnit::Hashed(h)) => o.str("unit", h),
-            None => o.null("unit"),
+            Some(LoggedUnit::Raw(v)) => o.bytes(k!("unit"), v.as_bytes()),
+            Some(LoggedUnit::Hashed(h)) => o.str(k!("unit"), h),
+            None => o.null(k!("unit")),
         }
-        o.opt_str("variant", self.variant.as_deref());
-        o.uint("epoch", u64::from(self.epoch));
-        o.uint("current_epoch", u64::from(self.current_epoch));
-        o.bool("first_exposure", self.first_exposure);
+        o.opt_str(k!("variant"), self.variant.as_deref());
+        o.uint(k!("epoch"), u64::from(self.epoch));
+        o.uint(k!("current_epoch"), u64::from(self.current_epoch));
+        o.bool(k!("first_exposure"), self.first_exposure);
         match self.share {
-            Some(s) => o.float("share", s),
-            None => o.null("share"),
+            Some(s) => o.float(k!("share"), s),
+            None => o.null(k!("share")),
         }
-        o.bool("in_experiment", self.in_experiment);
-        o.bool("forced", self.forced);
-        o.bool("paused", self.paused);
+        o.bool(k!("in_experiment"), self.in_experiment);
+        o.bool(k!("forced"), self.forced);
+        o.bool(k!("paused"), self.paused);
         if self.store_degraded {
             // Only on degraded lines: every other line keeps its shape.
-            o.bool("store_degraded", true);
+            o.bool(k!("store_degraded"), true);
         }
-        o.opt_str("reason", self.reason);
+        o.opt_str(k!("reason"), self.reason);
         match self.bucket {
-            Some(b) => o.uint("bucket", u64::from(b)),
-            None => o.null("bucket"),
+            Some(b) => o.uint(k!("bucket"), u64::from(b)),
+            None => o.null(k!("bucket")),
         }
-        o.opt_str("upstream", self.upstream.as_deref());
+        o.opt_str(k!("upstream"), self.upstream.as_deref());
         if self.fallback {
-            o.bool("fallback", true);
+            o.bool(k!("fallback"), true);
         }
         match self.upstream_time {
-            Some(d) => o.millis("upstream_ms", d),
-            None => o.null("upstream_ms"),
+            Some(d) => o.millis(k!("upstream_ms"), d),
+            None => o.null(k!("upstream_ms")),
         }
-        o.millis("total_ms", self.total_time);
-        o.uint("bytes_in", self.bytes_in);
-        o.uint("bytes_out", self.bytes_out);
-        o.str("config_version", &self.config_version);
-        o.opt_str("error", self.error.map(Cause::as_str));
+        o.millis(k!("total_ms"), self.total_time);
+        o.uint(k!("bytes_in"), self.bytes_in);
+        o.uint(k!("bytes_out"), self.bytes_out);
+        o.str(k!("config_version"), &self.config_version);
+        o.opt_str(k!("error"), self.error.map(Cause::as_str));
         o.end();
     }
 }
@@ -72,10 +81,11 @@ impl AccessRecord {
 /// Bytes reserved before a line is written: more than most lines take.
 const LINE_HINT: usize = 640;
 
-/// Writes one flat JSON object's members in order.
+/// Writes one flat JSON object's members in order; its first member is
+/// written by the caller ([`AccessRecord::write_json`]'s `ts`), every
+/// later one through these methods with a [`k!`] key.
 struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
-    first: bool,
 }
 
 impl<'a> JsonObject<'a> {
@@ -83,19 +93,12 @@ impl<'a> JsonObject<'a> {
         // One growth for the whole line (a typical one is ~450 bytes), not
         // one per member.
         out.reserve(LINE_HINT);
-        out.push(b'{');
-        JsonObject { out, first: true }
+        JsonObject { out }
     }
 
     #[inline]
     fn key(&mut self, k: &str) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
         self.out.extend_from_slice(k.as_bytes());
-        self.out.extend_from_slice(b"\":");
     }
 
     #[inline]
@@ -104,10 +107,22 @@ impl<'a> JsonObject<'a> {
         escaped(self.out, v);
     }
 
+    /// A header value: printable ASCII without `"` or `\\` (nearly every
+    /// id) is copied as it is after one scan; anything else is escaped
+    /// after a lossy UTF-8 read.
     #[inline]
     fn bytes(&mut self, k: &str, v: &[u8]) {
         self.key(k);
-        escaped(self.out, &String::from_utf8_lossy(v));
+        let plain = v.iter().fold(true, |p, &b| {
+            p & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+        });
+        if plain {
+            self.out.push(b'"');
+            self.out.extend_from_slice(v);
+            self.out.push(b'"');
+        } else {
+            escaped(self.out, &String::from_utf8_lossy(v));
+        }
     }
 
     #[inline]
@@ -359,6 +374,21 @@ mod tests {
     }
 
     #[test]
+    fn header_values_copied_plain_read_as_the_lossy_escaped_value_would() {
+        // Every byte, alone and between plain ones: the fast path (plain
+        // ASCII copied as is) and the escaping path agree on what is read.
+        for b in 0..=255u8 {
+            let v = [b'a', b, b'z'];
+            let mut out = Vec::new();
+            JsonObject::start(&mut out).bytes(",\"v\":", &v);
+            let text = String::from_utf8(out).expect("UTF-8");
+            let read: Value =
+                serde_json::from_str(&format!("{{{}}}", &text[1..])).expect("valid JSON");
+            assert_eq!(read["v"], String::from_utf8_lossy(&v).as_ref(), "byte {b:#x}");
+        }
+    }
+
+    #[test]
     fn milliseconds_print_as_serde_json_prints_the_same_f64() {
         for micros in [
             0u64,
@@ -374,11 +404,11 @@ mod tests {
         ] {
             let ms = micros as f64 / 1000.0;
             let mut out = Vec::new();
-            JsonObject::start(&mut out).millis("m", Duration::from_micros(micros));
+            JsonObject::start(&mut out).millis(",\"m\":", Duration::from_micros(micros));
             let text = String::from_utf8(out).unwrap();
             assert_eq!(
                 text,
-                format!("{{\"m\":{}", serde_json::to_string(&ms).unwrap()),
+                format!(",\"m\":{}", serde_json::to_string(&ms).unwrap()),
                 "{micros} µs"
             );
         }

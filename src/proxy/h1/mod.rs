@@ -43,6 +43,9 @@ pub struct Field {
     pub name: Range<usize>,
     /// The value's bytes, without surrounding whitespace.
     pub value: Range<usize>,
+    /// What the name is to the proxy, worked out once when the head is
+    /// parsed: the writers reuse it instead of classifying again.
+    pub kind: Name,
 }
 
 /// A parsed request head, as offsets into the connection's buffer.
@@ -150,6 +153,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead, max_head: usize) -> Par
         head.fields.push(Field {
             name: offsets(buf, name),
             value: offsets(buf, h.value),
+            kind,
         });
     }
     if hosts != 1 {
@@ -278,8 +282,9 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, hop: &Hop<'_>) 
     out.extend_from_slice(b"\r\n");
     let mut forwarded_for: Option<&[u8]> = None;
     let mut has_length = false;
-    for (name, value) in req.fields() {
-        match names::forward_rule(name) {
+    for f in &req.head.fields {
+        let (name, value) = (&req.bytes[f.name.clone()], &req.bytes[f.value.clone()]);
+        match names::forward_rule_of(f.kind, name) {
             Forward::Host => header(out, b"x-forwarded-host", value),
             Forward::ForwardedFor => forwarded_for = forwarded_for.or(Some(value)),
             Forward::Length => has_length = true,
@@ -431,6 +436,7 @@ pub fn parse_response(
         head.fields.push(Field {
             name: offsets(buf, name),
             value: offsets(buf, h.value),
+            kind,
         });
     }
     // Either framing could be meant: rather than pick one (RFC 9112 §6.3
@@ -480,14 +486,14 @@ pub fn write_client_head(
         true => resp
             .fields
             .iter()
-            .filter(|f| classify(&bytes[f.name.clone()]) == Name::Connection)
+            .filter(|f| f.kind == Name::Connection)
             .flat_map(|f| bytes[f.value.clone()].split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .collect(),
     };
     for f in &resp.fields {
         let (name, value) = (&bytes[f.name.clone()], &bytes[f.value.clone()]);
-        let keep = match classify(name) {
+        let keep = match f.kind {
             // A HEAD or 304 answer keeps the length of the body it stands for.
             Name::ContentLength => framing == Framing::Empty,
             Name::Stamp | Name::XRequestId => false,

@@ -110,7 +110,12 @@ pub enum Forward {
 /// headers, every header the proxy itself sets (stamps, `x-forwarded-*`,
 /// `x-request-id`), and underscore look-alikes of those ([`lookalike`]).
 pub fn forward_rule(name: &[u8]) -> Forward {
-    match classify(name) {
+    forward_rule_of(classify(name), name)
+}
+
+/// [`forward_rule`] for a name already classified as `kind`.
+pub fn forward_rule_of(kind: Name, name: &[u8]) -> Forward {
+    match kind {
         Name::Host => Forward::Host,
         Name::XForwardedFor => Forward::ForwardedFor,
         Name::ContentLength => Forward::Length,
@@ -174,29 +179,43 @@ pub fn valid_host(v: &[u8]) -> bool {
     let literal = host.first() == Some(&b'[');
     port.iter().all(u8::is_ascii_digit)
         && host.iter().enumerate().all(|(i, &b)| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
+            HOST_BYTE[usize::from(b)]
                 // An IP literal: `[` first, `]` last, `:` between.
                 || (literal && (b == b':' || (b == b'[' && i == 0) || (b == b']' && i == host.len() - 1)))
         })
 }
+
+/// The bytes a reg-name or IP address may hold (RFC 3986 §3.2.2:
+/// unreserved, sub-delims and `%` of a pct-encoding), as a table: a Host
+/// is checked on every request.
+static HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Whether a Transfer-Encoding value names only codings the proxy
 /// understands: `chunked`. Any other (`gzip, chunked`) is answered 501
