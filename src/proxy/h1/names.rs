@@ -136,7 +136,8 @@ pub fn forward_rule_of(kind: Name, name: &[u8]) -> Forward {
 /// underscored name by default. Other underscored names (`x_user_id`)
 /// pass unchanged — they are valid tokens and may be a unit header.
 pub fn lookalike(name: &[u8]) -> bool {
-    if !name.contains(&b'_') {
+    // Header names are short: a plain loop, not a call to memchr.
+    if !name.iter().any(|&b| b == b'_') {
         return false;
     }
     let mut buf = [0u8; 32];
@@ -164,6 +165,16 @@ fn dashed_prefix(name: &[u8]) -> bool {
 /// around an IP literal, and a port of digits only (`t:abc` is refused).
 /// Empty is allowed (a target without authority).
 pub fn valid_host(v: &[u8]) -> bool {
+    if v.first() != Some(&b'[') {
+        // The usual name or IPv4 address, in one pass: name bytes up to
+        // the first `:`, digits after it, no second `:`.
+        let mut in_port = false;
+        return v.iter().all(|&b| match b {
+            b':' => !std::mem::replace(&mut in_port, true),
+            _ if in_port => b.is_ascii_digit(),
+            _ => HOST_BYTE[usize::from(b)],
+        });
+    }
     let (host, rest) = match v.first() {
         Some(b'[') => match v.iter().position(|&b| b == b']') {
             Some(end) => v.split_at(end + 1),
