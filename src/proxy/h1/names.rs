@@ -136,8 +136,7 @@ pub fn forward_rule_of(kind: Name, name: &[u8]) -> Forward {
 /// underscored name by default. Other underscored names (`x_user_id`)
 /// pass unchanged — they are valid tokens and may be a unit header.
 pub fn lookalike(name: &[u8]) -> bool {
-    // Header names are short: a plain loop, not a call to memchr.
-    if !name.iter().any(|&b| b == b'_') {
+    if !name.contains(&b'_') {
         return false;
     }
     let mut buf = [0u8; 32];
