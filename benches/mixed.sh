@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The first minutes of an experiment, as a curve over time: cohort starts on
+# an empty store and BENCH_USERS users (default 1M) arrive at random, so
+# nearly every early request is a first exposure and the share falls as the
+# store fills. Intervals of INTERVAL seconds alternate between cohort and
+# NGINX split_clients (the same wrk load, the same pinned cores as the
+# shared harness: load on core 0, proxy and backends on core 1), and each
+# pair prints one line:
+#
+#   t_s  cohort_rps  nginx_rps  ratio  cohort_p99_us  nginx_p99_us  first_exposure_share
+#
+# t_s counts cohort's serving time only (its store fills only while it
+# serves); the share is the interval's first exposures over its requests,
+# from cohort's /metrics. Needs: apt-get install -y nginx wrk
+#
+#   benches/mixed.sh                       # 12 intervals of 5 s
+#   INTERVALS=24 INTERVAL=5 CONNS=64 BENCH_USERS=1000000 benches/mixed.sh
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+INTERVALS=${INTERVALS:-12} INTERVAL=${INTERVAL:-5} CONNS=${CONNS:-64}
+export BENCH_USERS=${BENCH_USERS:-1000000}
+cargo build --release --manifest-path "$root/Cargo.toml" >&2
+new_run_dir
+start_backends "$dir"
+echo $! > "$dir/backends.pid"
+cp "$harness/conf/nginx-split.conf" "$dir/"
+taskset -c 1 nginx -p "$dir/" -c "$dir/nginx-split.conf" -e "$dir/logs/split.log" &
+nginx_pid=$!
+echo "bench-token-$RANDOM$RANDOM" > "$dir/token"
+BENCH_STORE="{ path: $dir/data }" BENCH_ACCESS_LOG=$dir/access.jsonl \
+  BENCH_EXTRA="admin: { listen: 127.0.0.1:18099, token_file: $dir/token }" \
+  bench_config "$dir/cohort.yaml" 18090
+(cd "$dir" && exec taskset -c 1 "$root/target/release/cohort" --config "$dir/cohort.yaml") >"$dir/cohort.out" 2>&1 &
+echo $! > "$dir/cohort.pid"
+trap 'kill $nginx_pid 2>/dev/null; for p in "$dir"/cohort.pid "$dir"/backends.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.3; rm -rf "$dir"' EXIT
+for port in 18090 8081; do
+  for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/predict" -H 'x-user-id: probe' && break; sleep 0.1; done
+done
+
+# Sum of a counter family on cohort's /metrics (experiment bench only).
+counter() {
+  curl -s 127.0.0.1:18099/metrics | awk -v m="$1" '$1 ~ "^"m"\\{" && $1 ~ /experiment="bench"/ {s += $2} END {printf "%d\n", s}'
+}
+# One wrk interval against a port: prints "rps p99_us".
+load() {
+  taskset -c 0 wrk -t2 -c"$CONNS" -d"${INTERVAL}s" --timeout 5s -s "$harness/lua/predict.lua" \
+    "http://127.0.0.1:$1/predict" 2>&1 | sed -n 's/.*rps=\([0-9.]*\).*p99_us=\([0-9]*\).*/\1 \2/p'
+}
+printf "t_s\tcohort_rps\tnginx_rps\tratio\tcohort_p99_us\tnginx_p99_us\tfirst_exposure_share\n"
+req0=$(counter cohort_requests_total) new0=$(counter cohort_first_exposures_total)
+for i in $(seq "$INTERVALS"); do
+  read -r c_rps c_p99 < <(load 18090)
+  req1=$(counter cohort_requests_total) new1=$(counter cohort_first_exposures_total)
+  read -r n_rps n_p99 < <(load 8081)
+  python3 -c "import sys
+t,c,n,cp,np,dr,dn=sys.argv[1:]
+print(f'{t}\t{float(c):.0f}\t{float(n):.0f}\t{float(c)/float(n):.2f}\t{cp}\t{np}\t{int(dn)/max(1,int(dr)):.3f}')" \
+    $((i * INTERVAL)) "$c_rps" "$n_rps" "$c_p99" "$n_p99" $((req1 - req0)) $((new1 - new0))
+  req0=$req1 new0=$new1
+done
