@@ -32,7 +32,7 @@
 //! Names, labels and the meaning of each series: docs/metrics.md.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -129,24 +129,45 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// (sum in seconds, count, per-bucket counts).
-    fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    /// Several copies of one histogram read as one: (sum in seconds,
+    /// count, per-bucket counts).
+    fn read<'a>(
+        copies: impl Iterator<Item = &'a Histogram> + Clone,
+    ) -> (f64, u64, Vec<(f64, u64)>) {
         let counts: Vec<(f64, u64)> = BOUNDS
             .iter()
             .copied()
             .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(b, c)| (b, c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, b)| {
+                let n = copies
+                    .clone()
+                    .map(|h| h.buckets[i].load(Ordering::Relaxed))
+                    .sum();
+                (b, n)
+            })
             .collect();
         let count = counts.iter().map(|(_, c)| c).sum();
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, count, counts)
+        let sum_ns: u64 = copies.map(|h| h.sum_ns.load(Ordering::Relaxed)).sum();
+        (sum_ns as f64 / 1e9, count, counts)
     }
 }
 
-/// One (experiment, variant)'s request counters.
+/// One (experiment, variant)'s request counters, in [`SHARDS`] copies.
 struct VariantMeter {
     name: Arc<str>,
+    shards: Box<[Shard]>,
+}
+
+/// How many copies of each variant's counters there are. Every thread
+/// counts into one of its own ([`my_shard`]), so workers on different
+/// cores do not write the same cache line on every request; `/metrics`
+/// sums the copies.
+const SHARDS: usize = 16;
+
+/// One thread's copy of a variant's counters, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
     /// By reason, then status class.
     requests: [[AtomicU64; CLASSES.len()]; REASONS.len()],
     duration: Histogram,
@@ -155,15 +176,39 @@ struct VariantMeter {
     degraded: AtomicU64,
 }
 
+/// Hands each thread that counts its shard index.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// This thread's shard index.
+fn my_shard() -> usize {
+    MY_SHARD.with(|s| *s)
+}
+
 impl VariantMeter {
     fn new(name: &str) -> Arc<VariantMeter> {
         Arc::new(VariantMeter {
             name: Arc::from(name),
-            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            duration: Histogram::new(),
-            upstream: Histogram::new(),
-            degraded: AtomicU64::new(0),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+                    duration: Histogram::new(),
+                    upstream: Histogram::new(),
+                    degraded: AtomicU64::new(0),
+                })
+                .collect(),
         })
+    }
+
+    /// A counter summed over the shards.
+    fn sum(&self, pick: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| pick(s).load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -355,6 +400,7 @@ impl Metrics {
             4 => 2,
             _ => 3,
         };
+        let v = &v.shards[my_shard()];
         v.requests[reason][class].fetch_add(1, Ordering::Relaxed);
         if rec.store_degraded {
             v.degraded.fetch_add(1, Ordering::Relaxed);
@@ -540,15 +586,15 @@ impl Collector for Scrape {
 
         let mut requests = Vec::new();
         for (x, v) in &slots {
-            for (r, row) in v.requests.iter().enumerate() {
-                for (c, n) in row.iter().enumerate() {
-                    let n = n.load(Ordering::Relaxed);
+            for (r, reason) in REASONS.iter().enumerate() {
+                for (c, class) in CLASSES.iter().enumerate() {
+                    let n = v.sum(|s| &s.requests[r][c]);
                     if n > 0 {
                         let labels = [
                             ("experiment", *x),
                             ("variant", &*v.name),
-                            ("reason", REASONS[r]),
-                            ("code_class", CLASSES[c]),
+                            ("reason", *reason),
+                            ("code_class", *class),
                         ];
                         requests.push((labels, n));
                     }
@@ -566,17 +612,17 @@ impl Collector for Scrape {
             (
                 REQUEST_DURATION,
                 "Time from the request's arrival to the last response byte, in seconds",
-                (|v: &VariantMeter| &v.duration) as fn(&VariantMeter) -> &Histogram,
+                (|s: &Shard| &s.duration) as fn(&Shard) -> &Histogram,
             ),
             (
                 UPSTREAM_DURATION,
                 "Time from sending the request upstream to its response head (or failure), in seconds",
-                |v: &VariantMeter| &v.upstream,
+                |s: &Shard| &s.upstream,
             ),
         ] {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (x, v) in &slots {
-                let (sum, count, buckets) = pick(v).read();
+                let (sum, count, buckets) = Histogram::read(v.shards.iter().map(pick));
                 if count == 0 {
                     continue;
                 }
@@ -678,7 +724,7 @@ impl Collector for Scrape {
                 let n = x
                     .variants
                     .iter()
-                    .map(|v| v.degraded.load(Ordering::Relaxed))
+                    .map(|v| v.sum(|s| &s.degraded))
                     .sum::<u64>();
                 ([("experiment", &*x.name)], n)
             })
@@ -735,12 +781,35 @@ mod tests {
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(60));
-        let (sum, count, buckets) = h.read();
+        let (sum, count, buckets) = Histogram::read([&h].into_iter());
         assert_eq!(count, 3);
         assert!((sum - 60.0033).abs() < 1e-9);
         assert_eq!(buckets[0], (0.0005, 1));
         assert_eq!(buckets[3], (0.005, 1));
         assert_eq!(buckets[BOUNDS.len()], (f64::INFINITY, 1));
+    }
+
+    #[test]
+    fn counts_from_many_threads_are_summed_over_the_shards() {
+        let m = Metrics::new();
+        let mut rec = crate::observe::access_log::sample_record();
+        rec.experiment = None;
+        rec.status = 200;
+        rec.reason = None;
+        let threads = SHARDS + 5;
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| (0..100).for_each(|_| m.count(&rec)));
+            }
+        });
+        let text = m.render(ProcessFacts::default());
+        let total = threads * 100;
+        for line in [
+            format!("cohort_requests_total{{experiment=\"\",variant=\"\",reason=\"none\",code_class=\"2xx\"}} {total}"),
+            format!("cohort_request_duration_seconds_count{{experiment=\"\",variant=\"\"}} {total}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]
