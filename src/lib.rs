@@ -23,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 mod error;
+mod intern;
 mod observe;
 pub mod proxy;
 pub mod reload;

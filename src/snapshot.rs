@@ -16,6 +16,7 @@ use crate::assign::ledger::Ledger;
 use crate::assign::store::Store;
 use crate::assign::{Assigner, ExperimentSpec};
 use crate::config::{Config, ExperimentConfig, LogUnit, MissingUnitPolicy, Route};
+use crate::intern::intern;
 use crate::proxy::upstream::Upstream;
 
 /// One applied config, ready for requests: routes, assigners, upstream
@@ -23,7 +24,7 @@ use crate::proxy::upstream::Upstream;
 /// the next one.
 pub struct Snapshot {
     pub(crate) config: Arc<Config>,
-    pub(crate) version: Arc<str>,
+    pub(crate) version: &'static str,
     /// Exact routes. A config has a handful, and a scan of a short Vec is
     /// cheaper than hashing the path with SipHash on every request.
     exact: Vec<(String, usize)>,
@@ -39,7 +40,7 @@ pub struct Snapshot {
 /// One experiment as requests use it: its stamps, how to read the unit,
 /// its assigner and where each variant's requests go.
 pub struct ExperimentRoute {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: &'static str,
     pub(crate) name_header: HeaderValue,
     pub(crate) unit_header: HeaderName,
     pub(crate) on_missing_unit: MissingUnitPolicy,
@@ -60,7 +61,7 @@ impl ExperimentRoute {
 }
 
 pub(crate) struct VariantRoute {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: &'static str,
     pub(crate) header: HeaderValue,
     pub(crate) upstream: Arc<Upstream>,
     /// Serves the variant while its own upstream has no endpoint up.
@@ -111,7 +112,7 @@ impl Snapshot {
             }
             experiments.push(ExperimentRoute {
                 epoch_headers: (0..=l.current().epoch.0).map(HeaderValue::from).collect(),
-                name: Arc::from(x.name.as_str()),
+                name: intern(&x.name),
                 name_header: HeaderValue::from_str(&x.name).expect("validated name"),
                 unit_header: HeaderName::from_bytes(x.unit_header.as_bytes())
                     .expect("validated header"),
@@ -121,7 +122,7 @@ impl Snapshot {
                     .variants
                     .iter()
                     .map(|v| VariantRoute {
-                        name: Arc::from(v.name.as_str()),
+                        name: intern(&v.name),
                         header: HeaderValue::from_str(&v.name).expect("validated name"),
                         upstream: upstreams[&v.upstream].clone(),
                         fallback: v.fallback.as_ref().map(|f| upstreams[f].clone()),
@@ -130,7 +131,7 @@ impl Snapshot {
             });
         }
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        let version: Arc<str> = Arc::from(config.version());
+        let version = intern(&config.version());
         Snapshot {
             version,
             exact,

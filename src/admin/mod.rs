@@ -178,7 +178,7 @@ fn upstreams(state: &State) -> Resp {
     let list: Vec<Value> = names.iter().map(|n| snap.upstreams[*n].view()).collect();
     reply(
         StatusCode::OK,
-        json!({ "config_version": &*snap.version, "upstreams": list }),
+        json!({ "config_version": snap.version, "upstreams": list }),
     )
 }
 
@@ -186,7 +186,7 @@ async fn ready(state: &State) -> Resp {
     match state.store.sync().await {
         Ok(()) => reply(
             StatusCode::OK,
-            json!({ "status": "ready", "config_version": &*state.snapshot().version }),
+            json!({ "status": "ready", "config_version": state.snapshot().version }),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e),
     }
@@ -353,7 +353,7 @@ async fn reload(state: &State) -> Resp {
     let resp = match &outcome {
         Ok(Reloaded::Unchanged) => reply(
             StatusCode::OK,
-            json!({ "status": "unchanged", "config_version": &*state.snapshot().version }),
+            json!({ "status": "unchanged", "config_version": state.snapshot().version }),
         ),
         Ok(Reloaded::Applied {
             plan,
@@ -379,13 +379,13 @@ async fn pause(state: &State, name: &str, paused: bool) -> Resp {
     match state.set_paused(name, paused).await {
         Ok(()) => {
             let snap = state.snapshot();
-            let x = snap.experiments.iter().find(|x| &*x.name == name);
+            let x = snap.experiments.iter().find(|x| x.name == name);
             reply(
                 StatusCode::OK,
                 json!({
                     "experiment": name,
                     "admin_paused": paused,
-                    "paused_in_file": x.is_some_and(|x| snap.config.experiment(&x.name).is_some_and(|c| c.paused)),
+                    "paused_in_file": x.is_some_and(|x| snap.config.experiment(x.name).is_some_and(|c| c.paused)),
                     "paused": x.is_some_and(|x| x.assigner.paused()),
                 }),
             )

@@ -216,7 +216,7 @@ impl VariantMeter {
 /// variant, and the SRM verdict.
 struct EpochMeter {
     epoch: u32,
-    variants: Vec<Arc<str>>,
+    variants: Vec<&'static str>,
     /// Basis points, in variant order.
     weights: Vec<u32>,
     first: Vec<AtomicU64>,
@@ -237,7 +237,7 @@ impl EpochMeter {
 /// One experiment's slots. Rebuilt (sharing its counters) on every
 /// [`Metrics::track`].
 struct ExperimentMeter {
-    name: Arc<str>,
+    name: &'static str,
     /// Every variant ever configured, then the `none` slot (unless a
     /// variant is itself called `none`).
     variants: Vec<Arc<VariantMeter>>,
@@ -271,7 +271,7 @@ pub(crate) struct Metrics {
     reloads_applied: AtomicU64,
     reloads_rejected: AtomicU64,
     /// One [`Metrics::track`] at a time; when each experiment last warned.
-    changes: Mutex<HashMap<Arc<str>, Instant>>,
+    changes: Mutex<HashMap<&'static str, Instant>>,
 }
 
 impl Metrics {
@@ -299,7 +299,7 @@ impl Metrics {
         m
     }
 
-    fn lock_changes(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Instant>> {
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Instant>> {
         self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -312,7 +312,7 @@ impl Metrics {
         let mut next = Vec::with_capacity(old.len() + snap.experiments.len());
         for x in &snap.experiments {
             let prev = old.iter().find(|m| m.name == x.name);
-            let cfg = snap.config.experiment(&x.name);
+            let cfg = snap.config.experiment(x.name);
             let mut variants: Vec<Arc<VariantMeter>> =
                 prev.map(|p| p.variants.clone()).unwrap_or_default();
             let mut add = |name: &str| {
@@ -321,7 +321,7 @@ impl Metrics {
                 }
             };
             for v in &x.variants {
-                add(&v.name);
+                add(v.name);
             }
             add(NO_VARIANT);
             let mut epochs = prev.map(|p| p.epochs.clone()).unwrap_or_default();
@@ -334,7 +334,7 @@ impl Metrics {
                         .unwrap_or_else(|| vec![0; x.variants.len()]);
                     epochs.push(Arc::new(EpochMeter {
                         epoch,
-                        variants: x.variants.iter().map(|v| v.name.clone()).collect(),
+                        variants: x.variants.iter().map(|v| v.name).collect(),
                         weights,
                         first: x.variants.iter().map(|_| AtomicU64::new(0)).collect(),
                         p_value: AtomicU64::new(1f64.to_bits()),
@@ -352,7 +352,7 @@ impl Metrics {
                 })
                 .collect();
             next.push(Arc::new(ExperimentMeter {
-                name: x.name.clone(),
+                name: x.name,
                 variants,
                 epochs,
                 current: Some(current),
@@ -362,7 +362,7 @@ impl Metrics {
         for m in old.iter() {
             if !next.iter().any(|n| n.name == m.name) {
                 next.push(Arc::new(ExperimentMeter {
-                    name: m.name.clone(),
+                    name: m.name,
                     variants: m.variants.clone(),
                     epochs: m.epochs.clone(),
                     current: None,
@@ -377,16 +377,16 @@ impl Metrics {
     /// Atomics only: no lock, no allocation.
     pub(crate) fn count(&self, rec: &AccessRecord) {
         let all = self.experiments.load();
-        let x = rec.experiment.as_ref().and_then(|name| {
-            all.iter()
-                .find(|m| Arc::ptr_eq(&m.name, name) || m.name == *name)
-        });
+        let x = rec
+            .experiment
+            .as_ref()
+            .and_then(|name| all.iter().find(|m| m.name == *name));
         let v = match x {
             // The proxy's own lack of descriptors (503 `local_resource`) is
             // not the variant's failure: counted outside any experiment, so
             // no variant's 5xx rate (and alert) rises with it.
             Some(x) if rec.error != Some(crate::error::Cause::LocalResource) => {
-                x.variant(rec.variant.as_deref())
+                x.variant(rec.variant)
             }
             _ => &self.outside,
         };
@@ -412,7 +412,7 @@ impl Metrics {
         if !rec.first_exposure {
             return;
         }
-        let (Some(x), Some(variant)) = (x, rec.variant.as_deref()) else {
+        let (Some(x), Some(variant)) = (x, rec.variant) else {
             return;
         };
         if let Some(e) = x.epochs.iter().rev().find(|e| e.epoch == rec.epoch) {
@@ -470,7 +470,7 @@ impl Metrics {
             {
                 continue;
             }
-            warned.insert(x.name.clone(), now);
+            warned.insert(x.name, now);
             drop(warned);
             let observed: Vec<String> = e
                 .variants
@@ -726,7 +726,7 @@ impl Collector for Scrape {
                     .iter()
                     .map(|v| v.sum(|s| &s.degraded))
                     .sum::<u64>();
-                ([("experiment", &*x.name)], n)
+                ([("experiment", x.name)], n)
             })
             .collect();
         counter(

@@ -215,7 +215,7 @@ pub(crate) async fn route_request(
             // A reload can land between reading the snapshot and storing a
             // new unit; the store then refuses the stale epoch, and the unit
             // is assigned again under the snapshot that replaced it.
-            let name = first.name.clone();
+            let name = first.name;
             let mut idx = snap
                 .experiments
                 .iter()
@@ -225,9 +225,9 @@ pub(crate) async fn route_request(
             let mut tries = 0;
             let outcome = loop {
                 let x = &cur.experiments[idx];
-                rec.experiment = Some(x.name.clone());
+                rec.experiment = Some(x.name);
                 rec.current_epoch = x.assigner.epoch.0;
-                rec.config_version = cur.version.clone();
+                rec.config_version = cur.version;
                 match assign(state, x, &cur.log_unit, headers, rec).await {
                     Err(ProxyError::StaleSnapshot) if tries < STALE_RETRIES => {
                         tries += 1;
@@ -249,7 +249,7 @@ pub(crate) async fn route_request(
             match outcome {
                 Ok(served) => {
                     let v = &x.variants[served.variant];
-                    rec.variant = Some(v.name.clone());
+                    rec.variant = Some(v.name);
                     rec.epoch = served.epoch.0;
                     rec.reason = Some(served.reason.as_str());
                     rec.first_exposure = served.first_exposure;
@@ -282,7 +282,7 @@ pub(crate) async fn route_request(
                     }
                 }
                 Err(error) => {
-                    rec.variant = Some(Arc::from("none"));
+                    rec.variant = Some("none");
                     return Err(Refused {
                         error,
                         stamps: Some(Stamps {
@@ -320,7 +320,7 @@ pub(crate) fn pick_endpoint(
             ))
         }
     };
-    rec.upstream = Some(lease.endpoint().address.clone());
+    rec.upstream = Some(lease.endpoint().address);
     Ok(lease)
 }
 
@@ -689,7 +689,7 @@ pub(crate) fn log_unparsed(state: &State, e: &ProxyError) {
     let mut rec = AccessRecord::unparsed(
         std::time::SystemTime::now(),
         state.next_request_id(),
-        state.snapshot().version.clone(),
+        state.snapshot().version,
     );
     rec.status = e.status().as_u16();
     rec.error = Some(e.cause());
@@ -767,7 +767,7 @@ mod tests {
                 HeaderValue::from_static("rid"),
                 Method::POST,
                 http::Uri::from_static("/x"),
-                Arc::from("v"),
+                "v",
             );
             let a = GrpcAnswer::new(&e, &mut rec);
             (

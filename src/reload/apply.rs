@@ -133,7 +133,7 @@ impl State {
         let ledger = self.store.ledger();
         let behind = cur.experiments.iter().any(|x| {
             ledger
-                .get(&x.name)
+                .get(x.name)
                 .is_some_and(|l| l.current().epoch != x.assigner.epoch)
         });
         if !behind {

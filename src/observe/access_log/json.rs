@@ -35,13 +35,13 @@ impl AccessRecord {
         o.opt_str(k!("path"), self.path.as_ref().map(Uri::path));
         o.str(k!("protocol"), self.protocol);
         o.uint(k!("status"), u64::from(self.status));
-        o.opt_str(k!("experiment"), self.experiment.as_deref());
+        o.opt_str(k!("experiment"), self.experiment);
         match &self.unit {
             Some(LoggedUnit::Raw(v)) => o.bytes(k!("unit"), v.as_bytes()),
             Some(LoggedUnit::Hashed(h)) => o.str(k!("unit"), h),
             None => o.null(k!("unit")),
         }
-        o.opt_str(k!("variant"), self.variant.as_deref());
+        o.opt_str(k!("variant"), self.variant);
         o.uint(k!("epoch"), u64::from(self.epoch));
         o.uint(k!("current_epoch"), u64::from(self.current_epoch));
         o.bool(k!("first_exposure"), self.first_exposure);
@@ -61,7 +61,7 @@ impl AccessRecord {
             Some(b) => o.uint(k!("bucket"), u64::from(b)),
             None => o.null(k!("bucket")),
         }
-        o.opt_str(k!("upstream"), self.upstream.as_deref());
+        o.opt_str(k!("upstream"), self.upstream);
         if self.fallback {
             o.bool(k!("fallback"), true);
         }
@@ -72,7 +72,7 @@ impl AccessRecord {
         o.millis(k!("total_ms"), self.total_time);
         o.uint(k!("bytes_in"), self.bytes_in);
         o.uint(k!("bytes_out"), self.bytes_out);
-        o.str(k!("config_version"), &self.config_version);
+        o.str(k!("config_version"), self.config_version);
         o.opt_str(k!("error"), self.error.map(Cause::as_str));
         o.end();
     }
@@ -260,7 +260,7 @@ mod tests {
     use crate::observe::access_log::sample_record as record;
     use http::HeaderValue;
     use serde_json::{json, Value};
-    use std::sync::Arc;
+
     use std::time::SystemTime;
 
     fn line(r: &AccessRecord) -> String {
@@ -359,7 +359,7 @@ mod tests {
             HeaderValue::from_static("r"),
             Method::GET,
             Uri::from_static("/"),
-            Arc::from("v"),
+            "v",
         );
         let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
         for k in [
@@ -383,7 +383,7 @@ mod tests {
         let mut r = record();
         let unit = HeaderValue::from_bytes(b"a\"b\\c\td\xffz").expect("obs-text is allowed");
         r.unit = Some(LoggedUnit::Raw(unit));
-        r.experiment = Some(Arc::from("line\nbreak\r\u{1}\u{8}\u{c}é"));
+        r.experiment = Some("line\nbreak\r\u{1}\u{8}\u{c}é");
         let text = line(&r);
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(v["unit"], "a\"b\\c\td\u{fffd}z");

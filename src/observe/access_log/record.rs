@@ -2,7 +2,6 @@
 //! (shared strings and header values, no formatting) and rendered once by
 //! [`super::json`] when the response ends.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
@@ -26,9 +25,9 @@ pub struct AccessRecord {
     /// `http/1.1` or `h2` (`http/1.0` for the rare HTTP/1.0 client).
     pub protocol: &'static str,
     pub status: u16,
-    pub experiment: Option<Arc<str>>,
+    pub experiment: Option<&'static str>,
     pub unit: Option<LoggedUnit>,
-    pub variant: Option<Arc<str>>,
+    pub variant: Option<&'static str>,
     pub epoch: u32,
     pub current_epoch: u32,
     pub first_exposure: bool,
@@ -45,7 +44,7 @@ pub struct AccessRecord {
     pub store_degraded: bool,
     pub reason: Option<&'static str>,
     pub bucket: Option<u32>,
-    pub upstream: Option<Arc<str>>,
+    pub upstream: Option<&'static str>,
     /// Served by the variant's `fallback` upstream (its own had no endpoint
     /// up); logged only when true, with `upstream` naming the fallback.
     pub fallback: bool,
@@ -55,7 +54,7 @@ pub struct AccessRecord {
     pub total_time: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub config_version: Arc<str>,
+    pub config_version: &'static str,
     /// Why the proxy answered itself or the exchange failed.
     pub error: Option<Cause>,
 }
@@ -74,7 +73,7 @@ impl AccessRecord {
         request_id: HeaderValue,
         method: Method,
         path: Uri,
-        config_version: Arc<str>,
+        config_version: &'static str,
     ) -> AccessRecord {
         AccessRecord {
             at,
@@ -112,7 +111,7 @@ impl AccessRecord {
     pub fn unparsed(
         at: SystemTime,
         request_id: HeaderValue,
-        config_version: Arc<str>,
+        config_version: &'static str,
     ) -> AccessRecord {
         let mut r = AccessRecord::new(
             at,
@@ -137,11 +136,11 @@ pub(crate) mod tests {
             HeaderValue::from_static("req-1"),
             Method::POST,
             Uri::from_static("/predict?x=1"),
-            Arc::from("abc123"),
+            "abc123",
         );
         r.status = 200;
-        r.experiment = Some(Arc::from("ranker"));
-        r.variant = Some(Arc::from("new"));
+        r.experiment = Some("ranker");
+        r.variant = Some("new");
         r.epoch = 2;
         r.current_epoch = 3;
         r.first_exposure = true;
@@ -149,7 +148,7 @@ pub(crate) mod tests {
         r.in_experiment = true;
         r.reason = Some("sticky");
         r.bucket = Some(4321);
-        r.upstream = Some(Arc::from("127.0.0.1:9002"));
+        r.upstream = Some("127.0.0.1:9002");
         r.upstream_time = Some(Duration::from_micros(75));
         r.total_time = Duration::from_millis(2);
         r.bytes_in = 64;

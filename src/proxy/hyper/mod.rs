@@ -197,7 +197,7 @@ where
         core::request_id(&state, req.headers()),
         req.method().clone(),
         req.uri().clone(),
-        snap.version.clone(),
+        snap.version,
     );
     rec.protocol = protocol(req.version());
     let grpc = core::is_grpc(req.headers());
@@ -310,7 +310,7 @@ where
     drop(reclaim);
     cancelled.disarm();
     rec.upstream_time = Some(sent.elapsed());
-    rec.upstream = Some(lease.endpoint().address.clone());
+    rec.upstream = Some(lease.endpoint().address);
     let failure = match result {
         Ok(Ok(resp)) => match check_response(&resp) {
             Ok(()) => {

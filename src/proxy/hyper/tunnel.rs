@@ -137,7 +137,7 @@ pub(crate) async fn open<B>(
         Err(_) => Err(UpstreamFailure::Timeout),
     };
     rec.upstream_time = Some(sent.elapsed());
-    rec.upstream = Some(lease.endpoint().address.clone());
+    rec.upstream = Some(lease.endpoint().address);
     let mut resp = match result {
         Ok(resp) => resp,
         Err(f) => return Err((core::upstream_error(&upstream, f), rec, stamps)),

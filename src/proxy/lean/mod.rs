@@ -350,7 +350,7 @@ impl Connection {
             .buf
             .split_to(self.head.head_len + self.head.body_len)
             .freeze();
-        let Some(mut rec) = self.record(&bytes, &snap.version).await else {
+        let Some(mut rec) = self.record(&bytes, snap.version).await else {
             return false;
         };
         let req = h1::Request {
@@ -390,13 +390,9 @@ impl Connection {
             .exchange(&mut lease, &body, is_head, idempotent, sent)
             .await;
         rec.upstream_time = Some(sent.elapsed());
-        if rec
-            .upstream
-            .as_ref()
-            .is_some_and(|a| !Arc::ptr_eq(a, &lease.endpoint().address))
-        {
+        if rec.upstream.is_some() {
             // Retried on another endpoint after a connect failure.
-            rec.upstream = Some(lease.endpoint().address.clone());
+            rec.upstream = Some(lease.endpoint().address);
         }
         let upstream = lease.upstream();
         let error = match outcome {
@@ -424,7 +420,7 @@ impl Connection {
     /// The access record of the request at the front of `bytes` (parsed
     /// into `self.head`), or `None` when its target or method cannot be
     /// read (answered 400 and logged, as hyper's path does).
-    async fn record(&mut self, bytes: &Bytes, version: &Arc<str>) -> Option<AccessRecord> {
+    async fn record(&mut self, bytes: &Bytes, version: &'static str) -> Option<AccessRecord> {
         let req = h1::Request {
             bytes,
             head: &self.head,
@@ -444,7 +440,7 @@ impl Connection {
             core::request_id(&self.state, &req),
             method,
             uri,
-            version.clone(),
+            version,
         );
         rec.bytes_in = req.body().len() as u64;
         Some(rec)
@@ -463,8 +459,8 @@ impl Connection {
                 // if any, is never read: the connection closes.
                 let head = self.buf.split_to(self.head.head_len).freeze();
                 self.head.body_len = 0;
-                let version = self.state.snapshot().version.clone();
-                if let Some(rec) = self.record(&head, &version).await {
+                let version = self.state.snapshot().version;
+                if let Some(rec) = self.record(&head, version).await {
                     self.own_response(ProxyError::BadHost, None, rec, started, stop)
                         .await;
                 }
@@ -484,8 +480,8 @@ impl Connection {
         let started = std::time::Instant::now();
         let head = self.buf.split_to(self.head.head_len).freeze();
         self.head.body_len = 0;
-        let version = self.state.snapshot().version.clone();
-        if let Some(rec) = self.record(&head, &version).await {
+        let version = self.state.snapshot().version;
+        if let Some(rec) = self.record(&head, version).await {
             self.own_response(e, None, rec, started, stop).await;
         }
     }
@@ -521,7 +517,7 @@ impl Connection {
             core::request_id(&self.state, &req),
             method,
             uri,
-            self.state.snapshot().version.clone(),
+            self.state.snapshot().version,
         );
         rec.bytes_in = self.buf.len().saturating_sub(self.head.head_len) as u64;
         Some(rec)

@@ -54,13 +54,13 @@ async fn run(up: Weak<Upstream>, index: usize, check: HealthCheck) {
                         .build(),
                     h2: u.h2(),
                 });
-                (u.endpoints[index].address.clone(), u.host.clone(), via)
+                (u.endpoints[index].address, u.host.clone(), via)
             }
             None => return,
         };
         let probing = async {
             match via {
-                None => probe(&address, &host, &check.path).await,
+                None => probe(address, &host, &check.path).await,
                 Some(via) => probe_hyper(via, &host).await,
             }
         };

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::intern::intern;
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use http::Uri;
@@ -91,7 +92,7 @@ pub(crate) struct Endpoint {
     /// that names no endpoint then.
     client: Option<UpstreamClient>,
     /// `host:port`, as the access log names it.
-    pub address: Arc<str>,
+    pub address: &'static str,
     /// Idle lean-path connections, one list per worker thread, the most
     /// recently used last: a request takes and returns a connection on its
     /// own thread's list, so workers never wait on each other's lock.
@@ -216,7 +217,7 @@ impl Upstream {
                         })
                     }),
                     authority: a.parse().expect("validated authority"),
-                    address: Arc::from(a),
+                    address: intern(a),
                     idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
                     in_flight: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
@@ -277,7 +278,7 @@ impl Upstream {
             .map(|ep| {
                 let until = ep.ejected_until.load(Ordering::Relaxed);
                 serde_json::json!({
-                    "address": &*ep.address,
+                    "address": ep.address,
                     "state": ep.state(now),
                     "in_flight": ep.in_flight.load(Ordering::Relaxed),
                     "consecutive_failures": ep.failures.load(Ordering::Relaxed),
@@ -342,7 +343,7 @@ impl Endpoint {
 
     /// A new connection, bypassing the idle ones.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Checkout, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&*self.address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
