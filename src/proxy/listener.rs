@@ -43,12 +43,37 @@ struct Front {
     tunnels: watch::Receiver<bool>,
 }
 
+/// What an accept loop serves with; every worker holds a copy.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    pub state: Arc<State>,
+    /// How long in-flight requests may take once shutdown starts.
+    pub grace: Duration,
+    /// The lean HTTP/1.1 path for plain requests.
+    pub lean: bool,
+    /// How long clients may take, what they may send.
+    pub limits: ClientLimits,
+    /// Terminates TLS on every connection.
+    pub tls: Option<Arc<Tls>>,
+    /// `max_connections`' slots: one semaphore for the whole process,
+    /// whichever worker accepts.
+    pub slots: Option<Arc<Semaphore>>,
+    /// Other workers accept on the same socket: after each accept, let
+    /// them (and the new connection's first read) go first, so one worker
+    /// does not take a whole burst of connections.
+    pub share_accepts: bool,
+}
+
+impl Serving {
+    /// `limits.max_connections` slots, for [`Serving::slots`].
+    pub(crate) fn slots(limits: &ClientLimits) -> Option<Arc<Semaphore>> {
+        limits.max_connections.map(|n| Arc::new(Semaphore::new(n)))
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests; the WebSocket tunnels still open are left to
-/// [`Drained::tunnels`], after the caller released the store. `lean` picks the lean HTTP/1.1 path for plain
-/// requests; `limits` bound how long clients may take, what they may send
-/// and how many connections are served at once; `tls` terminates TLS on
-/// every connection.
+/// [`Drained::tunnels`], after the caller released the store.
 ///
 /// With `max_connections`, a slot is taken before each accept and held by
 /// the connection's task until it ends: past the limit the loop stops
@@ -58,13 +83,18 @@ struct Front {
 /// and logged as a warning at most once a minute.
 pub(crate) async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    lean: bool,
-    limits: ClientLimits,
-    tls: Option<Arc<Tls>>,
+    serving: Serving,
 ) -> Drained {
+    let Serving {
+        state,
+        grace,
+        lean,
+        limits,
+        tls,
+        slots,
+        share_accepts,
+    } = serving;
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
@@ -96,7 +126,6 @@ pub(crate) async fn serve(
         request,
         tunnels: tunnels.subscribe(),
     });
-    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     // When accepting last failed loudly: at most one warning a minute.
     let mut warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
@@ -154,6 +183,9 @@ pub(crate) async fn serve(
                             front.serve_plain(stream, peer, state, rx).await
                         });
                     }
+                }
+                if share_accepts {
+                    tokio::task::yield_now().await;
                 }
             }
             () = &mut shutdown => break,
