@@ -200,15 +200,7 @@ pub async fn run(
         // port then refuses new connections at once, as before.
         upgrades.abort();
     };
-    let serving = proxy::listener::Serving {
-        state: state.clone(),
-        grace,
-        lean,
-        limits: timeouts,
-        tls,
-        slots: proxy::listener::Serving::slots(&timeouts),
-        share_accepts: workers > 1,
-    };
+    let serving = proxy::listener::Serving::new(state.clone(), grace, lean, timeouts, tls, workers);
     // One worker serves on this thread's runtime, beside the control
     // plane; more each get a thread and a runtime of their own.
     let (drained, workers) = if workers == 1 {

@@ -12,8 +12,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -46,28 +46,58 @@ struct Front {
 /// What an accept loop serves with; every worker holds a copy.
 #[derive(Clone)]
 pub(crate) struct Serving {
-    pub state: Arc<State>,
+    state: Arc<State>,
     /// How long in-flight requests may take once shutdown starts.
-    pub grace: Duration,
+    grace: Duration,
     /// The lean HTTP/1.1 path for plain requests.
-    pub lean: bool,
+    lean: bool,
     /// How long clients may take, what they may send.
-    pub limits: ClientLimits,
+    limits: ClientLimits,
     /// Terminates TLS on every connection.
-    pub tls: Option<Arc<Tls>>,
+    tls: Option<Arc<Tls>>,
     /// `max_connections`' slots: one semaphore for the whole process,
     /// whichever worker accepts.
-    pub slots: Option<Arc<Semaphore>>,
+    slots: Option<Arc<Semaphore>>,
     /// Other workers accept on the same socket: after each accept, let
     /// them (and the new connection's first read) go first, so one worker
     /// does not take a whole burst of connections.
-    pub share_accepts: bool,
+    share_accepts: bool,
+    /// When a failing accept was last logged as a warning, by any worker.
+    warned: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Serving {
-    /// `limits.max_connections` slots, for [`Serving::slots`].
-    pub(crate) fn slots(limits: &ClientLimits) -> Option<Arc<Semaphore>> {
-        limits.max_connections.map(|n| Arc::new(Semaphore::new(n)))
+    /// For `workers` accept loops on the same socket.
+    pub(crate) fn new(
+        state: Arc<State>,
+        grace: Duration,
+        lean: bool,
+        limits: ClientLimits,
+        tls: Option<Arc<Tls>>,
+        workers: usize,
+    ) -> Serving {
+        Serving {
+            state,
+            grace,
+            lean,
+            limits,
+            tls,
+            slots: limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            share_accepts: workers > 1,
+            warned: Arc::default(),
+        }
+    }
+
+    /// Whether a failing accept is to be logged as a warning now: at most
+    /// once a minute, whichever worker's accept fails.
+    fn warn_now(&self) -> bool {
+        let mut last = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let due = last.is_none_or(|t| now.saturating_duration_since(t) >= ACCEPT_WARN_EVERY);
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 }
 
@@ -86,15 +116,12 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
     serving: Serving,
 ) -> Drained {
-    let Serving {
-        state,
-        grace,
-        lean,
-        limits,
-        tls,
-        slots,
-        share_accepts,
-    } = serving;
+    let (state, grace, lean, limits) = (
+        serving.state.clone(),
+        serving.grace,
+        serving.lean,
+        serving.limits,
+    );
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
@@ -126,11 +153,9 @@ pub(crate) async fn serve(
         request,
         tunnels: tunnels.subscribe(),
     });
-    // When accepting last failed loudly: at most one warning a minute.
-    let mut warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        let slot = match &slots {
+        let slot = match &serving.slots {
             Some(s) => tokio::select! {
                 slot = s.clone().acquire_owned() => Some(slot.expect("the semaphore is never closed")),
                 () = &mut shutdown => break,
@@ -144,9 +169,8 @@ pub(crate) async fn serve(
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning,
                         // and say so once, not 20 times a second.
-                        if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        if serving.warn_now() {
                             tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it works (logged once a minute)");
-                            warned = Some(std::time::Instant::now());
                         } else {
                             tracing::debug!(error = %e, "accept failed");
                         }
@@ -158,7 +182,7 @@ pub(crate) async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let (state, rx, front) = (state.clone(), stop.subscribe(), front.clone());
-                match &tls {
+                match &serving.tls {
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         tokio::spawn(async move {
@@ -184,7 +208,7 @@ pub(crate) async fn serve(
                         });
                     }
                 }
-                if share_accepts {
+                if serving.share_accepts {
                     tokio::task::yield_now().await;
                 }
             }
