@@ -184,6 +184,21 @@ pub async fn run(
     } else {
         "http"
     };
+    let serving = proxy::listener::Serving::new(state.clone(), grace, lean, timeouts, tls);
+    // One worker serves on this thread's runtime, beside the control
+    // plane; more each get a thread and a runtime of their own, started
+    // before anyone learns we are up. (`Err`: no pool, the listener this
+    // thread serves itself.)
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pool = if workers == 1 {
+        Err(listener)
+    } else {
+        let pool = listener
+            .into_std()
+            .and_then(|l| proxy::workers::start(workers, l, &serving, &stopped))
+            .map_err(RunError::Workers)?;
+        Ok(pool)
+    };
     tracing::info!(addr = %local, "listening on {scheme}://{local}");
     let (handed_tx, handed) = tokio::sync::oneshot::channel();
     let upgrades = tokio::spawn(async move {
@@ -200,23 +215,17 @@ pub async fn run(
         // port then refuses new connections at once, as before.
         upgrades.abort();
     };
-    let serving = proxy::listener::Serving::new(state.clone(), grace, lean, timeouts, tls, workers);
-    // One worker serves on this thread's runtime, beside the control
-    // plane; more each get a thread and a runtime of their own.
-    let (drained, workers) = if workers == 1 {
-        let drained = proxy::listener::serve(listener, shutdown, serving).await;
-        (vec![drained], None)
-    } else {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut pool = listener
-            .into_std()
-            .and_then(|l| proxy::workers::start(workers, l, &serving, &stopped))
-            .map_err(RunError::Workers)?;
-        drop(serving);
-        shutdown.await;
-        let _ = stop.send(true);
-        let drained = pool.drained().await;
-        (drained, Some(pool))
+    let (drained, pool) = match pool {
+        Err(listener) => {
+            let drained = proxy::listener::serve(listener, shutdown, serving, None).await;
+            (vec![drained], None)
+        }
+        Ok(mut pool) => {
+            drop(serving);
+            shutdown.await;
+            let _ = stop.send(true);
+            (pool.drained().await, Some(pool))
+        }
     };
     // Every connection is done, so nothing here assigns any more (a
     // WebSocket tunnel never does): the store is synced and let go now,
@@ -229,7 +238,7 @@ pub async fn run(
         d.tunnels().await;
     }
     flush_log(&state).await;
-    if let Some(pool) = workers {
+    if let Some(pool) = pool {
         pool.exit().await;
     }
     Ok(())

@@ -14,20 +14,25 @@
 //! duplicate of its descriptor registered in its own runtime's reactor,
 //! rather than each on a `SO_REUSEPORT` socket of its own:
 //!
-//! - Balance: the kernel hands a connection to whichever worker calls
-//!   accept first, and a busy worker calls it later; `SO_REUSEPORT`
-//!   hashes the client's address and port, so three long-lived keep-alive
-//!   clients land on one worker of two a quarter of the time, however
-//!   idle the other is.
 //! - No connection lost: the socket is the one a binary upgrade hands
 //!   over ([`crate::upgrade`]), and a connection waiting in its backlog is
 //!   accepted by whichever process, whichever worker, gets to it; a
 //!   closed `SO_REUSEPORT` socket resets the connections queued on it, so
 //!   a drain, or a new binary with another worker count, would drop some.
+//! - Balance by load, not by hash: `SO_REUSEPORT` spreads connections by
+//!   a hash of the client's address and port, so three long-lived
+//!   keep-alive clients land on one worker of two a quarter of the time,
+//!   however idle the other is. On a shared socket the kernel gives a
+//!   connection to whichever worker's `accept` runs first, which after a
+//!   burst (a client's pool opening) is mostly the first to wake; so the
+//!   worker that accepts a connection hands it to the worker with the
+//!   fewest open connections ([`super::listener::Seat`]), before any
+//!   reactor has it. Measured with `benches/workers.sh`.
 //!
 //! The cost is that an arriving connection wakes every idle worker's
-//! reactor and all but one find nothing to accept: one wasted wake-up per
-//! worker per new connection, nothing per request on a kept-alive one.
+//! reactor and all but one find nothing to accept, and a connection
+//! handed on wakes the worker it goes to: once per connection, nothing
+//! per request on a kept-alive one.
 //!
 //! Shutdown is one drain, led by the control plane: every worker stops
 //! accepting and drains its connections, then the store is released
@@ -42,7 +47,7 @@ use std::thread::JoinHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use super::listener::{serve, Drained, Serving};
+use super::listener::{seats, serve, Drained, Serving};
 
 /// The running workers.
 pub(crate) struct Workers {
@@ -65,7 +70,7 @@ pub(crate) fn start(
         drained: Vec::with_capacity(count),
         exit,
     };
-    for index in 0..count {
+    for (index, seat) in seats(count).into_iter().enumerate() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -86,7 +91,7 @@ pub(crate) fn start(
                     let shutdown = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    let _ = drained.send(serve(listener, shutdown, serving).await);
+                    let _ = drained.send(serve(listener, shutdown, serving, Some(seat)).await);
                     let _ = exit.wait_for(|e| *e).await;
                 });
             })?;
