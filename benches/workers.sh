@@ -10,12 +10,15 @@
 # share in the run. Needs: apt-get install -y nginx wrk
 #
 #   benches/workers.sh [COHORT_BIN]     (default: target/release/cohort)
+# BENCH_HARNESS, BENCH_OLD_UPSTREAM, BENCH_NEW_UPSTREAM: as for lib.sh (a
+# harness copy whose backends.conf listens elsewhere, when 9001 is taken).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/cohort}
 workers=${BENCH_WORKERS:-2}
 port=${BENCH_PORT:-8093}
-for p in 9001 9002 "$port"; do
+old=${BENCH_OLD_UPSTREAM:-127.0.0.1:9001} new=${BENCH_NEW_UPSTREAM:-127.0.0.1:9002}
+for p in "${old##*:}" "${new##*:}" "$port"; do
   if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "port $p is busy" >&2; exit 1; fi
 done
 new_run_dir
