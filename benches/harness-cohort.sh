@@ -2,7 +2,8 @@
 # PROXY_CMD for ../shared/bench/run.sh: writes a config from the harness's
 # variables, optionally seeds the store with SEED_USERS returning units
 # (user-1 ..= user-N, as the harness's wrk script names them), then execs
-# cohort on one worker thread (nginx runs one worker on the same core).
+# cohort on BENCH_WORKERS worker threads (default 1: nginx runs one worker on
+# the same core).
 #   harness-cohort.sh COHORT_BIN [SEED_BIN]
 set -euo pipefail
 BIN=${1:?path to the cohort binary}

@@ -30,6 +30,7 @@ start_backends() {
 # Writes the one bench config every script uses (experiment `bench`, 50/50
 # old/new on X-User-Id, salt `bench`, one worker thread) to $1, listening
 # on port $2. Environment, each with its default:
+#   BENCH_WORKERS     runtime.worker_threads (1)
 #   BENCH_STORE       the store block    ({ path: ./data })
 #   BENCH_ACCESS_LOG  the log's path     (./access.jsonl)
 #   BENCH_OLD_UPSTREAM, BENCH_NEW_UPSTREAM  (127.0.0.1:9001, 127.0.0.1:9002)
@@ -40,7 +41,7 @@ listen: 127.0.0.1:${2:-8090}
 ${BENCH_EXTRA:-}
 store: ${BENCH_STORE:-{ path: ./data \}}
 access_log: { path: ${BENCH_ACCESS_LOG:-./access.jsonl} }
-runtime: { worker_threads: 1 }
+runtime: { worker_threads: ${BENCH_WORKERS:-1} }
 upstreams:
   old: { url: http://${BENCH_OLD_UPSTREAM:-127.0.0.1:9001} }
   new: { url: http://${BENCH_NEW_UPSTREAM:-127.0.0.1:9002} }

@@ -67,6 +67,9 @@ pub enum RunError {
     /// SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 could not be hooked.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     /// Started by a binary upgrade, the listeners could not be taken
     /// over from the old process.
     #[error("binary upgrade: {0}")]
@@ -87,6 +90,7 @@ pub async fn run(
     let listen = listen_override.unwrap_or(config.listen);
     let grace = config.runtime.shutdown_timeout;
     let lean = config.runtime.http1_fast_path;
+    let workers = config.runtime.workers();
     let timeouts = proxy::lean::ClientTimeouts::of(&config.runtime);
     let tls = config.tls.as_ref().map(proxy::tls::Tls::load).transpose()?;
     // Every handler is in place before anyone can learn we are up: a SIGHUP
@@ -181,6 +185,21 @@ pub async fn run(
     } else {
         "http"
     };
+    let serving = proxy::listener::Serving::new(state.clone(), grace, lean, timeouts, tls);
+    // One worker serves on this thread's runtime, beside the control
+    // plane; more each get a thread and a runtime of their own, started
+    // before anyone learns we are up. (`Err`: no pool, the listener this
+    // thread serves itself.)
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pool = if workers == 1 {
+        Err(listener)
+    } else {
+        let pool = listener
+            .into_std()
+            .and_then(|l| proxy::workers::start(workers, l, &serving, &stopped))
+            .map_err(RunError::Workers)?;
+        Ok(pool)
+    };
     tracing::info!(addr = %local, "listening on {scheme}://{local}");
     let (handed_tx, handed) = tokio::sync::oneshot::channel();
     let upgrades = tokio::spawn(async move {
@@ -197,16 +216,18 @@ pub async fn run(
         // port then refuses new connections at once, as before.
         upgrades.abort();
     };
-    let drained = proxy::listener::serve(
-        listener,
-        state.clone(),
-        shutdown,
-        grace,
-        lean,
-        timeouts,
-        tls,
-    )
-    .await;
+    let (drained, pool) = match pool {
+        Err(listener) => {
+            let drained = proxy::listener::serve(listener, shutdown, serving, None).await;
+            (vec![drained], None)
+        }
+        Ok(mut pool) => {
+            drop(serving);
+            shutdown.await;
+            let _ = stop.send(true);
+            (pool.drained().await, Some(pool))
+        }
+    };
     // Every connection is done, so nothing here assigns any more (a
     // WebSocket tunnel never does): the store is synced and let go now,
     // and a binary upgrade's new process opens it without waiting for the
@@ -214,8 +235,13 @@ pub async fn run(
     if let Err(e) = state.store.release().await {
         tracing::error!(error = %e, "store sync at shutdown failed");
     }
-    drained.tunnels().await;
+    for d in drained {
+        d.tunnels().await;
+    }
     flush_log(&state).await;
+    if let Some(pool) = pool {
+        pool.exit().await;
+    }
     Ok(())
 }
 

@@ -417,17 +417,11 @@ fn run(
     listen: Option<std::net::SocketAddr>,
     demo: bool,
 ) -> ExitCode {
-    // One worker runs on the current-thread scheduler, on this thread:
-    // work stealing has nobody to steal for.
-    let workers = cfg.runtime.workers();
-    let mut rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let rt = match rt
+    // The control plane runs on this thread's current-thread runtime, and
+    // so does the data path with one worker; more workers each get a
+    // thread and a current-thread runtime of their own (thread-per-core,
+    // no work stealing: cohort::run).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")

@@ -12,14 +12,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::hyper::h2::{self, Opening};
 use super::hyper::RequestLimits;
@@ -43,12 +44,60 @@ struct Front {
     tunnels: watch::Receiver<bool>,
 }
 
+/// What an accept loop serves with; every worker holds a copy.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    state: Arc<State>,
+    /// How long in-flight requests may take once shutdown starts.
+    grace: Duration,
+    /// The lean HTTP/1.1 path for plain requests.
+    lean: bool,
+    /// How long clients may take, what they may send.
+    limits: ClientLimits,
+    /// Terminates TLS on every connection.
+    tls: Option<Arc<Tls>>,
+    /// `max_connections`' slots: one semaphore for the whole process,
+    /// whichever worker accepts.
+    slots: Option<Arc<Semaphore>>,
+    /// When a failing accept was last logged as a warning, by any worker.
+    warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Serving {
+    pub(crate) fn new(
+        state: Arc<State>,
+        grace: Duration,
+        lean: bool,
+        limits: ClientLimits,
+        tls: Option<Arc<Tls>>,
+    ) -> Serving {
+        Serving {
+            state,
+            grace,
+            lean,
+            limits,
+            tls,
+            slots: limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            warned: Arc::default(),
+        }
+    }
+
+    /// Whether a failing accept is to be logged as a warning now: at most
+    /// once a minute, whichever worker's accept fails.
+    fn warn_now(&self) -> bool {
+        let mut last = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let due = last.is_none_or(|t| now.saturating_duration_since(t) >= ACCEPT_WARN_EVERY);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for
 /// in-flight requests; the WebSocket tunnels still open are left to
-/// [`Drained::tunnels`], after the caller released the store. `lean` picks the lean HTTP/1.1 path for plain
-/// requests; `limits` bound how long clients may take, what they may send
-/// and how many connections are served at once; `tls` terminates TLS on
-/// every connection.
+/// [`Drained::tunnels`], after the caller released the store.
 ///
 /// With `max_connections`, a slot is taken before each accept and held by
 /// the connection's task until it ends: past the limit the loop stops
@@ -56,15 +105,23 @@ struct Front {
 /// cohort's memory) until one closes. A failing accept (EMFILE, ENFILE:
 /// out of descriptors) is retried every 50 ms, so the loop never spins,
 /// and logged as a warning at most once a minute.
+///
+/// With a `seat` among other workers accepting on the same socket, a
+/// connection accepted here is served by whichever worker has the fewest
+/// open connections ([`Seat::place`]), and the connections other workers
+/// hand here are served too.
 pub(crate) async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    lean: bool,
-    limits: ClientLimits,
-    tls: Option<Arc<Tls>>,
+    serving: Serving,
+    seat: Option<Seat>,
 ) -> Drained {
+    let (state, grace, lean, limits) = (
+        serving.state.clone(),
+        serving.grace,
+        serving.lean,
+        serving.limits,
+    );
     // Every connection task holds a receiver: the count of receivers is the
     // count of open connections, and `closed()` says they are all gone.
     let (stop, _) = watch::channel(false);
@@ -96,18 +153,61 @@ pub(crate) async fn serve(
         request,
         tunnels: tunnels.subscribe(),
     });
-    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-    // When accepting last failed loudly: at most one warning a minute.
-    let mut warned: Option<std::time::Instant> = None;
+    let worker = seat.as_ref().map_or(0, |s| s.index);
+    // A connection's task: served on the lean path, or hyper's, or TLS.
+    let spawn = |stream: TcpStream, peer: SocketAddr, hold: Hold| {
+        tracing::debug!(worker, %peer, "serving a connection");
+        let (state, rx, front) = (state.clone(), stop.subscribe(), front.clone());
+        match &serving.tls {
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    let _hold = hold;
+                    front.serve_tls(acceptor, stream, peer, state, rx).await
+                });
+            }
+            None if lean => {
+                tokio::spawn(async move {
+                    let _hold = hold;
+                    if let LeanExit::HandOff(HandOff {
+                        io,
+                        stop,
+                        state,
+                        why,
+                    }) = lean::serve(stream, peer, state, rx, limits).await
+                    {
+                        tracing::trace!(%peer, why, "connection handed to hyper");
+                        front.serve_plain(io, peer, state, stop).await;
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _hold = hold;
+                    front.serve_plain(stream, peer, state, rx).await
+                });
+            }
+        }
+    };
+    let mut seat = seat;
+    // A `max_connections` slot taken and not yet used by an accept.
+    let mut slot = None;
     tokio::pin!(shutdown);
     loop {
-        let slot = match &slots {
-            Some(s) => tokio::select! {
-                slot = s.clone().acquire_owned() => Some(slot.expect("the semaphore is never closed")),
+        if let (Some(slots), None) = (&serving.slots, &slot) {
+            tokio::select! {
+                taken = slots.clone().acquire_owned() => {
+                    slot = Some(taken.expect("the semaphore is never closed"));
+                }
+                Some(h) = handed(&mut seat) => {
+                    if let Some((stream, peer, hold)) = adopt(h) {
+                        spawn(stream, peer, hold);
+                    }
+                    continue;
+                }
                 () = &mut shutdown => break,
-            },
-            None => None,
-        };
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -115,9 +215,8 @@ pub(crate) async fn serve(
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning,
                         // and say so once, not 20 times a second.
-                        if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        if serving.warn_now() {
                             tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it works (logged once a minute)");
-                            warned = Some(std::time::Instant::now());
                         } else {
                             tracing::debug!(error = %e, "accept failed");
                         }
@@ -128,35 +227,32 @@ pub(crate) async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (state, rx, front) = (state.clone(), stop.subscribe(), front.clone());
-                match &tls {
-                    Some(tls) => {
-                        let acceptor = tls.acceptor();
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            front.serve_tls(acceptor, stream, peer, state, rx).await
-                        });
-                    }
-                    None if lean => {
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            if let LeanExit::HandOff(HandOff { io, stop, state, why }) =
-                                lean::serve(stream, peer, state, rx, limits).await
-                            {
-                                tracing::trace!(%peer, why, "connection handed to hyper");
-                                front.serve_plain(io, peer, state, stop).await;
-                            }
-                        });
-                    }
-                    None => {
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            front.serve_plain(stream, peer, state, rx).await
-                        });
+                let slot = slot.take();
+                match &seat {
+                    None => spawn(stream, peer, Hold { _slot: slot, _open: None }),
+                    Some(seat) => {
+                        if let Some((stream, hold)) = seat.place(stream, peer, slot) {
+                            spawn(stream, peer, hold);
+                        }
                     }
                 }
             }
+            Some(h) = handed(&mut seat) => {
+                if let Some((stream, peer, hold)) = adopt(h) {
+                    spawn(stream, peer, hold);
+                }
+            }
             () = &mut shutdown => break,
+        }
+    }
+    // Connections other workers handed over before this one stopped are
+    // served (and drained) like its own.
+    if let Some(seat) = &mut seat {
+        seat.inbox.close();
+        while let Ok(h) = seat.inbox.try_recv() {
+            if let Some((stream, peer, hold)) = adopt(h) {
+                spawn(stream, peer, hold);
+            }
         }
     }
     drop(listener);
@@ -177,6 +273,168 @@ pub(crate) async fn serve(
     // past the deadline) hold one now.
     drop(front);
     Drained { tunnels, deadline }
+}
+
+/// What a connection's task holds until it ends.
+struct Hold {
+    _slot: Option<OwnedSemaphorePermit>,
+    _open: Option<Open>,
+}
+
+/// A connection one worker accepted for another: not registered in any
+/// runtime's reactor until the worker that serves it adopts it.
+struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+    open: Open,
+}
+
+/// What the workers accepting on one socket share to balance their
+/// connections: each one's count of open connections, and its inbox.
+struct Peers {
+    open: Box<[OpenCount]>,
+    inboxes: Box<[mpsc::UnboundedSender<Handed>]>,
+}
+
+/// One worker's count of open connections, on a cache line of its own.
+#[repr(align(64))]
+struct OpenCount(AtomicUsize);
+
+/// Counts a connection as open on a worker until it is dropped.
+struct Open {
+    peers: Arc<Peers>,
+    worker: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.peers.open[self.worker]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One worker's place among the workers that accept on one socket.
+pub(crate) struct Seat {
+    index: usize,
+    peers: Arc<Peers>,
+    inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// A seat for each of `workers` workers, `[i]` for worker `i`.
+pub(crate) fn seats(workers: usize) -> Vec<Seat> {
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let peers = Arc::new(Peers {
+        open: (0..workers)
+            .map(|_| OpenCount(AtomicUsize::new(0)))
+            .collect(),
+        inboxes: inboxes.into(),
+    });
+    receivers
+        .into_iter()
+        .enumerate()
+        .map(|(index, inbox)| Seat {
+            index,
+            peers: peers.clone(),
+            inbox,
+        })
+        .collect()
+}
+
+impl Seat {
+    /// Places a connection this worker accepted on the worker with the
+    /// fewest open connections, this one on a tie. Returns it to be served
+    /// here, or `None` once it was handed to another worker.
+    ///
+    /// The kernel gives a new connection to whichever worker's `accept`
+    /// runs first, and right after a burst of connections (a client pool
+    /// opening) the first worker to wake takes most of them; these stay
+    /// with it for their whole keep-alive life. Counting open connections
+    /// evens that out: three clients on two workers are served two and
+    /// one, not three and none. Moving a connection costs the other
+    /// worker a wake-up, once per connection, never per request.
+    fn place(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<(TcpStream, Hold)> {
+        let open = &self.peers.open;
+        let mut to = self.index;
+        let mut least = open[to].0.load(Ordering::Relaxed);
+        for (i, n) in open.iter().enumerate() {
+            let n = n.0.load(Ordering::Relaxed);
+            if n < least {
+                (to, least) = (i, n);
+            }
+        }
+        if to != self.index {
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    // Its reactor would not let it go (not seen happen).
+                    tracing::debug!(%peer, error = %e, "a connection could not be handed to another worker");
+                    return None;
+                }
+            };
+            let h = Handed {
+                stream,
+                peer,
+                slot,
+                open: self.open_on(to),
+            };
+            // Refused only once that worker stopped accepting: then it is
+            // served here.
+            let Err(mpsc::error::SendError(h)) = self.peers.inboxes[to].send(h) else {
+                return None;
+            };
+            let stream = TcpStream::from_std(h.stream).ok()?;
+            let hold = Hold {
+                _slot: h.slot,
+                _open: Some(self.open_on(self.index)),
+            };
+            return Some((stream, hold));
+        }
+        let hold = Hold {
+            _slot: slot,
+            _open: Some(self.open_on(self.index)),
+        };
+        Some((stream, hold))
+    }
+
+    /// Counts a connection open on `worker`.
+    fn open_on(&self, worker: usize) -> Open {
+        self.peers.open[worker].0.fetch_add(1, Ordering::Relaxed);
+        Open {
+            peers: self.peers.clone(),
+            worker,
+        }
+    }
+}
+
+/// The next connection another worker handed here; never, without a seat.
+async fn handed(seat: &mut Option<Seat>) -> Option<Handed> {
+    match seat {
+        Some(seat) => seat.inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A handed connection, registered in this worker's reactor.
+fn adopt(h: Handed) -> Option<(TcpStream, SocketAddr, Hold)> {
+    let hold = Hold {
+        _slot: h.slot,
+        _open: Some(h.open),
+    };
+    match TcpStream::from_std(h.stream) {
+        Ok(stream) => Some((stream, h.peer, hold)),
+        Err(e) => {
+            tracing::debug!(peer = %h.peer, error = %e, "a connection handed from another worker could not be registered");
+            None
+        }
+    }
 }
 
 /// A listener whose connections are drained: what is left is its

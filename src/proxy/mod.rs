@@ -19,3 +19,4 @@ pub(crate) mod lean;
 pub(crate) mod listener;
 pub mod tls;
 pub(crate) mod upstream;
+pub(crate) mod workers;

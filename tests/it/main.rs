@@ -29,3 +29,4 @@ mod upstreams;
 mod util;
 mod vendor;
 mod warehouse;
+mod workers;

@@ -31,6 +31,7 @@
 //! ejection, [`health`] the active checks. Picking costs atomics only —
 //! no lock, no allocation — since the lean path picks once per request.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
@@ -93,9 +94,12 @@ pub(crate) struct Endpoint {
     client: Option<UpstreamClient>,
     /// `host:port`, as the access log names it.
     pub address: &'static str,
-    /// Idle lean-path connections, one list per worker thread, the most
-    /// recently used last: a request takes and returns a connection on its
-    /// own thread's list, so workers never wait on each other's lock.
+    /// Idle lean-path connections, one list per worker, the most recently
+    /// used last: a request takes and returns a connection on its own
+    /// worker's list only, so workers never wait on each other's lock, and
+    /// a connection is only ever used on the runtime whose reactor it is
+    /// registered with (each worker runs its own, see
+    /// [`crate::proxy::workers`]).
     idle: Box<[Mutex<IdleList>]>,
     /// Requests holding a [`Lease`] on it.
     in_flight: AtomicUsize,
@@ -111,11 +115,16 @@ pub(crate) struct Endpoint {
 /// Idle connections with the time each was returned.
 type IdleList = Vec<(TcpStream, Instant)>;
 
-/// Gives each thread that uses a pool its list index.
-static NEXT_LIST: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
-    static MY_LIST: usize = NEXT_LIST.fetch_add(1, Ordering::Relaxed);
+    /// This thread's worker index, its idle list in every pool: 0 on the
+    /// thread that serves alone, set by [`set_worker`] on the others.
+    static MY_LIST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread worker `index`: its lean-path connections go to and
+/// come from list `index` of each pool.
+pub(crate) fn set_worker(index: usize) {
+    MY_LIST.with(|i| i.set(index));
 }
 
 /// Set once an upstream that only hyper's client serves (HTTP/2 or TLS)
@@ -354,11 +363,12 @@ impl Endpoint {
     }
 
     /// Returns a connection whose last response was read to its end (at
-    /// `now`, which the caller has at hand). Each thread's list holds its
+    /// `now`, which the caller has at hand). Each worker's list holds its
     /// share of `max_idle`.
     pub(crate) fn checkin(&self, stream: TcpStream, now: Instant, max_idle: usize) {
         let cap = max_idle.div_ceil(self.idle.len());
-        let mut idle = self.idle[self.my_list()].lock().expect("idle pool lock");
+        let Some(mine) = self.my_list() else { return };
+        let mut idle = self.idle[mine].lock().expect("idle pool lock");
         if idle
             .first()
             .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= IDLE_TIMEOUT)
@@ -370,17 +380,21 @@ impl Endpoint {
         }
     }
 
-    /// The most recent idle connection of this thread's list, else of any
-    /// other (a connection returned on one thread serves any other).
+    /// The most recent idle connection of this worker's list; never
+    /// another's, whose connections belong to another runtime's reactor.
     fn pop_idle(&self) -> Option<(TcpStream, Instant)> {
-        let mine = self.my_list();
-        (0..self.idle.len())
-            .map(|i| (mine + i) % self.idle.len())
-            .find_map(|i| self.idle[i].lock().expect("idle pool lock").pop())
+        self.idle[self.my_list()?]
+            .lock()
+            .expect("idle pool lock")
+            .pop()
     }
 
-    fn my_list(&self) -> usize {
-        MY_LIST.try_with(|i| *i).unwrap_or(0) % self.idle.len()
+    /// This worker's list; none when the pool was built for fewer workers
+    /// than run (a reload that changed `runtime.worker_threads`, which
+    /// takes a restart): that worker then keeps no idle connections.
+    fn my_list(&self) -> Option<usize> {
+        let i = MY_LIST.try_with(Cell::get).unwrap_or(0);
+        (i < self.idle.len()).then_some(i)
     }
 }
 
@@ -423,23 +437,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_returned_on_one_thread_is_reused_on_another() {
+    async fn a_connection_on_another_workers_list_is_never_taken() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = upstream_on(&listener).await;
         let ep = &upstream.endpoints()[0];
         let t = Duration::from_secs(1);
         let first = ep.checkout(t).await.unwrap();
         assert!(!first.reused);
-        let (_server_side, _) = listener.accept().await.unwrap();
+        let (_a, _) = listener.accept().await.unwrap();
         let local = first.stream.local_addr().unwrap();
-        // As another worker thread would return it: into the other list.
-        let other = (ep.my_list() + 1) % ep.idle.len();
-        ep.idle[other]
-            .lock()
-            .unwrap()
-            .push((first.stream, Instant::now()));
+        // As worker 1 would return it: into its own list.
+        set_worker(1);
+        ep.checkin(first.stream, Instant::now(), 8);
+        set_worker(0);
+        let other = ep.checkout(t).await.unwrap();
+        assert!(!other.reused, "worker 0 took worker 1's connection");
+        assert_ne!(other.stream.local_addr().unwrap(), local);
+        let (_b, _) = listener.accept().await.unwrap();
+        set_worker(1);
         let again = ep.checkout(t).await.unwrap();
-        assert!(again.reused, "the idle connection was found");
+        set_worker(0);
+        assert!(again.reused, "worker 1 found its idle connection");
         assert_eq!(again.stream.local_addr().unwrap(), local);
     }
 

@@ -1,0 +1,75 @@
+//! Thread-per-core (issue 15): each worker serves the connections it was
+//! given for their whole life, and a new connection goes to the worker
+//! with the fewest open ones, so two clients holding one keep-alive
+//! connection each are served by two workers, whichever worker the kernel
+//! gave the second one to (which, left to itself, is often the same). Which worker serves a connection is the
+//! listener's debug line `serving a connection worker=N peer=ADDR`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+/// A new keep-alive connection, answered once, and the worker serving it.
+async fn connect_and_ask(cohort: &Cohort) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(cohort.addr).await.unwrap();
+    s.write_all(b"GET /nowhere HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while complete_responses(&got) < 1 {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let me = s.local_addr().unwrap();
+    let line = cohort.wait_for_log(&format!("peer={me}"), Duration::from_secs(5));
+    let worker = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("worker="))
+        .unwrap_or_else(|| panic!("no worker in {line:?}"))
+        .to_string();
+    (s, worker)
+}
+
+#[tokio::test]
+async fn kept_alive_clients_are_spread_over_the_workers() {
+    let old = Backend::spawn("old").await;
+    let new = Backend::spawn("new").await;
+    let dir = TestDir::new();
+    // Two workers, whatever COHORT_TEST_WORKERS says.
+    let yaml = config(&[("old", &old), ("new", &new)], &ranker("50", "50"));
+    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
+    let end = at + yaml[at..].find(',').unwrap();
+    dir.write_config(&format!("{}2{}", &yaml[..at], &yaml[end..]));
+    let cohort =
+        Cohort::start_in_shell(&dir, "export COHORT_LOG=info,cohort::proxy::listener=debug");
+
+    // Each stays open: the next goes to the worker with fewer, so after
+    // every second one both serve as many.
+    let mut open = Vec::new();
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for i in 1..=10 {
+        let (s, worker) = connect_and_ask(&cohort).await;
+        open.push(s);
+        *served.entry(worker).or_default() += 1;
+        if i % 2 == 0 {
+            assert_eq!(
+                served.values().collect::<Vec<_>>(),
+                [&(i / 2), &(i / 2)],
+                "after {i} connections: {served:?}"
+            );
+        }
+    }
+}
