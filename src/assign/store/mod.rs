@@ -24,7 +24,8 @@
 //! The parts, one job each: `table` (the in-memory map of one experiment),
 //! `shared` (the ledger and tables the writer, replay and views fill),
 //! `replay` (opening a journal and rebuilding the state from it),
-//! `writer` (the group-commit thread), `embedded` (the journal backend)
+//! `writer` (the group-commit thread), `reply` (its answers, one wake-up
+//! per batch and runtime), `embedded` (the journal backend)
 //! and `view` (a read-only [`StoreView`]).
 //!
 //! **Backends.** [`Backend`] is what a process serves from; it has two
@@ -37,6 +38,7 @@ mod embedded;
 mod error;
 pub mod redis;
 mod replay;
+mod reply;
 mod shared;
 mod table;
 mod view;
