@@ -17,6 +17,15 @@
 //! received a stamped response is durable, and replay order equals the
 //! order the map was filled in (first record of a key wins in both).
 //!
+//! **What a first exposure costs** (`benches/first-exposures.sh`, one
+//! worker, 64 connections, 2-vCPU VM): about 20 new units share each
+//! `fdatasync`. The journal is zero-filled ahead of its records, so that
+//! sync writes data only (two block requests, no filesystem-journal
+//! commit), and the answers reach each runtime through one wake-up per
+//! batch (`reply`). Against a returning unit, a new one then costs about
+//! 0.3 syscalls more (4.3 against 4.1 per request; 5.4 before these two
+//! changes) and 2.5 µs of the writer thread's CPU (4 before).
+//!
 //! **Memory.** The map keys a 128-bit digest of (experiment, unit) and packs
 //! (variant id, epoch, first-seen second) in one u64: 24 bytes an entry, plus
 //! hashbrown's control byte and load-factor slack (see BENCHMARKS.md).
