@@ -229,26 +229,36 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 impl Journal {
     /// Writes `buf` after the last record and syncs it. When the batch
     /// does not fit in the zero-filled part, the file first grows by
-    /// [`journal::PREALLOCATE`] of written zeros, synced with the batch: the
-    /// only syncs that change the file's size.
+    /// [`journal::PREALLOCATE`] of written zeros past it, synced with the
+    /// batch: the only syncs that change the file's size.
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
         let need = self.end + buf.len() as u64;
         if need > self.allocated {
-            let to = need + journal::PREALLOCATE;
-            let mut at = self.allocated.max(need);
-            while at < to {
-                let n = (to - at).min(ZEROS.len() as u64) as usize;
-                self.file.write_all_at(&ZEROS[..n], at)?;
-                at += n as u64;
+            // Only a saving: where the zeros cannot be had (a full disk, a
+            // file-size limit) the batch is appended as it always was.
+            match self.zero_fill(need, need + journal::PREALLOCATE) {
+                Ok(()) => self.allocated = need + journal::PREALLOCATE,
+                Err(_) => {
+                    let _ = self.file.set_len(self.allocated);
+                }
             }
-            self.allocated = to;
         }
         self.file.write_all_at(buf, self.end)?;
         self.file.sync_data()?;
         self.end = need;
+        self.allocated = self.allocated.max(need);
+        Ok(())
+    }
+
+    fn zero_fill(&self, mut at: u64, to: u64) -> io::Result<()> {
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
         Ok(())
     }
 
