@@ -67,6 +67,11 @@ pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: 
     let mut released = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Let a runtime that shares this core finish what it is doing (it
+        // may be about to queue more first exposures) before the sync
+        // starts: one sync for all of them. On an idle core this returns
+        // at once.
+        std::thread::yield_now();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
