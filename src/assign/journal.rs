@@ -1,7 +1,7 @@
 //! The on-disk form of the store: one append-only journal file.
 //!
 //! ```text
-//! file   = "COHORTJ1" record*
+//! file   = "COHORTJ1" record* zero*
 //! record = len:u32le crc32:u32le payload[len]
 //! payload: 0x01 assign  = experiment:u16le key:[u8;16] variant:u8 epoch:u32le first_seen:u32le
 //!          0x02 ledger  = JSON of a LedgerEvent
@@ -12,6 +12,14 @@
 //! and a ledger event that drops assignments clears its experiment. A record
 //! cut short by `kill -9` fails its length or CRC check; it was never
 //! acknowledged, so replay truncates the file there and carries on.
+//!
+//! The writer preallocates the file ahead of its records with zero bytes it
+//! has written and synced (so a batch's `fdatasync` writes data only, never
+//! the file's size or block map). A record never has length 0, so eight
+//! zero bytes where a record would start, followed by nothing but zeros,
+//! are the end of the records. This is still version 1: a build that does
+//! not know the zero tail reads it as a torn tail of at most
+//! [`PREALLOCATE`] bytes and truncates it.
 
 use std::io::{self, Read, Write};
 
@@ -25,6 +33,9 @@ pub const MAGIC: &[u8; 8] = b"COHORTJ1";
 const KIND_ASSIGN: u8 = 1;
 const KIND_LEDGER: u8 = 2;
 const ASSIGN_LEN: usize = 28;
+/// How far the writer preallocates past the last record, at most: no more
+/// than a build without preallocation cuts off as a torn tail (1 MiB).
+pub const PREALLOCATE: u64 = 1 << 20;
 /// A ledger event is JSON, the applied config included (overrides lists can
 /// make it large); anything larger is corruption. The writer refuses to
 /// journal a bigger record, so replay never meets one it wrote.
@@ -88,7 +99,8 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) {
 /// Why replay stopped before the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tail {
-    /// The file ends exactly after a whole, valid record (or the magic).
+    /// The file ends exactly after a whole, valid record (or the magic),
+    /// or only zero bytes (the writer's preallocation) follow it.
     Clean,
     /// A torn or corrupt record at this offset; everything from here is dropped.
     Torn {
@@ -130,6 +142,9 @@ pub fn replay(
         }
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if header == [0; 8] && only_zeros(&mut r)? {
+            return Ok((offset, Tail::Clean));
+        }
         if len == 0 || len > MAX_RECORD {
             return Ok((
                 offset,
@@ -192,6 +207,29 @@ fn decode(p: &[u8]) -> Option<Record> {
         }),
         KIND_LEDGER => serde_json::from_slice(&p[1..]).ok().map(Record::Ledger),
         _ => None,
+    }
+}
+
+/// Whether a bad record at `offset`, whose header and first payload byte
+/// are `head`, is a write cut short inside the preallocated zeros: its
+/// length runs past `data_end` (the file's last non-zero byte) and is one
+/// its kind can have, so it is no damaged length field excusing the loss of
+/// records after it.
+pub fn runs_past(head: &[u8; 9], offset: u64, data_end: u64) -> bool {
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let plausible = (head[8] == KIND_LEDGER && len <= MAX_RECORD) || len == ASSIGN_LEN;
+    plausible && offset + 8 + len as u64 >= data_end
+}
+
+/// Whether everything left in `r` is zero bytes (the preallocated tail).
+fn only_zeros(r: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match read_full(r, &mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
     }
 }
 
@@ -267,5 +305,50 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_zeroed_tail_ends_the_records_and_anything_in_it_is_torn() {
+        let mut buf = Vec::new();
+        for i in 0..10 {
+            encode(&assign(i), &mut buf);
+        }
+        let data = buf.len();
+        buf.resize(data + 5000, 0);
+        let count = |b: &[u8]| {
+            let mut n = 0;
+            let (len, tail) = replay(b, |_| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            (n, len, tail)
+        };
+        assert_eq!(count(&buf), (10, 8 + data as u64, Tail::Clean));
+        // A record cut short into the zeros fails its checksum: torn.
+        let one = data / 10;
+        let mut cut = buf.clone();
+        cut[data - one + 20..data].fill(0);
+        let (n, len, tail) = count(&cut);
+        assert_eq!((n, len), (9, 8 + (data - one) as u64));
+        assert!(matches!(
+            tail,
+            Tail::Torn {
+                reason: "checksum mismatch",
+                ..
+            }
+        ));
+        // A zero header with bytes after it is not the end: torn.
+        let mut stray = buf.clone();
+        stray[data + 3000] = 1;
+        let (n, _, tail) = count(&stray);
+        assert_eq!(n, 10);
+        assert!(matches!(
+            tail,
+            Tail::Torn {
+                reason: "bad length",
+                ..
+            }
+        ));
     }
 }

@@ -8,10 +8,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
-
 use super::error::StoreError;
 use super::replay::{open_journal, JOURNAL_FILE};
+use super::reply;
 use super::shared::Shared;
 use super::table::{Assigned, Assignment, Table};
 use super::writer::{write_loop, Cmd};
@@ -62,12 +61,12 @@ impl Embedded {
             ledger_events: Default::default(),
             tables: Mutex::new(Vec::new()),
         });
-        let file = open_journal(&path, &shared)?;
+        let journal = open_journal(&path, &shared)?;
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("cohort-store".into())
-            .spawn(move || write_loop(file, rx, writer_shared))
+            .spawn(move || write_loop(journal, rx, writer_shared))
             .map_err(io_err)?;
         Ok(Embedded {
             shared,
@@ -94,11 +93,11 @@ impl Embedded {
         if events.is_empty() {
             return Ok(());
         }
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.tx
             .send(Cmd::Ledger { events, reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await?
     }
 
     /// Records `variant` at `epoch` for a new unit and returns once it is on
@@ -115,7 +114,7 @@ impl Embedded {
             epoch,
             first_seen: unix_now(),
         };
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.tx
             .send(Cmd::Assign {
                 experiment,
@@ -124,7 +123,7 @@ impl Embedded {
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await?
     }
 
     /// The number of ledger events journaled so far: the ledger's version.
@@ -136,11 +135,11 @@ impl Embedded {
 
     /// Waits until everything queued so far is on disk.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.tx
             .send(Cmd::Sync { reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await?
     }
 }
 
@@ -150,11 +149,11 @@ impl Embedded {
     /// one still serves what needs no new assignment: stored units are
     /// read from memory, a new unit's assignment fails (`StoreError::Closed`).
     pub async fn release(&self) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.tx
             .send(Cmd::Release { reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)??;
+        rx.await??;
         self.lock.unlock().map_err(|source| StoreError::Io {
             path: self.shared.path.clone(),
             source,

@@ -1,10 +1,13 @@
 //! Opening a journal: check its magic, replay every record into a
 //! [`Shared`] (two passes: count, then fill pre-sized maps, on several cores
 //! for large journals), and cut a torn tail left by a crash, never
-//! acknowledged records further in.
+//! acknowledged records further in. The zero-filled tail the writer
+//! preallocates is not a torn one; a crash during a write into it leaves a
+//! bad record followed by zeros, which is.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
@@ -21,7 +24,16 @@ pub(super) const JOURNAL_FILE: &str = "journal.cohort";
 /// events): a torn write never leaves this much after its bad record.
 const TORN_TAIL_LIMIT: u64 = 1 << 20;
 
-pub(super) fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreError> {
+/// A replayed journal, ready for the writer.
+pub(super) struct OpenJournal {
+    pub(super) file: File,
+    /// Where its records end.
+    pub(super) end: u64,
+    /// Its size: zero-filled from `end` on.
+    pub(super) allocated: u64,
+}
+
+pub(super) fn open_journal(path: &Path, shared: &Shared) -> Result<OpenJournal, StoreError> {
     let io_err = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -42,7 +54,12 @@ pub(super) fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreEr
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
         }
-        return Ok(file);
+        let end = journal::MAGIC.len() as u64;
+        return Ok(OpenJournal {
+            file,
+            end,
+            allocated: end,
+        });
     }
     let (good, tail) = replay_journal(&mut file, path, shared)?;
     if let Tail::Torn {
@@ -52,14 +69,21 @@ pub(super) fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreEr
     } = tail
     {
         // A crash can only cut the last batch written; a bad record further
-        // from the end than one batch is damage, not a torn write, and
-        // truncating there would drop acknowledged assignments.
-        if !runs_to_end && size - good > TORN_TAIL_LIMIT {
+        // from the end of the data than one batch is damage, not a torn
+        // write, and truncating there would drop acknowledged assignments.
+        // Zeros after the data are the preallocation, not records.
+        let data_end = end_of_data(&file, good, size).map_err(io_err)?;
+        let cut_short = runs_to_end || {
+            let mut head = [0u8; 9];
+            file.read_exact_at(&mut head, offset).is_ok()
+                && journal::runs_past(&head, offset, data_end)
+        };
+        if !cut_short && data_end - good > TORN_TAIL_LIMIT {
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
                 what: format!(
-                    "{reason} at byte {offset}, {} bytes before the end; refusing to truncate acknowledged records (move the journal aside to inspect it)",
-                    size - good
+                    "{reason} at byte {offset}, {} bytes before the end of the data; refusing to truncate acknowledged records (move the journal aside to inspect it)",
+                    data_end - good
                 ),
             });
         }
@@ -72,9 +96,33 @@ pub(super) fn open_journal(path: &Path, shared: &Shared) -> Result<File, StoreEr
         );
         file.set_len(good).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
+        return Ok(OpenJournal {
+            file,
+            end: good,
+            allocated: good,
+        });
     }
-    file.seek(SeekFrom::Start(good)).map_err(io_err)?;
-    Ok(file)
+    Ok(OpenJournal {
+        file,
+        end: good,
+        allocated: size,
+    })
+}
+
+/// Where the file's last non-zero byte ends, looking no lower than `from`.
+fn end_of_data(file: &File, from: u64, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = size;
+    while end > from {
+        let start = end.saturating_sub(buf.len() as u64).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(from)
 }
 
 /// Replays the journal in `file` into `shared`; returns the length of its

@@ -71,6 +71,47 @@ async fn filled(dir: &Path, n: usize) {
     }
 }
 
+/// Where the journal's records end (the file runs on, zero-filled).
+fn data_len(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let (len, tail) = crate::assign::journal::replay(&bytes[8..], |_| Ok(())).unwrap();
+    assert_eq!(tail, crate::assign::journal::Tail::Clean);
+    len
+}
+
+/// Zeroes `from..to` of the file: a write into the preallocated zeros
+/// that a crash cut short before these bytes reached the disk.
+fn unwrite(path: &Path, from: u64, to: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; (to - from) as usize], from)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_journal_is_preallocated_and_its_zeros_reopen_as_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 1000).await;
+    let path = dir.path().join(JOURNAL_FILE);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let data = data_len(&path);
+    assert!(
+        size >= data + crate::assign::journal::PREALLOCATE / 2,
+        "zero-filled ahead: {size} bytes for {data} of records"
+    );
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.table(0).len(), 1000);
+        // The next record goes right after the last one, into the zeros.
+        let k = unit_key("e", b"one more");
+        assert!(store.assign(0, k, 1, Epoch(1)).await.unwrap().created);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "no regrowth");
+    assert_eq!(data_len(&path), data + 36);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.table(0).len(), 1001);
+}
+
 #[tokio::test]
 async fn assignments_survive_reopen_and_the_first_one_wins() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,16 +168,25 @@ async fn a_torn_tail_is_truncated_but_damage_further_in_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     filled(dir.path(), 40_000).await;
     let path = dir.path().join(JOURNAL_FILE);
-    let len = std::fs::metadata(&path).unwrap().len();
-    // Cut into the last record, as kill -9 during a write would.
-    let f = OpenOptions::new().write(true).open(&path).unwrap();
-    f.set_len(len - 5).unwrap();
-    drop(f);
+    let len = data_len(&path);
+    // The last record's end never reached the preallocated zeros, as
+    // kill -9 during its write would leave it.
+    unwrite(&path, len - 5, len);
     {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.table(0).len(), 39_999);
     }
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 36);
+    // A journal cut inside its last record (as an older build, writing
+    // without preallocation, leaves it) is torn too.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 36 - 5).unwrap();
+    drop(f);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.table(0).len(), 39_998);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 72);
     // Flip a byte in the middle: that is damage, not a torn write.
     let pristine = std::fs::read(&path).unwrap();
     // A damaged length field running past the end of the file is damage
@@ -256,13 +306,25 @@ async fn a_large_history_record_survives_restart_and_a_torn_one_is_cut() {
         store.append_ledger(vec![ev]).await.unwrap();
     }
     let path = dir.path().join(JOURNAL_FILE);
-    let len = std::fs::metadata(&path).unwrap().len();
+    let len = data_len(&path);
     assert!(
         len > 3 << 20,
         "the record is over the old 1 MiB limit: {len}"
     );
     assert_eq!(Store::open(dir.path()).unwrap().ledger().history.len(), 1);
-    // Cut it in the middle, as a crash during that write would.
+    // Its last megabyte never reached the preallocated zeros, as a crash
+    // during that write would leave it: more than a batch of assignments
+    // before the end of the data, yet a write cut short, not damage.
+    let pristine = std::fs::read(&path).unwrap();
+    unwrite(&path, len - (1 << 20), len);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.ledger().history.is_empty());
+        assert_eq!(store.table(0).len(), 10);
+    }
+    // Cut in the middle, as a crash during that write without
+    // preallocation (an older build) would leave it.
+    std::fs::write(&path, &pristine).unwrap();
     OpenOptions::new()
         .write(true)
         .open(&path)

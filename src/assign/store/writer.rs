@@ -1,14 +1,21 @@
 //! The group-commit writer thread: every queued command of a batch goes to
 //! the journal in one write and one `fdatasync`, then takes effect in the
 //! tables and the ledger, and each waiter is answered, in journal order.
+//!
+//! The file is kept zero-filled ([`journal::PREALLOCATE`]) past the last
+//! record, written and synced once per megabyte, so a batch's `fdatasync`
+//! flushes its data blocks and the disk cache, and no file size or block
+//! map: measured on ext4, two block requests per sync instead of three,
+//! and no wait on the filesystem's journal thread.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc};
 
-use tokio::sync::oneshot;
-
 use super::error::StoreError;
+use super::replay::OpenJournal;
+use super::reply::{Reply, Wakes};
 use super::shared::Shared;
 use super::table::{Assigned, Assignment};
 use crate::assign::epoch::Epoch;
@@ -23,33 +30,48 @@ pub(super) enum Cmd {
         experiment: ExperimentId,
         key: UnitKey,
         assignment: Assignment,
-        reply: oneshot::Sender<Result<Assigned, StoreError>>,
+        reply: Reply<Result<Assigned, StoreError>>,
     },
     /// All of one config apply's events: journaled together or not at all.
     Ledger {
         events: Vec<LedgerEvent>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<Result<(), StoreError>>,
     },
     Sync {
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<Result<(), StoreError>>,
     },
     /// Sync, then stop writing for good (the journal goes to another
     /// process: a binary upgrade's new one).
     Release {
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<Result<(), StoreError>>,
     },
 }
 
 /// The group-commit loop: drain the queue, one write and one fdatasync for
 /// the whole batch, then apply and answer in journal order.
-pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
-    let mut good_len = file.stream_position().unwrap_or(0);
+pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+    let OpenJournal {
+        file,
+        end,
+        allocated,
+    } = journal;
+    let mut journal = Journal {
+        file,
+        end,
+        allocated,
+    };
+    let mut wakes = Wakes::default();
     let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
     let mut broken: Option<String> = None;
     let mut released = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Let a runtime that shares this core finish what it is doing (it
+        // may be about to queue more first exposures) before the sync
+        // starts: one sync for all of them. On an idle core this returns
+        // at once.
+        std::thread::yield_now();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
@@ -60,12 +82,12 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
         let verdicts = encode_batch(&batch, &shared, &mut buf);
         let written = match &broken {
             Some(why) => Err(why.clone()),
-            None => write_batch(&mut file, &buf, &mut good_len).map_err(|e| {
+            None => journal.append(&buf).map_err(|e| {
                 let why = e.to_string();
                 tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
                 // A partial write would hide every later record from replay:
                 // cut back to the last good record, or stop writing at all.
-                if file.set_len(good_len).and_then(|_| file.seek(SeekFrom::Start(good_len))).is_err() {
+                if journal.cut_back().is_err() {
                     broken = Some(why.clone());
                 }
                 why
@@ -89,7 +111,7 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
                             degraded: false,
                         }
                     });
-                    let _ = reply.send(r);
+                    reply.send(r, &mut wakes);
                 }
                 Cmd::Ledger { events, reply } => {
                     let r = ok.and_then(|()| {
@@ -98,23 +120,23 @@ pub(super) fn write_loop(mut file: File, rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
                             .try_for_each(|ev| shared.apply_ledger(ev))
                             .map_err(StoreError::Ledger)
                     });
-                    let _ = reply.send(r);
+                    reply.send(r, &mut wakes);
                 }
-                Cmd::Sync { reply } => {
-                    let _ = reply.send(ok);
-                }
+                Cmd::Sync { reply } => reply.send(ok, &mut wakes),
                 Cmd::Release { reply } => released = Some((reply, ok)),
             }
         }
+        wakes.finish();
         if let Some((reply, ok)) = released.take() {
             // Later commands find the channel closed: StoreError::Closed.
-            let _ = file.sync_data();
-            drop(file);
-            let _ = reply.send(ok);
+            let _ = journal.file.sync_data();
+            drop(journal);
+            reply.send(ok, &mut wakes);
+            wakes.finish();
             return;
         }
     }
-    let _ = file.sync_data();
+    let _ = journal.file.sync_data();
 }
 
 /// Encodes the batch's records into `buf`, in order, and says for each
@@ -197,12 +219,58 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
     verdicts
 }
 
-fn write_batch(file: &mut File, buf: &[u8], good_len: &mut u64) -> io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
+/// The journal file as the writer appends to it.
+struct Journal {
+    file: File,
+    /// Where the records end: the next batch goes here.
+    end: u64,
+    /// How far the file is zero-filled (and synced): its size.
+    allocated: u64,
+}
+
+/// Zeros written to extend the preallocation.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+impl Journal {
+    /// Writes `buf` after the last record and syncs it. When the batch
+    /// does not fit in the zero-filled part, the file first grows by
+    /// [`journal::PREALLOCATE`] of written zeros past it, synced with the
+    /// batch: the only syncs that change the file's size.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let need = self.end + buf.len() as u64;
+        if need > self.allocated {
+            // Only a saving: where the zeros cannot be had (a full disk, a
+            // file-size limit) the batch is appended as it always was.
+            match self.zero_fill(need, need + journal::PREALLOCATE) {
+                Ok(()) => self.allocated = need + journal::PREALLOCATE,
+                Err(_) => {
+                    let _ = self.file.set_len(self.allocated);
+                }
+            }
+        }
+        self.file.write_all_at(buf, self.end)?;
+        self.file.sync_data()?;
+        self.end = need;
+        self.allocated = self.allocated.max(need);
+        Ok(())
     }
-    file.write_all(buf)?;
-    file.sync_data()?;
-    *good_len += buf.len() as u64;
-    Ok(())
+
+    fn zero_fill(&self, mut at: u64, to: u64) -> io::Result<()> {
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// After a failed append: drops everything past the last good record
+    /// (the preallocation too; the next append writes it again).
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.allocated = self.end;
+        self.file.set_len(self.end)
+    }
 }
