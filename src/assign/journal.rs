@@ -129,6 +129,9 @@ pub fn replay(
         match read_full(&mut r, &mut header)? {
             0 => return Ok((offset, Tail::Clean)),
             8 => {}
+            // The last few bytes of the zero-filled space (1 MiB is not a
+            // whole number of records): the end, not a torn header.
+            n if header[..n].iter().all(|&b| b == 0) => return Ok((offset, Tail::Clean)),
             _ => {
                 return Ok((
                     offset,
@@ -325,6 +328,25 @@ mod tests {
             (n, len, tail)
         };
         assert_eq!(count(&buf), (10, 8 + data as u64, Tail::Clean));
+        // Fewer zeros than a header (1 MiB is not a whole number of
+        // records) are the end too; a short header with data is torn.
+        for short in 1..8 {
+            let mut few = buf[..data].to_vec();
+            few.resize(data + short, 0);
+            assert_eq!(
+                count(&few),
+                (10, 8 + data as u64, Tail::Clean),
+                "{short} zeros"
+            );
+            few[data] = 7;
+            assert!(matches!(
+                count(&few).2,
+                Tail::Torn {
+                    reason: "short header",
+                    ..
+                }
+            ));
+        }
         // A record cut short into the zeros fails its checksum: torn.
         let one = data / 10;
         let mut cut = buf.clone();

@@ -249,7 +249,9 @@ pub(crate) async fn serve(
     // served (and drained) like its own.
     if let Some(seat) = &mut seat {
         seat.inbox.close();
-        while let Ok(h) = seat.inbox.try_recv() {
+        // `recv`, not `try_recv`: a send that passed the closed check just
+        // before `close` is waited for, not left unserved in the channel.
+        while let Some(h) = seat.inbox.recv().await {
             if let Some((stream, peer, hold)) = adopt(h) {
                 spawn(stream, peer, hold);
             }

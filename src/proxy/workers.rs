@@ -71,21 +71,38 @@ pub(crate) fn start(
         exit,
     };
     for (index, seat) in seats(count).into_iter().enumerate() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        // Registered in this worker's reactor, which is its runtime's,
-        // not the thread's: done here so a failure stops start-up.
-        let listener = {
-            let _in = rt.enter();
-            TcpListener::from_std(listener.try_clone()?)?
-        };
+        let listener = listener.try_clone()?;
         let (drained, drained_rx) = oneshot::channel();
         let (serving, mut stop, mut exit) =
             (serving.clone(), stop.clone(), workers.exit.subscribe());
+        // The runtime is built on its own thread, and the listener
+        // registered in its reactor there (a runtime dropped inside this
+        // async context would panic); how that went comes back before
+        // the next worker starts, so a failure stops start-up.
+        let (ready, started) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("cohort-worker-{index}"))
             .spawn(move || {
+                let built = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        let l = {
+                            let _in = rt.enter();
+                            TcpListener::from_std(listener)?
+                        };
+                        Ok((rt, l))
+                    });
+                let (rt, listener) = match built {
+                    Ok(b) => {
+                        let _ = ready.send(Ok(()));
+                        b
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
                 super::upstream::set_worker(index);
                 rt.block_on(async move {
                     let shutdown = async move {
@@ -95,6 +112,9 @@ pub(crate) fn start(
                     let _ = exit.wait_for(|e| *e).await;
                 });
             })?;
+        started
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the worker thread ended while starting")))?;
         workers.threads.push(thread);
         workers.drained.push(drained_rx);
     }

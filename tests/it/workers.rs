@@ -73,3 +73,60 @@ async fn kept_alive_clients_are_spread_over_the_workers() {
         }
     }
 }
+
+/// Out of descriptors at any point while the workers start: start-up
+/// stops with its error and exit 1, never a panic (a worker's runtime
+/// dropped in the control plane's async context used to panic, exit 101).
+#[tokio::test]
+async fn running_out_of_descriptors_while_workers_start_is_an_error_not_a_panic() {
+    let old = Backend::spawn("old").await;
+    let new = Backend::spawn("new").await;
+    let dir = TestDir::new();
+    let yaml = config(&[("old", &old), ("new", &new)], &ranker("50", "50"));
+    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
+    let end = at + yaml[at..].find(',').unwrap();
+    dir.write_config(&format!("{}4{}", &yaml[..at], &yaml[end..]));
+    let config = dir.config_path();
+    let mut worker_errors = 0;
+    for limit in 12..32 {
+        let mut child = std::process::Command::new("prlimit")
+            .arg(format!("--nofile={limit}"))
+            .arg(env!("CARGO_BIN_EXE_cohort"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("prlimit runs (util-linux)");
+        // Enough descriptors to start: it serves until killed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(
+            !stderr.contains("panicked"),
+            "nofile={limit}: a panic\n{stderr}"
+        );
+        if let Some(s) = status {
+            assert_eq!(s.code(), Some(1), "nofile={limit}\n{stderr}");
+        }
+        if stderr.contains("cannot start the worker threads") {
+            worker_errors += 1;
+        }
+    }
+    assert!(worker_errors > 0, "no limit stopped the workers' start");
+}

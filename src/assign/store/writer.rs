@@ -244,8 +244,13 @@ impl Journal {
         if need > self.allocated {
             // Only a saving: where the zeros cannot be had (a full disk, a
             // file-size limit) the batch is appended as it always was.
-            match self.zero_fill(need, need + journal::PREALLOCATE) {
-                Ok(()) => self.allocated = need + journal::PREALLOCATE,
+            // The zeros reach PREALLOCATE past the last record, not past
+            // this batch: a crash before the batch lands leaves at most
+            // that much after the last record, which a build without the
+            // zero tail still truncates as a torn tail (its limit).
+            let to = need.max(self.end + journal::PREALLOCATE);
+            match self.zero_fill(need, to) {
+                Ok(()) => self.allocated = to,
                 Err(_) => {
                     let _ = self.file.set_len(self.allocated);
                 }
@@ -272,5 +277,40 @@ impl Journal {
     fn cut_back(&mut self) -> io::Result<()> {
         self.allocated = self.end;
         self.file.set_len(self.end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A growth zero-fills up to PREALLOCATE past the last record, never
+    /// past the batch: a crash before the batch lands leaves no more than
+    /// that after the last record, which a build without the zero tail
+    /// still truncates as a torn tail.
+    #[test]
+    fn zeros_reach_preallocate_past_the_last_record_not_past_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("j"))
+            .unwrap();
+        file.write_all_at(&[7; 100], 0).unwrap();
+        let mut j = Journal {
+            file,
+            end: 100,
+            allocated: 100,
+        };
+        j.append(&[1; 36]).unwrap();
+        assert_eq!((j.end, j.allocated), (136, 100 + journal::PREALLOCATE));
+        assert_eq!(j.file.metadata().unwrap().len(), j.allocated);
+        // A batch bigger than the preallocation is written as it is.
+        let big = vec![2; journal::PREALLOCATE as usize + 10];
+        j.append(&big).unwrap();
+        assert_eq!(j.end, 136 + big.len() as u64);
+        assert_eq!(j.allocated, j.end);
     }
 }

@@ -125,7 +125,12 @@ thread_local! {
 /// come from list `index` of each pool.
 pub(crate) fn set_worker(index: usize) {
     MY_LIST.with(|i| i.set(index));
+    WORKERS_RUNNING.fetch_max(index + 1, Ordering::Relaxed);
 }
+
+/// How many workers run: pools built later (a reload) keep a list for
+/// each, whatever `runtime.worker_threads` now says (it takes a restart).
+static WORKERS_RUNNING: AtomicUsize = AtomicUsize::new(1);
 
 /// Set once an upstream that only hyper's client serves (HTTP/2 or TLS)
 /// was built.
@@ -201,7 +206,9 @@ impl Upstream {
                 true => format!("[{n}]").parse().ok(),
                 false => n.parse().ok(),
             });
-        let lists = workers.clamp(1, 64);
+        // One list per worker, however many: a worker without its own
+        // list could keep no idle connection at all.
+        let lists = workers.max(WORKERS_RUNNING.load(Ordering::Relaxed)).max(1);
         Upstream {
             connector: connector.clone(),
             host: match &named {
@@ -389,9 +396,9 @@ impl Endpoint {
             .pop()
     }
 
-    /// This worker's list; none when the pool was built for fewer workers
-    /// than run (a reload that changed `runtime.worker_threads`, which
-    /// takes a restart): that worker then keeps no idle connections.
+    /// This worker's list. Pools have one per running worker
+    /// ([`WORKERS_RUNNING`]); none (no idle connection kept) only for a
+    /// thread numbered past them, which no worker is.
     fn my_list(&self) -> Option<usize> {
         let i = MY_LIST.try_with(Cell::get).unwrap_or(0);
         (i < self.idle.len()).then_some(i)
@@ -458,6 +465,25 @@ mod tests {
         let again = ep.checkout(t).await.unwrap();
         set_worker(0);
         assert!(again.reused, "worker 1 found its idle connection");
+        assert_eq!(again.stream.local_addr().unwrap(), local);
+    }
+
+    /// Past 64 workers (one per CPU on a big host) each still has its own
+    /// list, so its connections are reused.
+    #[tokio::test]
+    async fn a_worker_numbered_past_64_reuses_its_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream::new(&config(&[listener.local_addr().unwrap().to_string()]), 96);
+        let ep = &upstream.endpoints()[0];
+        let t = Duration::from_secs(1);
+        set_worker(70);
+        let first = ep.checkout(t).await.unwrap();
+        let (_a, _) = listener.accept().await.unwrap();
+        let local = first.stream.local_addr().unwrap();
+        ep.checkin(first.stream, Instant::now(), 8);
+        let again = ep.checkout(t).await.unwrap();
+        set_worker(0);
+        assert!(again.reused, "worker 70 found its idle connection");
         assert_eq!(again.stream.local_addr().unwrap(), local);
     }
 
