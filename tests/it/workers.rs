@@ -43,6 +43,14 @@ async fn connect_and_ask(cohort: &Cohort) -> (TcpStream, String) {
     (s, worker)
 }
 
+/// `yaml` (from [`config`]) with `runtime.worker_threads: n`, whatever
+/// `COHORT_TEST_WORKERS` says.
+fn with_workers(yaml: &str, n: usize) -> String {
+    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
+    let end = at + yaml[at..].find(',').unwrap();
+    format!("{}{n}{}", &yaml[..at], &yaml[end..])
+}
+
 #[tokio::test]
 async fn kept_alive_clients_are_spread_over_the_workers() {
     let old = Backend::spawn("old").await;
@@ -50,9 +58,7 @@ async fn kept_alive_clients_are_spread_over_the_workers() {
     let dir = TestDir::new();
     // Two workers, whatever COHORT_TEST_WORKERS says.
     let yaml = config(&[("old", &old), ("new", &new)], &ranker("50", "50"));
-    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
-    let end = at + yaml[at..].find(',').unwrap();
-    dir.write_config(&format!("{}2{}", &yaml[..at], &yaml[end..]));
+    dir.write_config(&with_workers(&yaml, 2));
     let cohort =
         Cohort::start_in_shell(&dir, "export COHORT_LOG=info,cohort::proxy::listener=debug");
 
@@ -83,9 +89,7 @@ async fn running_out_of_descriptors_while_workers_start_is_an_error_not_a_panic(
     let new = Backend::spawn("new").await;
     let dir = TestDir::new();
     let yaml = config(&[("old", &old), ("new", &new)], &ranker("50", "50"));
-    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
-    let end = at + yaml[at..].find(',').unwrap();
-    dir.write_config(&format!("{}4{}", &yaml[..at], &yaml[end..]));
+    dir.write_config(&with_workers(&yaml, 4));
     let config = dir.config_path();
     let mut worker_errors = 0;
     for limit in 12..32 {
