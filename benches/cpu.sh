@@ -22,7 +22,7 @@ measure() { # $1 = name, $2 = port, $3 = pid of the process doing the work
   local t0 t1 out reqs
   t0=$(cpu_ticks "$3")
   if [ "${PERF:-0}" = 1 ]; then
-    perf record -F 4000 -g -p "$3" -o "${PERF_OUT:-$dir}/$1.perf" -- sleep "$secs" 2> /dev/null &
+    perf record -F ${PERF_HZ:-4000} ${PERF_CG:--g} -p "$3" -o "${PERF_OUT:-$dir}/$1.perf" -- sleep "$secs" 2> /dev/null &
     perf_pid=$!
   fi
   out=$(BENCH_USERS=$users taskset -c 0 wrk -t2 -c64 -d"${secs}s" -s "$harness/lua/predict.lua" "http://127.0.0.1:$2" | grep BENCH_RESULT)
