@@ -9,6 +9,7 @@
 #   benches/e2e.sh mixed         # empty store, 1M users: new units turning into returning ones
 #   REFS=nginx benches/e2e.sh    # nginx reference only (shorter)
 #   REPEAT=3 benches/e2e.sh      # median of 3 runs
+#   BENCH_DURABILITY=write benches/e2e.sh new   # store.durability: write
 #
 # BENCH_HARNESS points at the harness (default ../shared/bench).
 set -euo pipefail

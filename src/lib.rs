@@ -30,6 +30,8 @@ pub mod reload;
 pub mod snapshot;
 pub mod state;
 pub mod terms;
+#[cfg(test)]
+mod test_support;
 pub mod upgrade;
 
 use std::net::SocketAddr;

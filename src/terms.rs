@@ -1,6 +1,7 @@
 //! The vocabulary that configuration and assignment share (DESIGN.md's
-//! *Terms*): what a valid unit id is, weights in basis points, and the
-//! bucketing scheme of a rule (the algorithms are in `assign::schemes`).
+//! *Terms*): what a valid unit id is, weights in basis points, the
+//! bucketing scheme of a rule (the algorithms are in `assign::schemes`),
+//! and when a new unit's assignment counts as stored.
 //!
 //! A leaf on purpose: [`crate::config`] validates files with these rules and
 //! [`crate::assign`] serves requests with them, and neither of the two
@@ -255,5 +256,28 @@ mod tests {
         assert!(!valid_unit(b""));
         assert!(!valid_unit(b"a\tb"));
         assert!(!valid_unit(b"a\x7f"));
+    }
+}
+
+/// When the embedded store answers a first exposure (`store.durability`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After the batch's `fdatasync` returned: the assignment survives a
+    /// power cut.
+    #[default]
+    Sync,
+    /// After the batch's `write(2)` returned: the assignment survives the
+    /// process's death (`kill -9`, a panic, the OOM killer) but not a
+    /// power cut or a kernel crash, which can lose up to the last second:
+    /// the journal is synced once a second (Redis's `appendfsync
+    /// everysec`). Config changes and hand-overs are always synced.
+    Write,
+}
+
+impl Durability {
+    /// Whether this is the default (absent from config records).
+    pub fn is_sync(&self) -> bool {
+        *self == Durability::Sync
     }
 }

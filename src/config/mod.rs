@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use crate::terms::Bucketing;
 use crate::terms::Weight;
+pub use crate::terms::{Bucketing, Durability};
 pub use positions::Position;
 pub(crate) use positions::PositionIndex;
 pub(crate) use upstream_tls::upstream_tls_client;
@@ -52,6 +52,9 @@ pub struct Config {
     /// The assignment store's directory (`store.path`), resolved against the
     /// config's folder.
     pub store_path: PathBuf,
+    /// When the embedded journal answers a first exposure
+    /// (`store.durability`).
+    pub durability: Durability,
     /// The shared store (`store.kind: redis`); none runs the embedded
     /// journal in `store_path`.
     pub redis: Option<RedisStoreConfig>,

@@ -44,6 +44,7 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawStore {
     pub(crate) kind: Option<String>,
     pub(crate) path: Option<String>,
+    pub(crate) durability: Option<String>,
     pub(crate) url: Option<String>,
     pub(crate) urls: Option<Vec<String>>,
     pub(crate) cluster: Option<bool>,

@@ -30,7 +30,7 @@ use super::{
     MissingUnitPolicy, OnStoreError, Route, RuntimeConfig, TlsConfig, UpstreamConfig,
     UpstreamProtocol, VariantConfig,
 };
-use crate::terms::{Bucketing, Weight};
+use crate::terms::{Bucketing, Durability, Weight};
 
 /// The version of the on-disk form [`ConfigRecord::to_stored`] writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -54,6 +54,10 @@ pub struct ConfigRecord {
     /// the versions they had before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<TlsRecord>,
+    /// Absent when `sync` (the default), so configs without the field keep
+    /// their versions.
+    #[serde(default, skip_serializing_if = "Durability::is_sync")]
+    pub(crate) durability: Durability,
 }
 
 /// `tls`: the files' paths only. A rotated certificate is not a new config
@@ -356,6 +360,7 @@ impl ConfigRecord {
         let Config {
             listen,
             store_path,
+            durability,
             redis,
             access_log,
             upstreams,
@@ -372,6 +377,7 @@ impl ConfigRecord {
         ConfigRecord {
             listen: *listen,
             store_path: store_path.clone(),
+            durability: *durability,
             store: redis.as_ref().map(|r| RedisStoreRecord {
                 urls: r.urls.iter().map(|u| super::redact_url(u)).collect(),
                 cluster: r.cluster,

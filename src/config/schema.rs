@@ -46,6 +46,7 @@ pub(super) const CONFIG: Shape = Fields(&[
 const STORE: Shape = Fields(&[
     ("kind", Leaf),
     ("path", Leaf),
+    ("durability", Leaf),
     ("url", Leaf),
     ("urls", List(&Leaf)),
     ("cluster", Leaf),
@@ -329,7 +330,7 @@ mod tests {
     /// Every key of [`CONFIG`], each with a value of its type.
     const FULL: &str = "\
 listen: 127.0.0.1:8080
-store: { kind: redis, path: ./data, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
+store: { kind: redis, path: ./data, durability: write, url: 'redis://a:1', urls: ['redis://a:1'], cluster: false, key_prefix: c, timeout: 50ms, on_store_error: reject, wait_replicas: 1, password_file: p, tls_ca_file: ca.pem }
 access_log: { path: '-', log_unit: hashed, log_unit_key_file: key, rotate: { max_bytes: 64MiB, max_age: 1h }, compress: gzip }
 upstreams:
   old: { url: 'http://a:1', endpoints: ['http://b:1'], connect_timeout: 1s, timeout: 2s, total_timeout: 3s, max_idle_per_host: 3, health: { path: /h, interval: 1s, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }, eject_after: 3, eject_for: 5s, protocol: h2, tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: s } }

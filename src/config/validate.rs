@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::files::Files;
 use super::raw::{RawAccessLog, RawBucketing, RawConfig, RawExperiment, RawHealth, RawUpstream};
 use super::{schema, *};
-use crate::terms::{valid_unit, Bucketing, Weight, WHOLE};
+use crate::terms::{valid_unit, Bucketing, Durability, Weight, WHOLE};
 use sha2::{Digest, Sha256};
 
 const MAX_VARIANTS: usize = 255;
@@ -212,6 +212,7 @@ fn validate(
             .unwrap_or("./data"),
     );
     let redis = store(&raw, sources, e);
+    let durability = durability(&raw, e);
     let access_log = access_log(&raw, sources, e);
 
     let mut upstreams = BTreeMap::new();
@@ -273,6 +274,7 @@ fn validate(
         tls: tls?,
         listen: listen?,
         store_path,
+        durability: durability?,
         redis: redis?,
         access_log: access_log?,
         upstreams,
@@ -309,6 +311,36 @@ fn watched_files(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
         .chain(upstream_tls)
         .map(|f| resolve(base, f))
         .collect()
+}
+
+/// `store.durability`: the embedded journal's only; `None` after an error.
+fn durability(raw: &RawConfig, e: &mut Errors<'_>) -> Option<Durability> {
+    let Some(s) = &raw.store else {
+        return Some(Durability::Sync);
+    };
+    let Some(text) = s.durability.as_deref() else {
+        return Some(Durability::Sync);
+    };
+    if s.kind.as_deref() == Some("redis") {
+        e.push(
+            "store.durability",
+            "store.durability is for the embedded store (Redis's own `appendfsync` decides a shared store's)",
+            Some("remove it".into()),
+        );
+        return None;
+    }
+    match text {
+        "sync" => Some(Durability::Sync),
+        "write" => Some(Durability::Write),
+        other => {
+            e.push(
+                "store.durability",
+                format!("unknown durability {other:?}"),
+                Some("write `sync` (the default: a new unit is answered once its assignment survives a power cut) or `write` (once it survives the process's death; the journal is synced every second)".into()),
+            );
+            None
+        }
+    }
 }
 
 /// `None` on error; `Some(None)` when there is no admin block.
@@ -2732,6 +2764,22 @@ experiments:
         let c = check(&format!("store: {{ path: ./d }}\n{GOOD}")).unwrap();
         assert!(c.redis.is_none());
         assert_eq!(c.store_path, PathBuf::from("/base/./d"));
+        assert_eq!(c.durability, Durability::Sync);
+        let c = check(&format!(
+            "store: {{ path: ./d, durability: write }}\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(c.durability, Durability::Write);
+        // Only a non-default durability shows in the record (and version).
+        let plain = crate::config::record::ConfigRecord::of(
+            &check(&format!("store: {{ path: ./d }}\n{GOOD}")).unwrap(),
+        );
+        let synced = crate::config::record::ConfigRecord::of(
+            &check(&format!("store: {{ path: ./d, durability: sync }}\n{GOOD}")).unwrap(),
+        );
+        let written = crate::config::record::ConfigRecord::of(&c);
+        assert_eq!(plain.version(), synced.version());
+        assert_ne!(plain.version(), written.version());
     }
 
     #[test]
@@ -2758,6 +2806,11 @@ experiments:
                 "store.password_file",
             ),
             ("url: 'redis://x'", "store.url"),
+            ("durability: eventually", "store.durability"),
+            (
+                "kind: redis, url: 'redis://x', durability: write",
+                "store.durability",
+            ),
             (
                 "kind: redis, url: 'redis://x', urls: ['redis://y']",
                 "store.urls",

@@ -78,7 +78,7 @@ impl State {
         listen_override: Option<SocketAddr>,
     ) -> Result<Arc<State>, StartError> {
         let store = match &config.redis {
-            None => Store::open(&config.store_path)?,
+            None => Store::open_with(&config.store_path, config.durability)?,
             Some(r) => Store::open_redis(redis_options(r)).await?,
         };
         let log = AccessLog::open(&config.access_log).map_err(|source| StartError::Log {

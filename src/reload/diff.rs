@@ -55,6 +55,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         admin: admin_a,
         store: shared_a,
         tls: tls_a,
+        durability: durability_a,
     } = old;
     let ConfigRecord {
         listen: listen_b,
@@ -67,6 +68,7 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
         admin: admin_b,
         store: shared_b,
         tls: tls_b,
+        durability: durability_b,
     } = new;
     let mut d = ConfigDiff::default();
     if listen_a != listen_b {
@@ -77,6 +79,9 @@ pub(crate) fn diff(old: &ConfigRecord, new: &ConfigRecord) -> ConfigDiff {
     }
     if shared_a != shared_b {
         d.restart_needed.push("store");
+    }
+    if durability_a != durability_b {
+        d.restart_needed.push("store.durability");
     }
     // The listener's acceptor re-reads the files' content by itself; which
     // files (and whether there is TLS at all) is fixed at start-up.
@@ -428,6 +433,11 @@ admin: { listen: 127.0.0.1:9090 }
         let rows = [
             ("listen: 127.0.0.1:8080", "listen: 127.0.0.1:8081", "listen"),
             ("path: ./data", "path: ./data2", "store.path"),
+            (
+                "path: ./data",
+                "path: ./data, durability: write",
+                "store.durability",
+            ),
             (
                 "path: ./log.jsonl",
                 "path: ./other.jsonl",

@@ -11,6 +11,13 @@ async fn kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped
     kill9_and_restart(&TestStore::Embedded).await;
 }
 
+/// `store.durability: write` answers before the disk has the record; the
+/// process dying (not the machine) must still lose none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_durability_write_kill9_under_load_keeps_every_stamped_unit() {
+    kill9_and_restart(&TestStore::EmbeddedWrite).await;
+}
+
 /// The body of [`kill9_under_load_then_restart_with_a_changed_config_keeps_every_stamped_unit`] on any store: the core suite
 /// (redis_core.rs) runs it on Redis and on a Redis Cluster too.
 pub(crate) async fn kill9_and_restart(store: &TestStore) {
@@ -44,7 +51,7 @@ pub(crate) async fn kill9_and_restart(store: &TestStore) {
         "only {} units were stamped",
         stamped.len()
     );
-    if matches!(store, TestStore::Embedded) {
+    if matches!(store, TestStore::Embedded | TestStore::EmbeddedWrite) {
         // The killed writer left its zero-filled preallocation behind the
         // records: the restart below replays through it.
         let journal = std::fs::read(dir.path().join("data/journal.cohort")).unwrap();

@@ -2,6 +2,7 @@
 //! against a second process, replayed at open, then written by the group
 //! commit thread ([`super::writer`]) while requests read the tables.
 
+use crate::terms::Durability;
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -30,7 +31,7 @@ pub struct Embedded {
 
 impl Embedded {
     /// Opens (or creates) the store in `dir` and replays its journal.
-    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Embedded, StoreError> {
         let io_err = |source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -66,7 +67,7 @@ impl Embedded {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("cohort-store".into())
-            .spawn(move || write_loop(journal, rx, writer_shared))
+            .spawn(move || write_loop(journal, rx, writer_shared, durability))
             .map_err(io_err)?;
         Ok(Embedded {
             shared,

@@ -53,6 +53,7 @@ mod table;
 mod view;
 mod writer;
 
+use crate::terms::Durability;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -158,9 +159,15 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the embedded journal in `dir`.
+    /// Opens the embedded journal in `dir`, answering new units once
+    /// their assignment is synced.
     pub fn open(dir: &std::path::Path) -> Result<Store, StoreError> {
-        Embedded::open(dir).map(Store::Embedded)
+        Store::open_with(dir, Durability::Sync)
+    }
+
+    /// Opens the embedded journal in `dir` with the given durability.
+    pub fn open_with(dir: &std::path::Path, durability: Durability) -> Result<Store, StoreError> {
+        Embedded::open(dir, durability).map(Store::Embedded)
     }
 
     /// Connects to Redis and reads the shared ledger.

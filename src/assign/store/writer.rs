@@ -11,7 +11,9 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::error::StoreError;
 use super::replay::OpenJournal;
@@ -22,6 +24,7 @@ use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
 use crate::assign::journal::{self, Record};
 use crate::assign::ledger::{ExperimentId, Ledger, LedgerError, LedgerEvent};
+use crate::terms::Durability;
 
 const MAX_BATCH: usize = 8192;
 
@@ -47,9 +50,21 @@ pub(super) enum Cmd {
     },
 }
 
+/// How long a `durability: write` journal may hold written records before
+/// it syncs them.
+const SYNC_AFTER: Duration = Duration::from_secs(1);
+
 /// The group-commit loop: drain the queue, one write and one fdatasync for
-/// the whole batch, then apply and answer in journal order.
-pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+/// the whole batch, then apply and answer in journal order. With
+/// `durability: write` a batch of new units only is answered after its
+/// write, and synced within [`SYNC_AFTER`] (at the next batch past it, or
+/// when the queue has been quiet that long).
+pub(super) fn write_loop(
+    journal: OpenJournal,
+    rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    durability: Durability,
+) {
     let OpenJournal {
         file,
         end,
@@ -65,7 +80,21 @@ pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: 
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
     let mut broken: Option<String> = None;
     let mut released = None;
-    while let Ok(first) = rx.recv() {
+    // Since when written records wait for their sync (`durability: write`).
+    let mut unsynced: Option<Instant> = None;
+    loop {
+        let next = match unsynced {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => rx.recv_timeout(SYNC_AFTER.saturating_sub(since.elapsed())),
+        };
+        let first = match next {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                unsynced = journal.sync_late(&shared);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         // Let a runtime that shares this core finish what it is doing (it
         // may be about to queue more first exposures) before the sync
@@ -80,9 +109,13 @@ pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: 
         }
         buf.clear();
         let verdicts = encode_batch(&batch, &shared, &mut buf);
+        // Config changes, syncs and hand-overs always wait for the disk.
+        let sync = durability == Durability::Sync
+            || unsynced.is_some_and(|t| t.elapsed() >= SYNC_AFTER)
+            || batch.iter().any(|c| !matches!(c, Cmd::Assign { .. }));
         let written = match &broken {
             Some(why) => Err(why.clone()),
-            None => journal.append(&buf).map_err(|e| {
+            None => journal.append(&buf, sync).map_err(|e| {
                 let why = e.to_string();
                 tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
                 // A partial write would hide every later record from replay:
@@ -93,6 +126,13 @@ pub(super) fn write_loop(journal: OpenJournal, rx: mpsc::Receiver<Cmd>, shared: 
                 why
             }),
         };
+        if written.is_ok() && !buf.is_empty() {
+            unsynced = if sync {
+                None
+            } else {
+                unsynced.or_else(|| Some(Instant::now()))
+            };
+        }
         for (c, verdict) in batch.drain(..).zip(verdicts) {
             let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
             match c {
@@ -232,11 +272,25 @@ struct Journal {
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Journal {
-    /// Writes `buf` after the last record and syncs it. When the batch
+    /// Syncs records written without a sync (`durability: write`); says
+    /// since when records still wait for one (`None`: none; after a failed
+    /// sync, now, so the next try is a second later).
+    fn sync_late(&self, shared: &Shared) -> Option<Instant> {
+        match self.file.sync_data() {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(journal = %shared.path.display(), error = %e, "journal sync failed; new units of the last seconds may not survive a power cut");
+                Some(Instant::now())
+            }
+        }
+    }
+
+    /// Writes `buf` after the last record and syncs it (unless `sync` is
+    /// false: `durability: write`). When the batch
     /// does not fit in the zero-filled part, the file first grows by
     /// [`journal::PREALLOCATE`] of written zeros past it, synced with the
     /// batch: the only syncs that change the file's size.
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn append(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -257,7 +311,9 @@ impl Journal {
             }
         }
         self.file.write_all_at(buf, self.end)?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
         self.end = need;
         self.allocated = self.allocated.max(need);
         Ok(())
@@ -304,12 +360,12 @@ mod tests {
             end: 100,
             allocated: 100,
         };
-        j.append(&[1; 36]).unwrap();
+        j.append(&[1; 36], true).unwrap();
         assert_eq!((j.end, j.allocated), (136, 100 + journal::PREALLOCATE));
         assert_eq!(j.file.metadata().unwrap().len(), j.allocated);
         // A batch bigger than the preallocation is written as it is.
         let big = vec![2; journal::PREALLOCATE as usize + 10];
-        j.append(&big).unwrap();
+        j.append(&big, true).unwrap();
         assert_eq!(j.end, 136 + big.len() as u64);
         assert_eq!(j.allocated, j.end);
     }

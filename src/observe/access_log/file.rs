@@ -576,36 +576,12 @@ mod tests {
         assert!(!is_stamp("1") && !is_stamp("20261204T181500.123456Z.gz"));
     }
 
-    /// The page-cache pages of the file at `path` that are dirty, by
-    /// `cachestat(2)` (Linux 6.5), called through Python's ctypes (this
-    /// crate forbids `unsafe`); `None` where it cannot be asked.
-    fn dirty_pages(path: &Path) -> Option<u64> {
-        const ASK: &str = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-rng = (ctypes.c_uint64 * 2)(0, 0)   # offset 0, length 0: the whole file
-st = (ctypes.c_uint64 * 5)()        # cache, dirty, writeback, evicted, recently evicted
-if libc.syscall(451, fd, rng, st, 0) != 0:  # SYS_cachestat, on every architecture
-    sys.exit(3)
-print(st[1])
-"#;
-        let out = std::process::Command::new("python3")
-            .args(["-c", ASK])
-            .arg(path)
-            .output()
-            .ok()?;
-        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-    }
-
     #[test]
     fn each_mib_written_goes_to_the_disk_at_once_not_after_the_kernels_30_s() {
-        // On the disk, not /tmp (which may be tmpfs, where there is no
-        // writeback to start).
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = crate::test_support::disk_tempdir();
         let path = dir.path().join("access.jsonl");
         let mut log = LogFile::open(&path, None, false).unwrap();
-        let Some(before) = dirty_pages(&path) else {
+        let Some(before) = crate::test_support::dirty_pages(&path) else {
             eprintln!("skipped: no python3, or a kernel without cachestat(2)");
             return;
         };
@@ -627,7 +603,7 @@ print(st[1])
         let limit = (1 << 20) / 4096 + 16;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let dirty = dirty_pages(&path).unwrap();
+            let dirty = crate::test_support::dirty_pages(&path).unwrap();
             if dirty <= limit {
                 break;
             }

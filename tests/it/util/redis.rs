@@ -269,6 +269,9 @@ pub(crate) fn with_redis(yaml: &str, url: &str, prefix: &str) -> String {
 pub(crate) enum TestStore {
     /// The standard test config's `store: { path: ./data }`.
     Embedded,
+    /// The same with `durability: write` (answered once written, synced
+    /// every second).
+    EmbeddedWrite,
     /// A Redis store block (the inside of `store: { ... }`) and the
     /// prefix of its keys.
     Redis { block: String, prefix: String },
@@ -296,6 +299,7 @@ impl TestStore {
     pub(crate) fn on(&self, yaml: &str) -> String {
         match self {
             TestStore::Embedded => yaml.to_string(),
+            TestStore::EmbeddedWrite => with_store(yaml, "path: ./data, durability: write"),
             TestStore::Redis { block, prefix } => {
                 with_store(yaml, &format!("{block}, key_prefix: {prefix}"))
             }
@@ -308,6 +312,7 @@ impl TestStore {
     pub(crate) fn prefixed(&self, prefix: &str) -> TestStore {
         match self {
             TestStore::Embedded => TestStore::Embedded,
+            TestStore::EmbeddedWrite => TestStore::EmbeddedWrite,
             TestStore::Redis { block, .. } => TestStore::Redis {
                 block: block.clone(),
                 prefix: prefix.into(),
