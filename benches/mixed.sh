@@ -16,6 +16,7 @@
 #   benches/mixed.sh                       # 12 intervals of 5 s
 #   INTERVALS=24 INTERVAL=5 CONNS=64 BENCH_USERS=1000000 benches/mixed.sh
 #   MIXED_ACCESS_LOG=/dev/shm/access.jsonl benches/mixed.sh   # the log off the disk (~1.3 GB a minute)
+#   BENCH_DURABILITY=write benches/mixed.sh   # store.durability: write
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 INTERVALS=${INTERVALS:-12} INTERVAL=${INTERVAL:-5} CONNS=${CONNS:-64}
@@ -28,7 +29,7 @@ cp "$harness/conf/nginx-split.conf" "$dir/"
 taskset -c 1 nginx -p "$dir/" -c "$dir/nginx-split.conf" -e "$dir/logs/split.log" &
 nginx_pid=$!
 echo "bench-token-$RANDOM$RANDOM" > "$dir/token"
-BENCH_STORE="{ path: $dir/data }" BENCH_ACCESS_LOG=${MIXED_ACCESS_LOG:-$dir/access.jsonl} \
+BENCH_STORE="{ path: $dir/data${BENCH_DURABILITY:+, durability: $BENCH_DURABILITY} }" BENCH_ACCESS_LOG=${MIXED_ACCESS_LOG:-$dir/access.jsonl} \
   BENCH_EXTRA="admin: { listen: 127.0.0.1:18099, token_file: $dir/token }" \
   bench_config "$dir/cohort.yaml" 18090
 (cd "$dir" && exec taskset -c 1 "$root/target/release/cohort" --config "$dir/cohort.yaml") >"$dir/cohort.out" 2>&1 &
