@@ -434,6 +434,35 @@ async fn redis_killed_under_load_fails_no_request_with_serve_by_hash_and_loses_n
     );
     let lost_lines = |r: &Cohort| r.count_log("stored by another replica first");
     assert_eq!(lost_lines(&a) + lost_lines(&b), twins.len());
+    // The per-variant unit counters (`plan`'s orphan check) count every
+    // stored unit, the written-back ones too: never fewer than the unit
+    // keys. An INCR that Redis ran as it was killed, its answer lost, is
+    // retried and counts twice (high is the safe side for `plan`): at most
+    // one per request in flight then, 4 load clients and the 2 twins'.
+    let scan = |pattern: &str| -> Vec<String> {
+        redis
+            .cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // (The increments follow the writes: give the last ones a moment.)
+    let units_stored = scan("t5:u:ranker:*").len() as u64;
+    let counted = || -> u64 {
+        scan("t5:n:ranker:*")
+            .iter()
+            .map(|k| redis.cli(&["GET", k]).trim().parse::<u64>().unwrap())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counted() < units_stored && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = counted();
+    assert!(
+        (units_stored..=units_stored + 6).contains(&n),
+        "unit counters {n} for {units_stored} unit keys"
+    );
     // After recovery a fresh replica (empty cache) finds every unit stored
     // before the outage unchanged (AOF with appendfsync always), and the
     // units served degraded were written back by the contract hash.

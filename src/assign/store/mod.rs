@@ -272,7 +272,10 @@ impl Store {
     pub async fn release(&self) -> Result<(), StoreError> {
         match self {
             Store::Embedded(s) => s.release().await,
-            Store::Redis(_) => Ok(()),
+            Store::Redis(r) => {
+                r.settle(std::time::Duration::from_secs(2)).await;
+                Ok(())
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ pub const LEDGER_POLL: Duration = Duration::from_millis(250);
 /// time from reading its snapshot to its store call.
 const RESET_SETTLE: Duration = Duration::from_secs(1);
 
+/// How long a unit counter's `INCR` is retried while Redis is away.
+const COUNT_RETRY_FOR: Duration = Duration::from_secs(60);
+
 /// Degraded assignments kept for write-back at most (about 100 bytes
 /// each); beyond it new ones are served but not queued.
 const MAX_PENDING: usize = 1_000_000;
@@ -186,6 +189,21 @@ pub struct RedisStore {
     ledger_io: tokio::sync::Mutex<()>,
     /// When this replica's ledger copy last took in a reset, per experiment.
     resets_seen: Mutex<HashMap<ExperimentId, Instant>>,
+    /// The runtime the store was opened on (the control plane's), which
+    /// runs the unit counters' `INCR`s: a worker's runtime stops serving
+    /// its tasks before the process is done, and a count lost there would
+    /// let `plan` think a variant holds fewer units than it does.
+    control: tokio::runtime::Handle,
+    /// `INCR`s sent and not yet answered; [`RedisStore::settle`] waits for
+    /// them at shutdown.
+    counting: Arc<Counting>,
+}
+
+/// Unit-counter increments in flight.
+#[derive(Default)]
+struct Counting {
+    n: AtomicU64,
+    idle: tokio::sync::Notify,
 }
 
 fn redis_err(e: impl std::fmt::Display) -> StoreError {
@@ -228,6 +246,8 @@ impl RedisStore {
             version: watch::channel(0).0,
             ledger_io: tokio::sync::Mutex::new(()),
             resets_seen: Mutex::new(HashMap::new()),
+            control: tokio::runtime::Handle::current(),
+            counting: Arc::default(),
         });
         store.refresh_ledger().await.map_err(|e| match e {
             StoreError::Unavailable(m) if m.to_lowercase().contains("noperm") => StoreError::Unavailable(format!(
@@ -634,11 +654,7 @@ impl RedisStore {
             .await;
         match r {
             Ok(None) => {
-                let counter = self.key(format_args!("n:{name}:{reset}:{vname}"));
-                let conn = self.conn.clone();
-                tokio::spawn(async move {
-                    let _: RedisResult<Value> = conn.query(redis::cmd("INCR").arg(counter)).await;
-                });
+                self.count_unit(&name, reset, &vname);
                 if self.opts.wait_replicas > 0 {
                     let acked: Result<i64, _> = self
                         .bounded(
@@ -706,6 +722,67 @@ impl RedisStore {
         }
     }
 
+    /// Adds a stored unit to its variant's counter, off the request path,
+    /// on the control plane's runtime. Retried while Redis is away (the
+    /// unit's `SET` may have landed just before it went): a unit stored and
+    /// not counted would let `plan` count its variant low. An `INCR` that
+    /// ran but whose answer was lost is counted twice: high is the safe
+    /// side.
+    fn count_unit(&self, experiment: &str, reset: u64, variant: &str) {
+        let counter = self.key(format_args!("n:{experiment}:{reset}:{variant}"));
+        let conn = self.conn.clone();
+        let counting = self.counting.clone();
+        counting.n.fetch_add(1, Ordering::SeqCst);
+        self.control.spawn(async move {
+            let since = Instant::now();
+            loop {
+                let r: RedisResult<Value> = conn.query(redis::cmd("INCR").arg(&counter)).await;
+                match r {
+                    Ok(_) => break,
+                    Err(e) if since.elapsed() >= COUNT_RETRY_FOR => {
+                        tracing::warn!(counter = %counter, error = %e, "a unit counter could not be incremented; `plan` may count this variant one low");
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(LEDGER_POLL).await,
+                }
+            }
+            if counting.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+                counting.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// [`RedisStore::count_unit`] for a written-back `value` (`epoch
+    /// first_seen variant`).
+    fn count_written_back(&self, id: ExperimentId, reset: u64, value: &str) {
+        let name = {
+            let l = self.shared.ledger.lock().expect("ledger lock");
+            l.by_id(id).map(|x| x.name.clone())
+        };
+        if let (Some(name), Some(variant)) = (name, value.splitn(3, ' ').nth(2)) {
+            self.count_unit(&name, reset, variant);
+        }
+    }
+
+    /// Waits (at most `timeout`) for the unit counters' `INCR`s in flight.
+    pub async fn settle(&self, timeout: Duration) {
+        let wait = async {
+            loop {
+                let idle = self.counting.idle.notified();
+                if self.counting.n.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(timeout, wait).await.is_err() {
+            tracing::warn!(
+                in_flight = self.counting.n.load(Ordering::SeqCst),
+                "shutdown: unit counter increments still unanswered by Redis; `plan` may count a variant's units low"
+            );
+        }
+    }
+
     /// Writes queued degraded assignments back (`SET NX`); a unit another
     /// replica stored meanwhile keeps that value, which is logged and cached.
     async fn write_back(&self) {
@@ -734,6 +811,8 @@ impl RedisStore {
                     match theirs {
                         None => {
                             self.writebacks_stored.fetch_add(1, Ordering::Relaxed);
+                            // Stored by this write: counted like any first write.
+                            self.count_written_back(id, reset, &value);
                             if let Some(a) = self.parse(id, &value) {
                                 self.cache(id, reset, key, a);
                             }
@@ -744,6 +823,14 @@ impl RedisStore {
                         // or epoch than it was served.
                         Some(theirs) if same_assignment(&theirs, &value) => {
                             self.writebacks_stored.fetch_add(1, Ordering::Relaxed);
+                            if theirs == value {
+                                // Most likely this replica's own write, which
+                                // Redis ran but whose answer was lost: never
+                                // counted. (Another replica's identical write
+                                // in the same second would count twice; `plan`
+                                // errs safe on a high count, not a low one.)
+                                self.count_written_back(id, reset, &value);
+                            }
                             if let Some(a) = self.parse(id, &theirs) {
                                 self.cache(id, reset, key, a);
                             }
