@@ -26,8 +26,20 @@ print(st[1])
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-/// A scratch directory on the disk the crate is on, not in /tmp (which may
-/// be tmpfs, where nothing is ever written back).
-pub(crate) fn disk_tempdir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("a scratch dir beside Cargo.toml")
+/// A scratch directory under `target/`, not in /tmp (which may be tmpfs,
+/// where nothing is ever written back), in which [`dirty_pages`] can see
+/// a written page dirty; `None` where it cannot (no python3, a kernel
+/// without cachestat, tmpfs, overlayfs, which reports every page clean):
+/// the caller skips.
+pub(crate) fn writeback_dir() -> Option<tempfile::TempDir> {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let dir = tempfile::tempdir_in(target).ok()?;
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, [1u8; 4096]).ok()?;
+    let seen = dirty_pages(&probe).is_some_and(|n| n >= 1);
+    std::fs::remove_file(&probe).ok()?;
+    if !seen {
+        eprintln!("skipped: dirty pages cannot be seen here (no python3, no cachestat(2), or tmpfs/overlayfs)");
+    }
+    seen.then_some(dir)
 }

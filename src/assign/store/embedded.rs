@@ -102,7 +102,8 @@ impl Embedded {
     }
 
     /// Records `variant` at `epoch` for a new unit and returns once it is on
-    /// disk. If the unit was stored meanwhile, returns that assignment instead.
+    /// disk (written only, with `durability: write`). If the unit was
+    /// stored meanwhile, returns that assignment instead.
     pub async fn assign(
         &self,
         experiment: ExperimentId,

@@ -69,10 +69,11 @@ impl Hasher for DigestHasher {
 /// lock and the store's writer thread meanwhile: with DashMap's default
 /// (4 × cores: 8 on 2 cores) one such pause at a million units took
 /// 3.6 ms of the writer's time and every first exposure of its batch
-/// waited for it, and a shard of 1/256th of the units takes 0.12 ms
-/// (insert 1M units, longest single insert; release build, 2-vCPU VM).
-/// The shards cost 128 bytes each per experiment.
-const SHARDS: usize = 256;
+/// waited for it; with 64 shards 0.47 ms, with 256 0.12 ms (insert 1M
+/// units, longest single insert; release build, 2-vCPU VM). 64, because
+/// every experiment id ever used keeps a table and each shard costs 128
+/// bytes: 8 KiB an experiment.
+const SHARDS: usize = 64;
 
 /// One experiment's assignments.
 pub struct Table {

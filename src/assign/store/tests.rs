@@ -339,53 +339,58 @@ async fn a_large_history_record_survives_restart_and_a_torn_one_is_cut() {
 #[tokio::test]
 async fn with_durability_write_new_units_are_answered_before_the_sync_which_follows_within_a_second(
 ) {
+    use std::time::{Duration, Instant};
     let dirty = crate::test_support::dirty_pages;
-    let units = |store: Arc<Store>, from: usize| async move {
-        for i in from..from + 200 {
+    let units = |store: Arc<Store>, from: usize, n: usize| async move {
+        for i in from..from + n {
             let key = unit_key("e", format!("u{i}").as_bytes());
             assert!(store.assign(0, key, 0, Epoch(1)).await.unwrap().created);
         }
     };
-    // Today's default: answered once on the disk, so nothing is dirty.
-    let dir = crate::test_support::disk_tempdir();
-    let path = dir.path().join(JOURNAL_FILE);
-    let store = Arc::new(Store::open_with(dir.path(), Durability::Sync).unwrap());
-    store.append_ledger(vec![event(1, false)]).await.unwrap();
-    let Some(0) = dirty(&path) else {
-        eprintln!("skipped: no python3 or no cachestat(2) to look with");
+    let Some(dir) = crate::test_support::writeback_dir() else {
         return;
     };
-    units(store.clone(), 0).await;
+    // Today's default: answered once on the disk, so nothing is dirty.
+    let sync_dir = dir.path().join("sync");
+    let store = Arc::new(Store::open_with(&sync_dir, Durability::Sync).unwrap());
+    store.append_ledger(vec![event(1, false)]).await.unwrap();
+    units(store.clone(), 0, 20).await;
     assert_eq!(
-        dirty(&path),
+        dirty(&sync_dir.join(JOURNAL_FILE)),
         Some(0),
         "durability: sync answered before its sync"
     );
     drop(store);
 
     // `write`: answered from the page cache, synced within the second.
-    let dir = crate::test_support::disk_tempdir();
-    let path = dir.path().join(JOURNAL_FILE);
-    let store = Arc::new(Store::open_with(dir.path(), Durability::Write).unwrap());
+    let write_dir = dir.path().join("write");
+    let path = write_dir.join(JOURNAL_FILE);
+    let store = Arc::new(Store::open_with(&write_dir, Durability::Write).unwrap());
     store.append_ledger(vec![event(1, false)]).await.unwrap();
     assert_eq!(dirty(&path), Some(0), "a ledger event is always synced");
-    let answered = std::time::Instant::now();
-    units(store.clone(), 0).await;
-    assert!(
-        dirty(&path).unwrap() > 0,
-        "durability: write waited for the disk"
-    );
+    let first = Instant::now();
+    units(store.clone(), 0, 20).await;
+    let seen = dirty(&path).unwrap();
+    // (Only if that took well under the second: a loaded machine may have
+    // reached the timed sync already.)
+    if first.elapsed() < Duration::from_millis(500) {
+        assert!(seen > 0, "durability: write waited for the disk");
+    }
     while dirty(&path).unwrap() > 0 {
         assert!(
-            answered.elapsed() < std::time::Duration::from_secs(5),
+            first.elapsed() < Duration::from_secs(5),
             "not synced within the second (nor in 5 s)"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // An explicit sync (readiness, hand-over) syncs what is pending.
+    units(store.clone(), 20, 5).await;
+    store.sync().await.unwrap();
+    assert_eq!(dirty(&path), Some(0), "sync() left answered units unsynced");
     // Every unit is in the journal: a restart finds them.
     drop(store);
-    let store = Arc::new(Store::open_with(dir.path(), Durability::Write).unwrap());
-    for i in 0..200 {
+    let store = Arc::new(Store::open_with(&write_dir, Durability::Write).unwrap());
+    for i in 0..25 {
         let key = unit_key("e", format!("u{i}").as_bytes());
         assert!(!store.assign(0, key, 1, Epoch(1)).await.unwrap().created);
     }

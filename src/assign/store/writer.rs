@@ -50,6 +50,11 @@ pub(super) enum Cmd {
     },
 }
 
+/// The most bytes a `durability: write` journal holds unsynced: a quarter
+/// of [`journal::PREALLOCATE`], so what a power cut can tear stays well
+/// inside the tail that replay truncates without calling it damage.
+const SYNC_BYTES: u64 = journal::PREALLOCATE / 4;
+
 /// How long a `durability: write` journal may hold written records before
 /// it syncs them.
 const SYNC_AFTER: Duration = Duration::from_secs(1);
@@ -74,23 +79,24 @@ pub(super) fn write_loop(
         file,
         end,
         allocated,
+        unsynced: None,
     };
     let mut wakes = Wakes::default();
     let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_BATCH * 36);
     let mut broken: Option<String> = None;
     let mut released = None;
-    // Since when written records wait for their sync (`durability: write`).
-    let mut unsynced: Option<Instant> = None;
     loop {
-        let next = match unsynced {
+        let next = match journal.unsynced {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => rx.recv_timeout(SYNC_AFTER.saturating_sub(since.elapsed())),
+            Some((since, _)) => rx.recv_timeout(SYNC_AFTER.saturating_sub(since.elapsed())),
         };
         let first = match next {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
-                unsynced = journal.sync_late(&shared);
+                if let Err(e) = journal.append(&[], true) {
+                    broken = Some(journal.sync_failed(&shared, &e));
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -109,30 +115,40 @@ pub(super) fn write_loop(
         }
         buf.clear();
         let verdicts = encode_batch(&batch, &shared, &mut buf);
-        // Config changes, syncs and hand-overs always wait for the disk.
+        // Config changes, syncs and hand-overs always wait for the disk;
+        // so does a batch that would leave more than SYNC_BYTES unsynced.
         let sync = durability == Durability::Sync
-            || unsynced.is_some_and(|t| t.elapsed() >= SYNC_AFTER)
-            || batch.iter().any(|c| !matches!(c, Cmd::Assign { .. }));
+            || batch.iter().any(|c| !matches!(c, Cmd::Assign { .. }))
+            || journal.unsynced.is_some_and(|(since, bytes)| {
+                since.elapsed() >= SYNC_AFTER || bytes + buf.len() as u64 >= SYNC_BYTES
+            });
         let written = match &broken {
             Some(why) => Err(why.clone()),
-            None => journal.append(&buf, sync).map_err(|e| {
-                let why = e.to_string();
-                tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
-                // A partial write would hide every later record from replay:
-                // cut back to the last good record, or stop writing at all.
-                if journal.cut_back().is_err() {
-                    broken = Some(why.clone());
+            None => {
+                let answered_unsynced = journal.unsynced.is_some();
+                match journal.append(&buf, sync) {
+                    Ok(()) => Ok(()),
+                    Err(e) if answered_unsynced => {
+                        // Records already answered may not be on the disk:
+                        // no more answers from this journal.
+                        let why = journal.sync_failed(&shared, &e);
+                        broken = Some(why.clone());
+                        Err(why)
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
+                        // A partial write would hide every later record from
+                        // replay: cut back to the last good record, or stop
+                        // writing at all.
+                        if journal.cut_back().is_err() {
+                            broken = Some(why.clone());
+                        }
+                        Err(why)
+                    }
                 }
-                why
-            }),
+            }
         };
-        if written.is_ok() && !buf.is_empty() {
-            unsynced = if sync {
-                None
-            } else {
-                unsynced.or_else(|| Some(Instant::now()))
-            };
-        }
         for (c, verdict) in batch.drain(..).zip(verdicts) {
             let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
             match c {
@@ -169,14 +185,19 @@ pub(super) fn write_loop(
         wakes.finish();
         if let Some((reply, ok)) = released.take() {
             // Later commands find the channel closed: StoreError::Closed.
-            let _ = journal.file.sync_data();
+            let synced = journal
+                .file
+                .sync_data()
+                .map_err(|e| StoreError::Write(e.to_string()));
             drop(journal);
-            reply.send(ok, &mut wakes);
+            reply.send(ok.and(synced), &mut wakes);
             wakes.finish();
             return;
         }
     }
-    let _ = journal.file.sync_data();
+    if let Err(e) = journal.file.sync_data() {
+        tracing::error!(journal = %shared.path.display(), error = %e, "journal sync at shutdown failed");
+    }
 }
 
 /// Encodes the batch's records into `buf`, in order, and says for each
@@ -266,23 +287,23 @@ struct Journal {
     end: u64,
     /// How far the file is zero-filled (and synced): its size.
     allocated: u64,
+    /// Records written and answered but not yet synced (`durability:
+    /// write`): since when, and how many bytes.
+    unsynced: Option<(Instant, u64)>,
 }
 
 /// Zeros written to extend the preallocation.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Journal {
-    /// Syncs records written without a sync (`durability: write`); says
-    /// since when records still wait for one (`None`: none; after a failed
-    /// sync, now, so the next try is a second later).
-    fn sync_late(&self, shared: &Shared) -> Option<Instant> {
-        match self.file.sync_data() {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(journal = %shared.path.display(), error = %e, "journal sync failed; new units of the last seconds may not survive a power cut");
-                Some(Instant::now())
-            }
-        }
+    /// After a failed write or sync with answered records unsynced
+    /// (`durability: write`): they may never reach the disk, and a later
+    /// sync would not say so (the kernel reports a lost write-back once).
+    /// Says why the journal takes no more records.
+    fn sync_failed(&mut self, shared: &Shared, e: &io::Error) -> String {
+        tracing::error!(journal = %shared.path.display(), error = %e, "journal write or sync failed with new units answered but not synced: they may be lost on a power cut; the store takes no new units until restarted");
+        self.unsynced = None;
+        format!("journal write or sync failed: {e}")
     }
 
     /// Writes `buf` after the last record and syncs it (unless `sync` is
@@ -292,6 +313,10 @@ impl Journal {
     /// batch: the only syncs that change the file's size.
     fn append(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         if buf.is_empty() {
+            if sync && self.unsynced.is_some() {
+                self.file.sync_data()?;
+                self.unsynced = None;
+            }
             return Ok(());
         }
         let need = self.end + buf.len() as u64;
@@ -313,6 +338,10 @@ impl Journal {
         self.file.write_all_at(buf, self.end)?;
         if sync {
             self.file.sync_data()?;
+            self.unsynced = None;
+        } else {
+            let (_, bytes) = self.unsynced.get_or_insert((Instant::now(), 0));
+            *bytes += buf.len() as u64;
         }
         self.end = need;
         self.allocated = self.allocated.max(need);
@@ -359,6 +388,7 @@ mod tests {
             file,
             end: 100,
             allocated: 100,
+            unsynced: None,
         };
         j.append(&[1; 36], true).unwrap();
         assert_eq!((j.end, j.allocated), (136, 100 + journal::PREALLOCATE));
