@@ -2772,7 +2772,10 @@ experiments:
         assert_eq!(c.durability, Durability::Write);
         // `sync`, the default, may be spelled out on a redis store too
         // (one template for both); only `write` is the journal's alone.
-        check(&format!("store: {{ kind: redis, url: 'redis://x', durability: sync }}\n{GOOD}")).unwrap();
+        check(&format!(
+            "store: {{ kind: redis, url: 'redis://x', durability: sync }}\n{GOOD}"
+        ))
+        .unwrap();
         // Only a non-default durability shows in the record (and version).
         let plain = crate::config::record::ConfigRecord::of(
             &check(&format!("store: {{ path: ./d }}\n{GOOD}")).unwrap(),

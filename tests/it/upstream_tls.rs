@@ -407,7 +407,7 @@ async fn server_name_and_a_client_certificate_reach_an_upstream_that_requires_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_each() {
+async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_per_worker() {
     let old = ModelServer::spawn("old", true, None).await;
     let new = ModelServer::spawn("new", true, None).await;
     let dir = TestDir::new();
@@ -468,10 +468,12 @@ async fn plain_http_requests_reach_h2c_upstreams_multiplexed_on_one_connection_e
     for m in [&old, &new] {
         assert!(!m.seen().is_empty());
         assert!(m.seen().iter().all(|s| s.version == Version::HTTP_2));
-        assert_eq!(
-            m.connections.load(Ordering::SeqCst),
-            1,
-            "every request on one multiplexed connection"
+        // One multiplexed connection per worker that served a request.
+        let n = m.connections.load(Ordering::SeqCst);
+        assert!(
+            (1..=test_workers()).contains(&n),
+            "{n} connections for {} workers",
+            test_workers()
         );
     }
     assert!(cohort.terminate().success());
@@ -717,4 +719,51 @@ async fn a_websocket_routed_to_an_h2_upstream_is_served_plain_not_tunnelled() {
     assert_eq!(seen[0].version, Version::HTTP_2);
     drop(s);
     assert!(cohort.terminate().success());
+}
+
+/// Thread-per-core (issue 15): each worker reaches an HTTP/2 upstream over
+/// a connection of its own, whose tasks run on its own runtime. Two
+/// kept-alive clients are served by two workers (a new connection goes to
+/// the worker with fewer), so the upstream sees two connections; one
+/// client shared by the workers multiplexed both over one.
+#[tokio::test]
+async fn each_worker_reaches_an_http2_upstream_over_its_own_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let model = ModelServer::spawn("model", true, None).await;
+    let url = format!("http://{}", model.addr);
+    let yaml = config_urls(&[("old", url.clone()), ("new", url)], &ranker("50", "50"));
+    let dir = TestDir::new();
+    let cohort = Cohort::start(&dir, &with_workers(&h2_upstreams(&yaml), 2));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(tokio::net::TcpStream::connect(cohort.addr).await.unwrap());
+    }
+    for round in 0..3 {
+        for (c, s) in clients.iter_mut().enumerate() {
+            let ask =
+                format!("GET /predict HTTP/1.1\r\nhost: t\r\nx-user-id: u{c}-{round}\r\n\r\n");
+            s.write_all(ask.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            while complete_responses(&got) < 1 {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                    .await
+                    .expect("an answer within 5 s")
+                    .unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+    assert!(model.seen().iter().all(|s| s.version == Version::HTTP_2));
+    assert_eq!(
+        model.connections.load(Ordering::SeqCst),
+        2,
+        "one HTTP/2 connection per worker"
+    );
 }

@@ -43,14 +43,6 @@ async fn connect_and_ask(cohort: &Cohort) -> (TcpStream, String) {
     (s, worker)
 }
 
-/// `yaml` (from [`config`]) with `runtime.worker_threads: n`, whatever
-/// `COHORT_TEST_WORKERS` says.
-fn with_workers(yaml: &str, n: usize) -> String {
-    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
-    let end = at + yaml[at..].find(',').unwrap();
-    format!("{}{n}{}", &yaml[..at], &yaml[end..])
-}
-
 #[tokio::test]
 async fn kept_alive_clients_are_spread_over_the_workers() {
     let old = Backend::spawn("old").await;

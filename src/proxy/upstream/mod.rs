@@ -70,7 +70,11 @@ pub(crate) struct Upstream {
     /// The `Host` sent to every endpoint: the first endpoint's `host:port`
     /// (the endpoints of one upstream serve the same model).
     pub host: HeaderValue,
-    client: UpstreamClient,
+    /// hyper's client (HTTP/2 and TLS upstreams), one per worker like the
+    /// lean path's idle lists: a worker's requests go over connections
+    /// whose tasks run on its own runtime, never another worker's, so no
+    /// request hops threads and a busy worker delays only its own.
+    clients: Box<[UpstreamClient]>,
     /// `tls.server_name`, when set: the authority requests are addressed
     /// to (`:authority`, Host) instead of the endpoint's address.
     named: Option<Authority>,
@@ -88,10 +92,10 @@ pub(crate) struct Upstream {
 /// One address of an upstream: its pool, its load and its health.
 pub(crate) struct Endpoint {
     pub authority: Authority,
-    /// Its own hyper client, when the upstream's requests are addressed to
-    /// its `tls.server_name`: hyper connects to a request's authority, and
-    /// that names no endpoint then.
-    client: Option<UpstreamClient>,
+    /// Its own hyper clients (one per worker), when the upstream's
+    /// requests are addressed to its `tls.server_name`: hyper connects to a
+    /// request's authority, and that names no endpoint then.
+    clients: Option<Box<[UpstreamClient]>>,
     /// `host:port`, as the access log names it.
     pub address: &'static str,
     /// Idle lean-path connections, one list per worker, the most recently
@@ -183,12 +187,16 @@ impl Upstream {
         if h2 || config.tls.is_some() {
             ANY_HYPER_ONLY.store(true, Ordering::Relaxed);
         }
+        // One idle list and one client per worker, however many: a worker
+        // without its own could keep no idle connection at all. The idle
+        // connections allowed are split over them, as on the lean path.
+        let lists = workers.max(WORKERS_RUNNING.load(Ordering::Relaxed)).max(1);
         let client = |connector: EarlyAnswerConnector| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(config.max_idle_per_host)
+                .pool_max_idle_per_host(config.max_idle_per_host.div_ceil(lists))
                 .http2_only(h2)
                 .build(connector)
         };
@@ -206,9 +214,6 @@ impl Upstream {
                 true => format!("[{n}]").parse().ok(),
                 false => n.parse().ok(),
             });
-        // One list per worker, however many: a worker without its own
-        // list could keep no idle connection at all.
-        let lists = workers.max(WORKERS_RUNNING.load(Ordering::Relaxed)).max(1);
         Upstream {
             connector: connector.clone(),
             host: match &named {
@@ -219,18 +224,22 @@ impl Upstream {
                 .endpoints()
                 .map(|a| Endpoint {
                     // Addressed by name: a client of its own that dials it.
-                    client: named.as_ref().map(|_| {
-                        client(EarlyAnswerConnector {
-                            to: Some(
-                                Uri::builder()
-                                    .scheme(scheme.clone())
-                                    .authority(a)
-                                    .path_and_query("/")
-                                    .build()
-                                    .expect("validated authority"),
-                            ),
-                            ..connector.clone()
-                        })
+                    clients: named.as_ref().map(|_| {
+                        (0..lists)
+                            .map(|_| {
+                                client(EarlyAnswerConnector {
+                                    to: Some(
+                                        Uri::builder()
+                                            .scheme(scheme.clone())
+                                            .authority(a)
+                                            .path_and_query("/")
+                                            .build()
+                                            .expect("validated authority"),
+                                    ),
+                                    ..connector.clone()
+                                })
+                            })
+                            .collect()
                     }),
                     authority: a.parse().expect("validated authority"),
                     address: intern(a),
@@ -242,7 +251,7 @@ impl Upstream {
                 })
                 .collect(),
             config: config.clone(),
-            client: client(connector),
+            clients: (0..lists).map(|_| client(connector.clone())).collect(),
             named,
             scheme,
             draws: AtomicU64::new(0x853c_49e6_748f_ea9b),
@@ -275,9 +284,11 @@ impl Upstream {
         self.named.clone().unwrap_or_else(|| ep.authority.clone())
     }
 
-    /// The hyper client that reaches `ep`.
+    /// This worker's hyper client that reaches `ep`.
     pub(crate) fn client_for<'a>(&'a self, ep: &'a Endpoint) -> &'a UpstreamClient {
-        ep.client.as_ref().unwrap_or(&self.client)
+        let clients = ep.clients.as_deref().unwrap_or(&self.clients);
+        let i = MY_LIST.try_with(Cell::get).unwrap_or(0);
+        clients.get(i).unwrap_or(&clients[0])
     }
 
     /// Whether it speaks HTTP/2.

@@ -92,6 +92,14 @@ pub(crate) fn h2_upstreams(yaml: &str) -> String {
     )
 }
 
+/// `yaml` (from [`config`]) with `runtime.worker_threads: n`, whatever
+/// `COHORT_TEST_WORKERS` says.
+pub(crate) fn with_workers(yaml: &str, n: usize) -> String {
+    let at = yaml.find("worker_threads: ").unwrap() + "worker_threads: ".len();
+    let end = at + yaml[at..].find(',').unwrap();
+    format!("{}{n}{}", &yaml[..at], &yaml[end..])
+}
+
 /// Whether the tests run on the lean path (the default) or hyper's.
 pub(crate) fn lean_path_wanted() -> bool {
     std::env::var("COHORT_TEST_DATA_PATH").as_deref() != Ok("hyper")
@@ -102,6 +110,13 @@ pub(crate) fn lean_path_wanted() -> bool {
 /// scheduler).
 fn worker_threads() -> String {
     std::env::var("COHORT_TEST_WORKERS").unwrap_or_else(|_| "2".into())
+}
+
+/// [`worker_threads`] as a number.
+pub(crate) fn test_workers() -> usize {
+    worker_threads()
+        .parse()
+        .expect("COHORT_TEST_WORKERS is a number")
 }
 
 /// [`config`] on a given data path: `lean` sets `runtime.http1_fast_path`.
