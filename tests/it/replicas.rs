@@ -436,9 +436,9 @@ async fn redis_killed_under_load_fails_no_request_with_serve_by_hash_and_loses_n
     assert_eq!(lost_lines(&a) + lost_lines(&b), twins.len());
     // The per-variant unit counters (`plan`'s orphan check) count every
     // stored unit, the written-back ones too: never fewer than the unit
-    // keys. An INCR that Redis ran as it was killed, its answer lost, is
-    // retried and counts twice (high is the safe side for `plan`): at most
-    // one per request in flight then, 4 load clients and the 2 twins'.
+    // keys. An INCR that Redis ran (and fsynced) as it was killed, its
+    // answer lost, is retried and counts twice (high is the safe side for
+    // `plan`); that window is microseconds wide, so a handful at most.
     let scan = |pattern: &str| -> Vec<String> {
         redis
             .cli(&["--scan", "--pattern", pattern])

@@ -731,7 +731,8 @@ async fn each_worker_reaches_an_http2_upstream_over_its_own_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let model = ModelServer::spawn("model", true, None).await;
     let url = format!("http://{}", model.addr);
-    let yaml = config_urls(&[("old", url.clone()), ("new", url)], &ranker("50", "50"));
+    // Every unit to one upstream (each upstream has its own clients).
+    let yaml = config_urls(&[("old", url.clone()), ("new", url)], &ranker("0", "100"));
     let dir = TestDir::new();
     let cohort = Cohort::start(&dir, &with_workers(&h2_upstreams(&yaml), 2));
     let mut clients = Vec::new();

@@ -91,6 +91,9 @@ const RESET_SETTLE: Duration = Duration::from_secs(1);
 /// How long a unit counter's `INCR` is retried while Redis is away.
 const COUNT_RETRY_FOR: Duration = Duration::from_secs(60);
 
+/// Increments in flight past which a failed one is not retried.
+const COUNT_RETRY_TASKS: u64 = 4096;
+
 /// Degraded assignments kept for write-back at most (about 100 bytes
 /// each); beyond it new ones are served but not queued.
 const MAX_PENDING: usize = 1_000_000;
@@ -199,11 +202,24 @@ pub struct RedisStore {
     counting: Arc<Counting>,
 }
 
-/// Unit-counter increments in flight.
+/// Unit-counter increments in flight (and write-back passes, which make
+/// more of them).
 #[derive(Default)]
 struct Counting {
     n: AtomicU64,
     idle: tokio::sync::Notify,
+    /// Increments given up on (warned of every thousandth).
+    lost: AtomicU64,
+    /// Set by [`RedisStore::settle`]: write-back passes stop.
+    closing: AtomicBool,
+}
+
+impl Counting {
+    fn done(&self) {
+        if self.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 fn redis_err(e: impl std::fmt::Display) -> StoreError {
@@ -732,23 +748,26 @@ impl RedisStore {
         let counter = self.key(format_args!("n:{experiment}:{reset}:{variant}"));
         let conn = self.conn.clone();
         let counting = self.counting.clone();
-        counting.n.fetch_add(1, Ordering::SeqCst);
+        // Past this many in flight (a counter's node down while the
+        // units' are up), an increment is tried once, not retried.
+        let retry = counting.n.fetch_add(1, Ordering::SeqCst) < COUNT_RETRY_TASKS;
         self.control.spawn(async move {
             let since = Instant::now();
             loop {
                 let r: RedisResult<Value> = conn.query(redis::cmd("INCR").arg(&counter)).await;
-                match r {
-                    Ok(_) => break,
-                    Err(e) if since.elapsed() >= COUNT_RETRY_FOR => {
-                        tracing::warn!(counter = %counter, error = %e, "a unit counter could not be incremented; `plan` may count this variant one low");
-                        break;
+                let Err(e) = r else { break };
+                // Only a connection that failed may succeed later; a
+                // refusal (an ACL without INCR, a wrong type) never will.
+                let passing = e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error();
+                if !(retry && passing) || since.elapsed() >= COUNT_RETRY_FOR {
+                    if counting.lost.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                        tracing::warn!(counter = %counter, error = %e, lost_so_far = counting.lost.load(Ordering::Relaxed), "a unit counter could not be incremented; `plan` may count its variant low");
                     }
-                    Err(_) => tokio::time::sleep(LEDGER_POLL).await,
+                    break;
                 }
+                tokio::time::sleep(LEDGER_POLL).await;
             }
-            if counting.n.fetch_sub(1, Ordering::SeqCst) == 1 {
-                counting.idle.notify_waiters();
-            }
+            counting.done();
         });
     }
 
@@ -765,7 +784,10 @@ impl RedisStore {
     }
 
     /// Waits (at most `timeout`) for the unit counters' `INCR`s in flight.
+    /// Write-backs stop first (one in progress ends after its current
+    /// unit), so none starts an increment after this returns.
     pub async fn settle(&self, timeout: Duration) {
+        self.counting.closing.store(true, Ordering::SeqCst);
         let wait = async {
             loop {
                 let idle = self.counting.idle.notified();
@@ -786,6 +808,17 @@ impl RedisStore {
     /// Writes queued degraded assignments back (`SET NX`); a unit another
     /// replica stored meanwhile keeps that value, which is logged and cached.
     async fn write_back(&self) {
+        // In flight like an increment, so `settle` waits for the pass (and
+        // the increments it starts) at shutdown.
+        if self.counting.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        self.counting.n.fetch_add(1, Ordering::SeqCst);
+        self.write_back_pass().await;
+        self.counting.done();
+    }
+
+    async fn write_back_pass(&self) {
         let batch: Vec<_> = {
             let p = self.pending.lock().expect("pending lock");
             if p.is_empty() {
@@ -794,6 +827,9 @@ impl RedisStore {
             p.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
         for (rkey, (value, id, key, reset)) in batch {
+            if self.counting.closing.load(Ordering::SeqCst) {
+                return;
+            }
             let r: RedisResult<Option<String>> = self
                 .conn
                 .query(

@@ -119,35 +119,48 @@ pub(super) fn write_loop(
         // so does a batch that would leave more than SYNC_BYTES unsynced.
         let sync = durability == Durability::Sync
             || batch.iter().any(|c| !matches!(c, Cmd::Assign { .. }))
-            || journal.unsynced.is_some_and(|(since, bytes)| {
-                since.elapsed() >= SYNC_AFTER || bytes + buf.len() as u64 >= SYNC_BYTES
-            });
+            || journal
+                .unsynced
+                .is_some_and(|(since, _)| since.elapsed() >= SYNC_AFTER)
+            || journal.unsynced.map_or(0, |(_, bytes)| bytes) + buf.len() as u64 >= SYNC_BYTES;
         let written = match &broken {
             Some(why) => Err(why.clone()),
-            None => {
-                let answered_unsynced = journal.unsynced.is_some();
-                match journal.append(&buf, sync) {
-                    Ok(()) => Ok(()),
-                    Err(e) if answered_unsynced => {
-                        // Records already answered may not be on the disk:
-                        // no more answers from this journal.
-                        let why = journal.sync_failed(&shared, &e);
-                        broken = Some(why.clone());
-                        Err(why)
-                    }
-                    Err(e) => {
-                        let why = e.to_string();
-                        tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
-                        // A partial write would hide every later record from
-                        // replay: cut back to the last good record, or stop
-                        // writing at all.
-                        if journal.cut_back().is_err() {
-                            broken = Some(why.clone());
-                        }
-                        Err(why)
-                    }
+            None => match journal.append(&buf, sync) {
+                Ok(()) => Ok(()),
+                // Records already answered may not be on the disk: no
+                // more answers from this journal.
+                Err(Failed::Sync(e)) if journal.unsynced.is_some() => {
+                    let why = journal.sync_failed(&shared, &e);
+                    broken = Some(why.clone());
+                    Err(why)
                 }
-            }
+                Err(f) => {
+                    let why = f.to_string();
+                    tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
+                    // Records answered before it (`durability: write`)
+                    // must reach the disk before the file is cut back.
+                    let synced = match journal.unsynced {
+                        None => true,
+                        Some(_) => match journal.file.sync_data() {
+                            Ok(()) => {
+                                journal.unsynced = None;
+                                true
+                            }
+                            Err(e) => {
+                                broken = Some(journal.sync_failed(&shared, &e));
+                                false
+                            }
+                        },
+                    };
+                    // A partial write would hide every later record from
+                    // replay: cut back to the last good record, or stop
+                    // writing at all.
+                    if synced && journal.cut_back().is_err() {
+                        broken = Some(why.clone());
+                    }
+                    Err(why)
+                }
+            },
         };
         for (c, verdict) in batch.drain(..).zip(verdicts) {
             let ok = verdict.and_then(|()| written.clone().map_err(StoreError::Write));
@@ -280,6 +293,17 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
     verdicts
 }
 
+/// Which step of an append failed: after a failed sync, records answered
+/// unsynced may be lost (and the next sync would not say so); after a
+/// failed write, they can still be synced.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error("{0}")]
+    Write(io::Error),
+    #[error("{0}")]
+    Sync(io::Error),
+}
+
 /// The journal file as the writer appends to it.
 struct Journal {
     file: File,
@@ -300,7 +324,7 @@ impl Journal {
     /// (`durability: write`): they may never reach the disk, and a later
     /// sync would not say so (the kernel reports a lost write-back once).
     /// Says why the journal takes no more records.
-    fn sync_failed(&mut self, shared: &Shared, e: &io::Error) -> String {
+    fn sync_failed(&mut self, shared: &Shared, e: &dyn std::fmt::Display) -> String {
         tracing::error!(journal = %shared.path.display(), error = %e, "journal write or sync failed with new units answered but not synced: they may be lost on a power cut; the store takes no new units until restarted");
         self.unsynced = None;
         format!("journal write or sync failed: {e}")
@@ -311,10 +335,10 @@ impl Journal {
     /// does not fit in the zero-filled part, the file first grows by
     /// [`journal::PREALLOCATE`] of written zeros past it, synced with the
     /// batch: the only syncs that change the file's size.
-    fn append(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+    fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), Failed> {
         if buf.is_empty() {
             if sync && self.unsynced.is_some() {
-                self.file.sync_data()?;
+                self.file.sync_data().map_err(Failed::Sync)?;
                 self.unsynced = None;
             }
             return Ok(());
@@ -335,9 +359,11 @@ impl Journal {
                 }
             }
         }
-        self.file.write_all_at(buf, self.end)?;
+        self.file
+            .write_all_at(buf, self.end)
+            .map_err(Failed::Write)?;
         if sync {
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(Failed::Sync)?;
             self.unsynced = None;
         } else {
             let (_, bytes) = self.unsynced.get_or_insert((Instant::now(), 0));

@@ -407,6 +407,9 @@ impl Syncer {
                     // call, not the writer's next sync, is the one told of
                     // a lost write-back (EIO): it goes to the writer.
                     if let Err(e) = file.sync_data() {
+                        // Logged here too: the writer's alarm is rate
+                        // limited, and this error is rare and matters.
+                        tracing::error!(error = %e, "access log: syncing written lines failed; some may be lost");
                         report.lock().expect("sync error lock").get_or_insert(e);
                     }
                 }
