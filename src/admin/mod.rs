@@ -220,6 +220,7 @@ fn metrics(state: &State) -> Resp {
         stored,
         log_written: state.log.written_lines(),
         log_dropped: state.log.failed_lines(),
+        syncs: state.store.sync_times(),
         store: state.store.shared().map(|r| {
             let h = r.health();
             StoreFacts {

@@ -77,6 +77,8 @@ pub(crate) const STORE_UP: &str = "cohort_store_up";
 pub(crate) const STORE_WRITEBACKS: &str = "cohort_store_writebacks";
 /// `cohort_store_writeback_pending`, a gauge (shared store only).
 pub(crate) const STORE_PENDING: &str = "cohort_store_writeback_pending";
+/// `cohort_store_sync_duration_seconds`, a histogram (embedded store only).
+pub(crate) const STORE_SYNC: &str = "cohort_store_sync_duration_seconds";
 
 /// The alarm fires below this p-value...
 pub(crate) const SRM_ALARM_P: f64 = 0.001;
@@ -518,6 +520,9 @@ pub(crate) struct ProcessFacts {
     pub log_dropped: u64,
     /// The shared store's health; `None` for the embedded store.
     pub store: Option<StoreFacts>,
+    /// The embedded journal's sync times (sum in seconds, count,
+    /// per-bucket counts); `None` for the shared store.
+    pub syncs: Option<(f64, u64, Vec<(f64, u64)>)>,
 }
 
 /// The shared (Redis) store's health at scrape time.
@@ -760,6 +765,15 @@ impl Collector for Scrape {
             )?
             .encode_gauge(&st.pending)?;
         }
+        if let Some((sum, count, buckets)) = &self.process.syncs {
+            enc.encode_descriptor(
+                STORE_SYNC,
+                "Time each fdatasync of the embedded store's journal took, in seconds (a new unit waits for one under store.durability: sync)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+        }
         let mut info = enc.encode_descriptor(
             CONFIG,
             "The applied config's version",
@@ -821,6 +835,7 @@ mod tests {
             log_written: 5,
             log_dropped: 1,
             store: None,
+            syncs: Some((0.003, 2, vec![(0.001, 1), (0.0025, 1), (f64::INFINITY, 0)])),
         });
         for line in [
             "# TYPE cohort_requests_total counter",
@@ -834,6 +849,10 @@ mod tests {
             "cohort_access_log_lines_total{result=\"written\"} 5",
             "cohort_access_log_lines_total{result=\"dropped\"} 1",
             "cohort_config_info{version=\"abc\"} 1",
+            "# TYPE cohort_store_sync_duration_seconds histogram",
+            "cohort_store_sync_duration_seconds_bucket{le=\"0.001\"} 1",
+            "cohort_store_sync_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "cohort_store_sync_duration_seconds_count 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

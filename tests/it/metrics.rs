@@ -244,6 +244,20 @@ async fn metrics_count_known_traffic_exactly() {
         2
     );
     assert_eq!(s.sum("cohort_requests_total", &[]), total);
+    // Every new unit waited for a journal sync; several can share one.
+    let syncs = s.count("cohort_store_sync_duration_seconds_count", &[]);
+    assert!(
+        (1..=new_c + new_t + 10).contains(&syncs),
+        "{syncs} syncs for {} new units",
+        new_c + new_t
+    );
+    assert_eq!(
+        s.count(
+            "cohort_store_sync_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        syncs
+    );
 
     for (v, n) in [("control", new_c), ("treatment", new_t)] {
         let labels = [("experiment", "ranker"), ("variant", v), ("epoch", &epoch)];

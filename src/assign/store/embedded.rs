@@ -14,7 +14,7 @@ use super::replay::{open_journal, JOURNAL_FILE};
 use super::reply;
 use super::shared::Shared;
 use super::table::{Assigned, Assignment, Table};
-use super::writer::{write_loop, Cmd};
+use super::writer::{write_loop, Cmd, SyncTimes};
 use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
 use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
@@ -27,6 +27,8 @@ pub struct Embedded {
     /// Held for the lifetime of the store (or until [`Embedded::release`]):
     /// one process per store directory.
     lock: File,
+    /// How long the writer's syncs took.
+    times: Arc<SyncTimes>,
 }
 
 impl Embedded {
@@ -65,15 +67,18 @@ impl Embedded {
         let journal = open_journal(&path, &shared)?;
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
+        let times = Arc::new(SyncTimes::default());
+        let writer_times = times.clone();
         let writer = std::thread::Builder::new()
             .name("cohort-store".into())
-            .spawn(move || write_loop(journal, rx, writer_shared, durability))
+            .spawn(move || write_loop(journal, rx, writer_shared, durability, writer_times))
             .map_err(io_err)?;
         Ok(Embedded {
             shared,
             tx,
             writer: Mutex::new(Some(writer)),
             lock,
+            times,
         })
     }
 
@@ -133,6 +138,12 @@ impl Embedded {
         self.shared
             .ledger_events
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long the journal's syncs took: (sum in seconds, count,
+    /// per-bucket counts, not cumulative).
+    pub fn sync_times(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        self.times.read()
     }
 
     /// Waits until everything queued so far is on disk.

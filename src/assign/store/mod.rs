@@ -175,6 +175,15 @@ impl Store {
         RedisStore::open(opts).await.map(Store::Redis)
     }
 
+    /// How long the embedded journal's syncs took (`None` for Redis):
+    /// (sum in seconds, count, per-bucket counts, not cumulative).
+    pub fn sync_times(&self) -> Option<(f64, u64, Vec<(f64, u64)>)> {
+        match self {
+            Store::Embedded(s) => Some(s.sync_times()),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// The Redis backend, if this is one.
     pub fn shared(&self) -> Option<&Arc<RedisStore>> {
         match self {

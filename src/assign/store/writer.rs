@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,7 @@ pub(super) fn write_loop(
     rx: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
     durability: Durability,
+    times: Arc<SyncTimes>,
 ) {
     let OpenJournal {
         file,
@@ -80,6 +82,7 @@ pub(super) fn write_loop(
         end,
         allocated,
         unsynced: None,
+        times,
     };
     let mut wakes = Wakes::default();
     let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
@@ -141,7 +144,7 @@ pub(super) fn write_loop(
                     // must reach the disk before the file is cut back.
                     let synced = match journal.unsynced {
                         None => true,
-                        Some(_) => match journal.file.sync_data() {
+                        Some(_) => match journal.sync() {
                             Ok(()) => {
                                 journal.unsynced = None;
                                 true
@@ -198,17 +201,14 @@ pub(super) fn write_loop(
         wakes.finish();
         if let Some((reply, ok)) = released.take() {
             // Later commands find the channel closed: StoreError::Closed.
-            let synced = journal
-                .file
-                .sync_data()
-                .map_err(|e| StoreError::Write(e.to_string()));
+            let synced = journal.sync().map_err(|e| StoreError::Write(e.to_string()));
             drop(journal);
             reply.send(ok.and(synced), &mut wakes);
             wakes.finish();
             return;
         }
     }
-    if let Err(e) = journal.file.sync_data() {
+    if let Err(e) = journal.sync() {
         tracing::error!(journal = %shared.path.display(), error = %e, "journal sync at shutdown failed");
     }
 }
@@ -293,6 +293,51 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
     verdicts
 }
 
+/// Upper bounds of [`SyncTimes`]' buckets, in seconds (+Inf implied): a
+/// disk's `fdatasync`, from a cached NVMe write to a stalled spindle.
+pub(super) const SYNC_BOUNDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// How long the journal's `fdatasync` calls took: what a new unit waits
+/// for under `durability: sync` (`cohort_store_sync_duration_seconds`).
+#[derive(Default)]
+pub(super) struct SyncTimes {
+    buckets: [AtomicU64; SYNC_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl SyncTimes {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = SYNC_BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(SYNC_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with their upper bounds,
+    /// not cumulative).
+    pub(super) fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = SYNC_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.buckets)
+            .map(|(b, n)| (b, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            count,
+            buckets,
+        )
+    }
+}
+
 /// Which step of an append failed: after a failed sync, records answered
 /// unsynced may be lost (and the next sync would not say so); after a
 /// failed write, they can still be synced.
@@ -314,12 +359,21 @@ struct Journal {
     /// Records written and answered but not yet synced (`durability:
     /// write`): since when, and how many bytes.
     unsynced: Option<(Instant, u64)>,
+    times: Arc<SyncTimes>,
 }
 
 /// Zeros written to extend the preallocation.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Journal {
+    /// `fdatasync`, timed.
+    fn sync(&self) -> io::Result<()> {
+        let t = Instant::now();
+        let r = self.file.sync_data();
+        self.times.observe(t.elapsed());
+        r
+    }
+
     /// After a failed write or sync with answered records unsynced
     /// (`durability: write`): they may never reach the disk, and a later
     /// sync would not say so (the kernel reports a lost write-back once).
@@ -338,7 +392,7 @@ impl Journal {
     fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), Failed> {
         if buf.is_empty() {
             if sync && self.unsynced.is_some() {
-                self.file.sync_data().map_err(Failed::Sync)?;
+                self.sync().map_err(Failed::Sync)?;
                 self.unsynced = None;
             }
             return Ok(());
@@ -363,7 +417,7 @@ impl Journal {
             .write_all_at(buf, self.end)
             .map_err(Failed::Write)?;
         if sync {
-            self.file.sync_data().map_err(Failed::Sync)?;
+            self.sync().map_err(Failed::Sync)?;
             self.unsynced = None;
         } else {
             let (_, bytes) = self.unsynced.get_or_insert((Instant::now(), 0));
@@ -415,6 +469,7 @@ mod tests {
             end: 100,
             allocated: 100,
             unsynced: None,
+            times: Arc::default(),
         };
         j.append(&[1; 36], true).unwrap();
         assert_eq!((j.end, j.allocated), (136, 100 + journal::PREALLOCATE));
