@@ -142,7 +142,7 @@ impl Embedded {
 
     /// How long the journal's syncs took: (sum in seconds, count,
     /// per-bucket counts, not cumulative).
-    pub fn sync_times(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    pub fn sync_times(&self) -> super::SyncHistogram {
         self.times.read()
     }
 

@@ -63,6 +63,10 @@ pub use error::StoreError;
 pub use table::{Assigned, Assignment, Table};
 pub use view::StoreView;
 
+/// A latency histogram as read: (sum in seconds, count, per-bucket counts
+/// with their upper bounds, not cumulative).
+pub type SyncHistogram = (f64, u64, Vec<(f64, u64)>);
+
 use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
 use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
@@ -177,7 +181,7 @@ impl Store {
 
     /// How long the embedded journal's syncs took (`None` for Redis):
     /// (sum in seconds, count, per-bucket counts, not cumulative).
-    pub fn sync_times(&self) -> Option<(f64, u64, Vec<(f64, u64)>)> {
+    pub fn sync_times(&self) -> Option<SyncHistogram> {
         match self {
             Store::Embedded(s) => Some(s.sync_times()),
             Store::Redis(_) => None,

@@ -321,7 +321,7 @@ impl SyncTimes {
 
     /// (sum in seconds, count, per-bucket counts with their upper bounds,
     /// not cumulative).
-    pub(super) fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    pub(super) fn read(&self) -> super::SyncHistogram {
         let buckets: Vec<(f64, u64)> = SYNC_BOUNDS
             .iter()
             .copied()
