@@ -1,7 +1,9 @@
 //! The vocabulary that configuration and assignment share (DESIGN.md's
 //! *Terms*): what a valid unit id is, weights in basis points, the
 //! bucketing scheme of a rule (the algorithms are in `assign::schemes`),
-//! and when a new unit's assignment counts as stored.
+//! when a new unit's assignment counts as stored, and the shape of a
+//! latency histogram read for `/metrics` (the store times its syncs, the
+//! metrics render them).
 //!
 //! A leaf on purpose: [`crate::config`] validates files with these rules and
 //! [`crate::assign`] serves requests with them, and neither of the two
@@ -281,3 +283,7 @@ impl Durability {
         *self == Durability::Sync
     }
 }
+
+/// A latency histogram as read: (sum in seconds, count, per-bucket counts
+/// with their upper bounds, not cumulative).
+pub type HistogramRead = (f64, u64, Vec<(f64, u64)>);

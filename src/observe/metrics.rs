@@ -135,7 +135,7 @@ impl Histogram {
     /// count, per-bucket counts).
     fn read<'a>(
         copies: impl Iterator<Item = &'a Histogram> + Clone,
-    ) -> (f64, u64, Vec<(f64, u64)>) {
+    ) -> crate::terms::HistogramRead {
         let counts: Vec<(f64, u64)> = BOUNDS
             .iter()
             .copied()
@@ -522,7 +522,7 @@ pub(crate) struct ProcessFacts {
     pub store: Option<StoreFacts>,
     /// The embedded journal's sync times (sum in seconds, count,
     /// per-bucket counts); `None` for the shared store.
-    pub syncs: Option<(f64, u64, Vec<(f64, u64)>)>,
+    pub syncs: Option<crate::terms::HistogramRead>,
 }
 
 /// The shared (Redis) store's health at scrape time.

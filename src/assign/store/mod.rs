@@ -62,10 +62,7 @@ pub use embedded::Embedded;
 pub use error::StoreError;
 pub use table::{Assigned, Assignment, Table};
 pub use view::StoreView;
-
-/// A latency histogram as read: (sum in seconds, count, per-bucket counts
-/// with their upper bounds, not cumulative).
-pub type SyncHistogram = (f64, u64, Vec<(f64, u64)>);
+pub use crate::terms::HistogramRead as SyncHistogram;
 
 use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
