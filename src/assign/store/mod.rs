@@ -58,11 +58,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use self::redis::{RedisOptions, RedisStore, StoreHealth};
+pub use crate::terms::HistogramRead as SyncHistogram;
 pub use embedded::Embedded;
 pub use error::StoreError;
 pub use table::{Assigned, Assignment, Table};
 pub use view::StoreView;
-pub use crate::terms::HistogramRead as SyncHistogram;
 
 use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
