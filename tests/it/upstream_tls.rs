@@ -728,7 +728,7 @@ async fn a_websocket_routed_to_an_h2_upstream_is_served_plain_not_tunnelled() {
 /// client shared by the workers multiplexed both over one.
 #[tokio::test]
 async fn each_worker_reaches_an_http2_upstream_over_its_own_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let model = ModelServer::spawn("model", true, None).await;
     let url = format!("http://{}", model.addr);
     // Every unit to one upstream (each upstream has its own clients).
@@ -744,16 +744,7 @@ async fn each_worker_reaches_an_http2_upstream_over_its_own_connection() {
             let ask =
                 format!("GET /predict HTTP/1.1\r\nhost: t\r\nx-user-id: u{c}-{round}\r\n\r\n");
             s.write_all(ask.as_bytes()).await.unwrap();
-            let mut got = Vec::new();
-            while complete_responses(&got) < 1 {
-                let mut chunk = [0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                    .await
-                    .expect("an answer within 5 s")
-                    .unwrap();
-                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&chunk[..n]);
-            }
+            let got = read_one_response(s).await;
             assert!(
                 got.starts_with(b"HTTP/1.1 200"),
                 "{}",

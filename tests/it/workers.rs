@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::util::*;
@@ -18,16 +18,7 @@ async fn connect_and_ask(cohort: &Cohort) -> (TcpStream, String) {
     s.write_all(b"GET /nowhere HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while complete_responses(&got) < 1 {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
+    let got = read_one_response(&mut s).await;
     assert!(
         got.starts_with(b"HTTP/1.1 404"),
         "{}",

@@ -150,6 +150,23 @@ pub(crate) async fn raw_exchange(addr: SocketAddr, raw: &[u8], expect: usize) ->
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Reads from a kept-alive connection until one whole response has come
+/// (5 s at most per read); panics if the connection closes first.
+pub(crate) async fn read_one_response(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while complete_responses(&got) < 1 {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
 /// How many whole responses `raw` holds (content-length or chunked bodies).
 pub(crate) fn complete_responses(raw: &[u8]) -> usize {
     let mut n = 0;
