@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo;
 mod error;
 mod intern;
+mod latency;
 mod observe;
 pub mod proxy;
 pub mod reload;

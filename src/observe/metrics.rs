@@ -103,57 +103,14 @@ const REASONS: [&str; 9] = [
 const NO_REASON: usize = REASONS.len() - 1;
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// Histogram bucket upper bounds, in seconds (+Inf is implied).
-const BOUNDS: [f64; 14] = [
+static BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// The variant label of a refused request on an experiment route.
 const NO_VARIANT: &str = "none";
 
-/// A latency histogram of atomics (not cumulative; the encoder sums).
-struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl Histogram {
-    fn new() -> Histogram {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BOUNDS.iter().position(|b| s <= *b).unwrap_or(BOUNDS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// Several copies of one histogram read as one: (sum in seconds,
-    /// count, per-bucket counts).
-    fn read<'a>(
-        copies: impl Iterator<Item = &'a Histogram> + Clone,
-    ) -> crate::terms::HistogramRead {
-        let counts: Vec<(f64, u64)> = BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .enumerate()
-            .map(|(i, b)| {
-                let n = copies
-                    .clone()
-                    .map(|h| h.buckets[i].load(Ordering::Relaxed))
-                    .sum();
-                (b, n)
-            })
-            .collect();
-        let count = counts.iter().map(|(_, c)| c).sum();
-        let sum_ns: u64 = copies.map(|h| h.sum_ns.load(Ordering::Relaxed)).sum();
-        (sum_ns as f64 / 1e9, count, counts)
-    }
-}
+/// The request and upstream time histograms.
+type Histogram = crate::latency::Histogram<{ BOUNDS.len() }>;
 
 /// One (experiment, variant)'s request counters, in [`SHARDS`] copies.
 struct VariantMeter {
@@ -197,8 +154,8 @@ impl VariantMeter {
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-                    duration: Histogram::new(),
-                    upstream: Histogram::new(),
+                    duration: Histogram::new(&BOUNDS),
+                    upstream: Histogram::new(&BOUNDS),
                     degraded: AtomicU64::new(0),
                 })
                 .collect(),
@@ -788,20 +745,6 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_hold_each_observation_once() {
-        let h = Histogram::new();
-        h.observe(Duration::from_micros(300));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(60));
-        let (sum, count, buckets) = Histogram::read([&h].into_iter());
-        assert_eq!(count, 3);
-        assert!((sum - 60.0033).abs() < 1e-9);
-        assert_eq!(buckets[0], (0.0005, 1));
-        assert_eq!(buckets[3], (0.005, 1));
-        assert_eq!(buckets[BOUNDS.len()], (f64::INFINITY, 1));
-    }
 
     #[test]
     fn counts_from_many_threads_are_summed_over_the_shards() {

@@ -14,7 +14,7 @@ use super::replay::{open_journal, JOURNAL_FILE};
 use super::reply;
 use super::shared::Shared;
 use super::table::{Assigned, Assignment, Table};
-use super::writer::{write_loop, Cmd, SyncTimes};
+use super::writer::{write_loop, Cmd, SyncTimes, SYNC_BOUNDS};
 use crate::assign::epoch::Epoch;
 use crate::assign::hash::UnitKey;
 use crate::assign::ledger::{ExperimentId, Ledger, LedgerEvent, UnitCounts, VariantId};
@@ -67,7 +67,7 @@ impl Embedded {
         let journal = open_journal(&path, &shared)?;
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
-        let times = Arc::new(SyncTimes::default());
+        let times = Arc::new(SyncTimes::new(&SYNC_BOUNDS));
         let writer_times = times.clone();
         let writer = std::thread::Builder::new()
             .name("cohort-store".into())
@@ -143,7 +143,7 @@ impl Embedded {
     /// How long the journal's syncs took: (sum in seconds, count,
     /// per-bucket counts, not cumulative).
     pub fn sync_times(&self) -> super::SyncHistogram {
-        self.times.read()
+        SyncTimes::read(std::iter::once(&*self.times))
     }
 
     /// Waits until everything queued so far is on disk.

@@ -11,7 +11,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +96,7 @@ pub(super) fn write_loop(
         let first = match next {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = journal.append(&[], true) {
+                if let Err(e) = journal.sync_pending() {
                     broken = Some(journal.sync_failed(&shared, &e));
                 }
                 continue;
@@ -142,18 +141,12 @@ pub(super) fn write_loop(
                     tracing::error!(journal = %shared.path.display(), error = %why, "journal write failed; new units cannot be stored");
                     // Records answered before it (`durability: write`)
                     // must reach the disk before the file is cut back.
-                    let synced = match journal.unsynced {
-                        None => true,
-                        Some(_) => match journal.sync() {
-                            Ok(()) => {
-                                journal.unsynced = None;
-                                true
-                            }
-                            Err(e) => {
-                                broken = Some(journal.sync_failed(&shared, &e));
-                                false
-                            }
-                        },
+                    let synced = match journal.sync_pending() {
+                        Ok(()) => true,
+                        Err(e) => {
+                            broken = Some(journal.sync_failed(&shared, &e));
+                            false
+                        }
                     };
                     // A partial write would hide every later record from
                     // replay: cut back to the last good record, or stop
@@ -295,48 +288,13 @@ fn encode_batch(batch: &[Cmd], shared: &Shared, buf: &mut Vec<u8>) -> Vec<Result
 
 /// Upper bounds of [`SyncTimes`]' buckets, in seconds (+Inf implied): a
 /// disk's `fdatasync`, from a cached NVMe write to a stalled spindle.
-pub(super) const SYNC_BOUNDS: [f64; 12] = [
+pub(super) static SYNC_BOUNDS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 /// How long the journal's `fdatasync` calls took: what a new unit waits
 /// for under `durability: sync` (`cohort_store_sync_duration_seconds`).
-#[derive(Default)]
-pub(super) struct SyncTimes {
-    buckets: [AtomicU64; SYNC_BOUNDS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl SyncTimes {
-    fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = SYNC_BOUNDS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(SYNC_BOUNDS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// (sum in seconds, count, per-bucket counts with their upper bounds,
-    /// not cumulative).
-    pub(super) fn read(&self) -> super::SyncHistogram {
-        let buckets: Vec<(f64, u64)> = SYNC_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(b, n)| (b, n.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        (
-            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            count,
-            buckets,
-        )
-    }
-}
+pub(super) type SyncTimes = crate::latency::Histogram<{ SYNC_BOUNDS.len() }>;
 
 /// Which step of an append failed: after a failed sync, records answered
 /// unsynced may be lost (and the next sync would not say so); after a
@@ -374,6 +332,15 @@ impl Journal {
         r
     }
 
+    /// Syncs records answered unsynced (`durability: write`), if any.
+    fn sync_pending(&mut self) -> Result<(), Failed> {
+        if self.unsynced.is_some() {
+            self.sync().map_err(Failed::Sync)?;
+            self.unsynced = None;
+        }
+        Ok(())
+    }
+
     /// After a failed write or sync with answered records unsynced
     /// (`durability: write`): they may never reach the disk, and a later
     /// sync would not say so (the kernel reports a lost write-back once).
@@ -391,11 +358,7 @@ impl Journal {
     /// batch: the only syncs that change the file's size.
     fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), Failed> {
         if buf.is_empty() {
-            if sync && self.unsynced.is_some() {
-                self.sync().map_err(Failed::Sync)?;
-                self.unsynced = None;
-            }
-            return Ok(());
+            return if sync { self.sync_pending() } else { Ok(()) };
         }
         let need = self.end + buf.len() as u64;
         if need > self.allocated {
@@ -469,7 +432,7 @@ mod tests {
             end: 100,
             allocated: 100,
             unsynced: None,
-            times: Arc::default(),
+            times: Arc::new(SyncTimes::new(&SYNC_BOUNDS)),
         };
         j.append(&[1; 36], true).unwrap();
         assert_eq!((j.end, j.allocated), (136, 100 + journal::PREALLOCATE));
